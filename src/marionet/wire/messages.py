@@ -1,0 +1,388 @@
+"""Message types of the marionet wire protocol.
+
+Each message is a msgspec ``Struct`` encoded as a msgpack array whose first
+element is the message's tag, so the structs double as the wire schema and
+an unknown tag fails decoding instead of being misread.
+
+Requests carry an ``id`` chosen by the sender; the reply carries the same id,
+so replies and notifications interleave freely (PacketLab answers strictly
+in order and has no ids). Times are integers: nanoseconds since the Unix
+epoch on the endpoint's CLOCK_REALTIME, each with a ``ts_source`` saying
+whether the kernel or user space took it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+TsSource = Literal["kernel", "user"]
+
+
+class Message(msgspec.Struct, array_like=True, tag_field="t", omit_defaults=False):
+    """Base of every message on the wire."""
+
+
+# --------------------------------------------------------------------------
+# Session set-up
+# --------------------------------------------------------------------------
+
+
+class Hello(Message, tag="hello"):
+    """First message in each direction; the versions must match."""
+
+    id: int
+    version: int
+    role: str  # "client", "endpoint", "controller"
+    name: str = ""
+    features: list[str] = []
+
+
+# --------------------------------------------------------------------------
+# Requests (client -> endpoint)
+# --------------------------------------------------------------------------
+
+
+class Request(Message):
+    """A request; its reply carries the same ``id``."""
+
+    kind: ClassVar[str] = "request"
+
+
+class Info(Request, tag="info"):
+    id: int
+
+
+class NOpen(Request, tag="nopen"):
+    """Open a socket on the endpoint.
+
+    ``proto`` is "udp", "tcp" (connect to ``raddr``/``rport``), "tcp-listen"
+    or "raw" (IP protocol number in ``ipproto``; ``hdrincl`` for IPv4
+    full-header mode, where the caller writes the IP header).
+    """
+
+    id: int
+    proto: str
+    family: int = 4
+    ipproto: int | None = None
+    hdrincl: bool = False
+    laddr: str | None = None
+    lport: int = 0
+    raddr: str | None = None
+    rport: int | None = None
+    ttl: int | None = None
+    tos: int | None = None
+    device: str | None = None
+    backlog: int = 16
+    timeout_ns: int | None = None
+
+
+class NClose(Request, tag="nclose"):
+    id: int
+    sock: int
+
+
+class SendItem(msgspec.Struct, array_like=True):
+    """One send of a batch (see ``NSendV``); fields as in ``NSend``."""
+
+    sock: int
+    data: bytes
+    dst: str | None = None
+    port: int | None = None
+    at: int | None = None
+    tag: int | None = None
+    ttl: int | None = None
+    tos: int | None = None
+    df: bool | None = None
+
+
+class NSend(Request, tag="nsend"):
+    """Send ``data`` on ``sock`` at endpoint time ``at`` (None: now).
+
+    Sends on one socket leave in request order. A ``tag`` asks for an
+    ``NTag`` carrying the kernel transmit time or the error.
+    """
+
+    id: int
+    sock: int
+    data: bytes
+    dst: str | None = None
+    port: int | None = None
+    at: int | None = None
+    tag: int | None = None
+    ttl: int | None = None
+    tos: int | None = None
+    df: bool | None = None
+
+
+class NSendV(Request, tag="nsendv"):
+    """Many sends in one request: like ``sendmmsg``, it amortises framing
+    and dispatch so high probe rates do not pay per-message costs."""
+
+    id: int
+    sends: list[SendItem]
+
+
+class NCap(Request, tag="ncap"):
+    """Capture on a raw socket until ``until`` (None: until closed).
+
+    Exactly one of ``filter`` (tcpdump expression) or ``program`` (classic
+    BPF instructions ``(code, jt, jf, k)``) is given; both None captures all.
+    """
+
+    id: int
+    sock: int
+    filter: str | None = None
+    program: list[tuple[int, int, int, int]] | None = None
+    until: int | None = None
+
+
+class NCtl(Request, tag="nctl"):
+    """Control: ``op`` is "suppress" / "resume" (notification delivery) or
+    "shutdown" (TCP write side, at ``at``)."""
+
+    id: int
+    op: str
+    sock: int | None = None
+    at: int | None = None
+
+
+class Task(Request, tag="task"):
+    """Run a primitive on the endpoint."""
+
+    id: int
+    primitive: str
+    params: dict[str, Any] = {}
+
+
+class Halt(Request, tag="halt"):
+    id: int
+    task: int
+
+
+class Ping(Request, tag="ping"):
+    """Control-channel ping; the reply's times give an NTP-style offset."""
+
+    id: int
+
+
+# --------------------------------------------------------------------------
+# Replies (endpoint -> client)
+# --------------------------------------------------------------------------
+
+
+class Ok(Message, tag="ok"):
+    """Success with an optional small value (e.g. the number of sends queued)."""
+
+    id: int
+    value: Any = None
+
+
+class Error(Message, tag="err"):
+    """Failure of request ``id`` (0 when not tied to a request).
+
+    ``code`` is a short machine-readable word; ``reason`` is for humans.
+    """
+
+    id: int
+    code: str
+    reason: str
+    rule: str | None = None
+
+
+class Opened(Message, tag="opened"):
+    id: int
+    sock: int
+    laddr: str | None = None
+    lport: int | None = None
+    raddr: str | None = None
+    rport: int | None = None
+
+
+class InfoReply(Message, tag="inforeply"):
+    id: int
+    clock_ns: int
+    name: str
+    version: str
+    protocol: int
+    addresses: list[str]
+    capabilities: dict[str, bool]
+    buffer_limit: int
+    buffer_used: int
+    limits: dict[str, int] = {}
+
+
+class Pong(Message, tag="pong"):
+    """``t_rx``/``t_tx``: endpoint clock when the ping arrived / reply left."""
+
+    id: int
+    t_rx: int
+    t_tx: int
+
+
+# --------------------------------------------------------------------------
+# Notifications (endpoint -> client). Every one has sock/time_ns/tag/data/
+# peer/ts_source, so client code can handle them uniformly.
+# --------------------------------------------------------------------------
+
+
+class Notification(Message):
+    """Asynchronous event from the endpoint."""
+
+    @property
+    def kind(self) -> str:
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+
+class NData(Notification, tag="ndata"):
+    """Received data (or a captured packet) with the kernel receive time."""
+
+    sock: int
+    time_ns: int
+    ts_source: TsSource
+    data: bytes
+    peer: str | None = None
+    port: int | None = None
+    ttl: int | None = None
+    tag: int | None = None
+
+
+class NTag(Notification, tag="ntag"):
+    """Outcome of a tagged send: kernel transmit time, or ``error``."""
+
+    sock: int
+    tag: int
+    time_ns: int | None
+    ts_source: TsSource | None
+    nbytes: int = 0
+    error: str | None = None
+    at: int | None = None
+    data: bytes | None = None
+    peer: str | None = None
+
+
+class NIcmp(Notification, tag="nicmp"):
+    """An ICMP error for a send on a UDP/TCP socket (IP_RECVERR).
+
+    ``peer`` is the router that sent the error; ``data`` the quoted payload.
+    """
+
+    sock: int
+    time_ns: int | None
+    ts_source: TsSource | None
+    peer: str | None
+    icmp_type: int
+    icmp_code: int
+    errno: int
+    data: bytes = b""
+    info: int = 0
+    tag: int | None = None
+
+
+class NStat(Notification, tag="nstat"):
+    """TCP state change: "established", "accepted" (``child`` is the new
+    socket), "peer-closed", "reset", "timeout", "closed", "error"."""
+
+    sock: int
+    time_ns: int
+    state: str
+    child: int | None = None
+    peer: str | None = None
+    port: int | None = None
+    reason: str | None = None
+    ts_source: TsSource = "user"
+    tag: int | None = None
+    data: bytes | None = None
+
+
+class NDrop(Notification, tag="ndrop"):
+    """Notifications lost because the buffer was full: never silent."""
+
+    time_ns: int
+    count: int
+    nbytes: int
+    kinds: dict[str, int] = {}
+    sock: int | None = None
+    tag: int | None = None
+    data: bytes | None = None
+    peer: str | None = None
+    ts_source: TsSource = "user"
+
+
+class NBlock(Notification, tag="nblock"):
+    """The guard blocked an operation or received data."""
+
+    time_ns: int
+    sock: int | None
+    what: str
+    rule: str
+    reason: str
+    tag: int | None = None
+    data: bytes | None = None
+    peer: str | None = None
+    ts_source: TsSource = "user"
+
+
+class NCapEnd(Notification, tag="ncapend"):
+    """A capture reached its ``until`` time."""
+
+    sock: int
+    time_ns: int
+    packets: int
+    tag: int | None = None
+    data: bytes | None = None
+    peer: str | None = None
+    ts_source: TsSource = "user"
+
+
+class TaskResult(Notification, tag="taskres"):
+    """Final result of a task: ``result`` is the primitive's JSON-able dict,
+    or ``error`` says why it failed."""
+
+    task: int
+    time_ns: int
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    sock: int | None = None
+    tag: int | None = None
+    data: bytes | None = None
+    peer: str | None = None
+    ts_source: TsSource = "user"
+
+
+class TaskProgress(Notification, tag="taskprog"):
+    task: int
+    time_ns: int
+    info: dict[str, Any] = {}
+    sock: int | None = None
+    tag: int | None = None
+    data: bytes | None = None
+    peer: str | None = None
+    ts_source: TsSource = "user"
+
+
+# --------------------------------------------------------------------------
+# Connection-level
+# --------------------------------------------------------------------------
+
+
+class Bye(Message, tag="bye"):
+    """Sent before closing a connection on purpose (e.g. a protocol error)."""
+
+    code: str
+    reason: str
+
+
+REQUESTS: tuple[type[Message], ...] = (
+    Info, NOpen, NClose, NSend, NSendV, NCap, NCtl, Task, Halt, Ping,
+)
+REPLIES: tuple[type[Message], ...] = (Ok, Error, Opened, InfoReply, Pong)
+NOTIFICATIONS: tuple[type[Message], ...] = (
+    NData, NTag, NIcmp, NStat, NDrop, NBlock, NCapEnd, TaskResult, TaskProgress,
+)
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    (Hello, Bye) + REQUESTS + REPLIES + NOTIFICATIONS
+)
