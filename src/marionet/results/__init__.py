@@ -1,1 +1,25 @@
-"""marionet.results."""
+"""marionet.results: result objects and result files.
+
+Result classes carry what a researcher analyses (``Ping``, ``Trace`` and
+their replies/hops) with nanosecond integers inside and scamper-style
+``datetime``/``timedelta`` views outside.  ``File`` reads and writes them as
+scamper JSON lines (compressed or not), so scamper-era analysis code keeps
+working on marionet data.
+"""
+
+from .common import Addr, ns_to_datetime, ns_to_timedelta
+from .cycle import CycleStart, CycleStop, UnknownResult
+from .errors import FormatError
+from .file import File
+from .jsonfmt import dumps, from_json, loads, to_json
+from .ping import PING_METHODS, Ping, PingReply, PingStop
+from .trace import (TRACE_METHODS, IcmpExt, MplsLabel, Trace, TraceHop,
+                    TraceStop)
+
+__all__ = [
+    "Addr", "ns_to_datetime", "ns_to_timedelta",
+    "CycleStart", "CycleStop", "UnknownResult", "FormatError", "File",
+    "to_json", "from_json", "dumps", "loads",
+    "Ping", "PingReply", "PingStop", "PING_METHODS",
+    "Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel", "TRACE_METHODS",
+]

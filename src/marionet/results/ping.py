@@ -1,0 +1,332 @@
+"""Ping results: one ``Ping`` per measurement, one ``PingReply`` per reply.
+
+Why ns integers inside: the endpoint reports kernel timestamps in
+nanoseconds; keeping them lets marionet compare placements (native /
+endpoint / remote) below scamper's microsecond resolution.  Researchers see
+``datetime``/``timedelta`` properties, exactly like scamper's Python module.
+
+The statistics follow scamper's definitions (``scamper_ping_stats``):
+
+* a probe *answered* if at least one reply to it is "from the target"
+  (echo reply for icmp-echo, timestamp reply for icmp-time, any TCP reply
+  for tcp-*, a UDP reply or an ICMP port unreachable from ``dst`` for
+  udp-*);
+* ``nreplies`` = answered probes; ``ndups`` = extra from-target replies;
+  ``nloss`` = ``ping_sent - nreplies``; ``nerrs`` = replies not from the
+  target (e.g. an ICMP unreachable from a router);
+* min/max/avg/stddev are over all from-target replies (dups included),
+  stddev is the population standard deviation.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .common import (Addr, AddrLike, check_int, ns_to_datetime,
+                     ns_to_timedelta, seconds_to_ns, to_addr)
+
+__all__ = ["Ping", "PingReply", "PingStop", "PING_METHODS"]
+
+PING_METHODS = (
+    "icmp-echo", "icmp-time", "udp", "udp-dport", "udp-sport", "tcp-syn",
+    "tcp-syn-sport", "tcp-synack", "tcp-ack", "tcp-ack-sport", "tcp-rst",
+)
+
+TS_SOURCES = ("kernel", "user")
+
+
+class PingStop(str, enum.Enum):
+    """Why a ping stopped (scamper's ping stop reasons)."""
+    NONE = "none"
+    DONE = "done"
+    ERROR = "error"
+    HALTED = "halted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _stop(value: "PingStop | str | None") -> "PingStop | str | None":
+    """Known reasons become the enum; unknown strings are kept verbatim so a
+    newer writer's reason survives a read instead of failing it."""
+    if value is None or isinstance(value, PingStop):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"stop_reason must be a string, got {value!r}")
+    try:
+        return PingStop(value.lower())
+    except ValueError:
+        return value
+
+
+@dataclass(slots=True, kw_only=True)
+class PingReply:
+    """One reply to one ping probe.
+
+    Build it from raw numbers: ``PingReply(src="127.0.0.1", attempt=0,
+    tx_ns=..., rx_ns=...)``.  ``rtt_ns`` defaults to ``rx_ns - tx_ns``;
+    ``rx_ns`` defaults to ``tx_ns + rtt_ns`` (scamper files carry tx and rtt).
+    ``attempt`` is the 0-based probe number (scamper's ``seq``/probe id).
+    """
+
+    src: Addr
+    attempt: int
+    tx_ns: int | None = None
+    rx_ns: int | None = None
+    rtt_ns: int | None = None
+    probe_ipid: int | None = None
+    reply_ipid: int | None = None
+    reply_ttl: int | None = None
+    reply_tos: int | None = None
+    reply_size: int | None = None
+    reply_proto: str | int = "icmp"
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    tcp_flags: int | None = None
+    tx_ts_source: str | None = None
+    rx_ts_source: str | None = None
+    ifname: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    # set by Ping so that is_from_target() works without an argument
+    _ctx: tuple[str, Addr] | None = field(default=None, init=False,
+                                          repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        src = to_addr(self.src)
+        if src is None:
+            raise ValueError("PingReply.src is required")
+        self.src = src
+        check_int("attempt", self.attempt, minimum=0)
+        for name in ("tx_ns", "rx_ns", "rtt_ns"):
+            check_int(name, getattr(self, name), optional=True)
+        if self.rtt_ns is None:
+            if self.tx_ns is None or self.rx_ns is None:
+                raise ValueError("PingReply needs rtt_ns, or both tx_ns and rx_ns")
+            self.rtt_ns = self.rx_ns - self.tx_ns
+        if self.rx_ns is None and self.tx_ns is not None:
+            self.rx_ns = self.tx_ns + self.rtt_ns
+        for name in ("probe_ipid", "reply_ipid", "reply_ttl", "reply_tos",
+                     "reply_size", "icmp_type", "icmp_code", "tcp_flags"):
+            check_int(name, getattr(self, name), optional=True, minimum=0)
+        if isinstance(self.reply_proto, str):
+            self.reply_proto = self.reply_proto.lower()
+            if self.reply_proto == "icmpv6":
+                self.reply_proto = "icmp"
+        else:
+            check_int("reply_proto", self.reply_proto, minimum=0)
+            self.reply_proto = {1: "icmp", 58: "icmp", 6: "tcp", 17: "udp"}.get(
+                self.reply_proto, self.reply_proto)
+        for name in ("tx_ts_source", "rx_ts_source"):
+            v = getattr(self, name)
+            if v is not None and v not in TS_SOURCES:
+                raise ValueError(f"{name} must be one of {TS_SOURCES} or None, got {v!r}")
+        if not isinstance(self.extra, dict):
+            raise TypeError("extra must be a dict")
+
+    # -- scamper-style projections --------------------------------------
+    @property
+    def tx(self) -> _dt.datetime | None:
+        return None if self.tx_ns is None else ns_to_datetime(self.tx_ns)
+
+    @property
+    def rx(self) -> _dt.datetime | None:
+        return None if self.rx_ns is None else ns_to_datetime(self.rx_ns)
+
+    @property
+    def rtt(self) -> _dt.timedelta:
+        assert self.rtt_ns is not None
+        return ns_to_timedelta(self.rtt_ns)
+
+    @property
+    def probe_id(self) -> int:
+        """scamper's name for the probe number."""
+        return self.attempt
+
+    # -- predicates, as on scamper's ScamperPingReply --------------------
+    def is_icmp(self) -> bool:
+        return self.reply_proto == "icmp"
+
+    def is_tcp(self) -> bool:
+        return self.reply_proto == "tcp"
+
+    def is_udp(self) -> bool:
+        return self.reply_proto == "udp"
+
+    def _icmp(self, v4: tuple[int, int | None], v6: tuple[int, int | None]) -> bool:
+        if not self.is_icmp():
+            return False
+        t, c = v4 if self.src.is_ipv4() else v6
+        return self.icmp_type == t and (c is None or self.icmp_code == c)
+
+    def is_icmp_echo_reply(self) -> bool:
+        return self._icmp((0, None), (129, None))
+
+    def is_icmp_unreach(self) -> bool:
+        return self._icmp((3, None), (1, None))
+
+    def is_icmp_unreach_port(self) -> bool:
+        return self._icmp((3, 3), (1, 4))
+
+    def is_icmp_ttl_exp(self) -> bool:
+        return self._icmp((11, None), (3, None))
+
+    def is_icmp_ptb(self) -> bool:
+        return self._icmp((3, 4), (2, None))
+
+    def is_icmp_tsreply(self) -> bool:
+        return self._icmp((14, None), (-1, None))
+
+    def is_from_target(self, ping: "Ping | None" = None) -> bool:
+        """Did this reply come from the target in the way the method asks
+        for?  Needs the ping's method and dst: pass ``ping``, or use a reply
+        that belongs to a ``Ping`` (which records them)."""
+        if ping is not None:
+            method, dst = ping.method, ping.dst
+        elif self._ctx is not None:
+            method, dst = self._ctx
+        else:
+            raise ValueError("is_from_target() needs the Ping: reply is not attached to one")
+        return reply_from_target(method, dst, self)
+
+
+def reply_from_target(method: str, dst: Addr, reply: PingReply) -> bool:
+    """scamper's SCAMPER_PING_REPLY_IS_FROM_TARGET, by method family."""
+    if method == "icmp-echo":
+        return reply.is_icmp_echo_reply()
+    if method == "icmp-time":
+        return reply.is_icmp_tsreply()
+    if method.startswith("tcp"):
+        return reply.is_tcp()
+    if method.startswith("udp"):
+        return reply.is_udp() or (reply.is_icmp_unreach_port() and reply.src == dst)
+    return False
+
+
+@dataclass(slots=True, kw_only=True)
+class Ping:
+    """A ping measurement toward ``dst`` and every reply it drew.
+
+    ``replies`` holds all replies in arrival order, duplicates included.
+    ``vp`` is the vantage point's name (serialised); ``inst`` is the live
+    instance object the client attaches (never serialised, not compared).
+    Durations (``wait_probe``, ``wait_timeout``) accept timedelta or seconds.
+    """
+
+    dst: Addr
+    start_ns: int
+    src: Addr | None = None
+    method: str = "icmp-echo"
+    ping_sent: int = 0
+    probe_size: int | None = None
+    ttl: int | None = None
+    tos: int | None = None
+    wait_probe: _dt.timedelta = _dt.timedelta(seconds=1)
+    wait_timeout: _dt.timedelta = _dt.timedelta(seconds=1)
+    sport: int | None = None
+    dport: int | None = None
+    icmp_id: int | None = None
+    tcp_seq: int | None = None
+    tcp_ack: int | None = None
+    userid: int = 0
+    stop_reason: PingStop | str | None = None
+    replies: list[PingReply] = field(default_factory=list)
+    vp: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    inst: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        dst = to_addr(self.dst)
+        if dst is None:
+            raise ValueError("Ping.dst is required")
+        self.dst = dst
+        self.src = to_addr(self.src)
+        check_int("start_ns", self.start_ns)
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError(f"Ping.method must be a non-empty string, got {self.method!r}")
+        check_int("ping_sent", self.ping_sent, minimum=0)
+        check_int("userid", self.userid, minimum=0)
+        for name in ("probe_size", "ttl", "tos", "sport", "dport", "icmp_id",
+                     "tcp_seq", "tcp_ack"):
+            check_int(name, getattr(self, name), optional=True, minimum=0)
+        for name in ("wait_probe", "wait_timeout"):
+            v = getattr(self, name)
+            if not isinstance(v, _dt.timedelta):
+                setattr(self, name, _dt.timedelta(microseconds=seconds_to_ns(v) // 1000))
+        self.stop_reason = _stop(self.stop_reason)
+        if self.vp is not None and not isinstance(self.vp, str):
+            raise TypeError(f"Ping.vp must be a string, got {self.vp!r}")
+        self.replies = list(self.replies)
+        for r in self.replies:
+            if not isinstance(r, PingReply):
+                raise TypeError(f"Ping.replies must hold PingReply, got {type(r).__name__}")
+            r._ctx = (self.method, self.dst)
+
+    # -- times ----------------------------------------------------------
+    @property
+    def start(self) -> _dt.datetime:
+        return ns_to_datetime(self.start_ns)
+
+    # -- grouping -------------------------------------------------------
+    def replies_to(self, attempt: int) -> list[PingReply]:
+        """All replies to probe ``attempt`` (0-based), in arrival order."""
+        return [r for r in self.replies if r.attempt == attempt]
+
+    def is_from_target(self, reply: PingReply) -> bool:
+        return reply_from_target(self.method, self.dst, reply)
+
+    def from_target(self) -> Iterator[PingReply]:
+        """Replies that count toward the RTT statistics."""
+        return (r for r in self.replies if self.is_from_target(r))
+
+    # -- statistics (scamper's definitions; see module docstring) ------
+    @property
+    def nreplies(self) -> int:
+        return len({r.attempt for r in self.from_target()})
+
+    @property
+    def ndups(self) -> int:
+        return sum(1 for _ in self.from_target()) - self.nreplies
+
+    @property
+    def nloss(self) -> int:
+        return max(self.ping_sent - self.nreplies, 0)
+
+    @property
+    def nerrs(self) -> int:
+        return sum(1 for r in self.replies if not self.is_from_target(r))
+
+    def _rtts(self) -> list[int]:
+        return [r.rtt_ns for r in self.from_target() if r.rtt_ns is not None]
+
+    @property
+    def min_rtt(self) -> _dt.timedelta | None:
+        rtts = self._rtts()
+        return ns_to_timedelta(min(rtts)) if rtts else None
+
+    @property
+    def max_rtt(self) -> _dt.timedelta | None:
+        rtts = self._rtts()
+        return ns_to_timedelta(max(rtts)) if rtts else None
+
+    @property
+    def avg_rtt(self) -> _dt.timedelta | None:
+        rtts = self._rtts()
+        return ns_to_timedelta(sum(rtts) // len(rtts)) if rtts else None
+
+    @property
+    def stddev_rtt(self) -> _dt.timedelta | None:
+        rtts = self._rtts()
+        if not rtts:
+            return None
+        mean = sum(rtts) / len(rtts)
+        var = sum((x - mean) ** 2 for x in rtts) / len(rtts)
+        return ns_to_timedelta(int(math.sqrt(var)))
+
+    @property
+    def loss_rate(self) -> float | None:
+        """Fraction of probes unanswered; None when nothing was sent."""
+        return None if self.ping_sent == 0 else self.nloss / self.ping_sent

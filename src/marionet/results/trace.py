@@ -1,0 +1,284 @@
+"""Traceroute results: ``Trace`` and one ``TraceHop`` per reply.
+
+Why ``hop_records`` holds every reply while ``hops()`` yields one per TTL:
+scamper keeps every reply (several attempts per TTL, several responders with
+Paris traceroute), and analyses need both views — the raw records for
+load-balancing and loss questions, and the classic "one address per TTL,
+None for silence" path for everything else.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .common import (Addr, check_int, ns_to_datetime, ns_to_timedelta,
+                     seconds_to_ns, to_addr)
+
+__all__ = ["Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel",
+           "TRACE_METHODS"]
+
+TRACE_METHODS = ("udp-paris", "icmp-paris", "icmp-echo-paris", "udp",
+                 "icmp", "icmp-echo", "tcp", "tcp-ack")
+
+
+class TraceStop(str, enum.Enum):
+    """Why a traceroute stopped.  Values are lower case; scamper's JSON
+    writes them upper case ("COMPLETED"), which the JSON layer maps."""
+    NONE = "none"
+    COMPLETED = "completed"
+    UNREACH = "unreach"
+    ICMP = "icmp"
+    LOOP = "loop"
+    GAPLIMIT = "gaplimit"
+    ERROR = "error"
+    HOPLIMIT = "hoplimit"
+    GSS = "gss"
+    HALTED = "halted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _stop(value: "TraceStop | str | None") -> "TraceStop | str | None":
+    if value is None or isinstance(value, TraceStop):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"stop_reason must be a string, got {value!r}")
+    try:
+        return TraceStop(value.lower())
+    except ValueError:
+        return value  # a newer writer's reason: keep it rather than fail
+
+
+@dataclass(slots=True, frozen=True)
+class MplsLabel:
+    """One MPLS label stack entry quoted in an ICMP extension (RFC 4950)."""
+    label: int
+    exp: int = 0
+    s: int = 0
+    ttl: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class IcmpExt:
+    """One ICMP extension object (RFC 4884): class number, class type, and
+    for MPLS (cn=1, ct=1) the decoded label stack; other objects keep their
+    raw bytes in ``data`` when the reader had them."""
+    cn: int
+    ct: int
+    dl: int = 0
+    mpls_labels: list[MplsLabel] = field(default_factory=list)
+    data: bytes | None = None
+
+    def is_mpls(self) -> bool:
+        return self.cn == 1 and self.ct == 1
+
+
+@dataclass(slots=True, kw_only=True)
+class TraceHop:
+    """One reply to one traceroute probe.
+
+    ``probe_id`` is the attempt number at this TTL, 1-based like scamper's.
+    ``rx_ns`` defaults to ``tx_ns + rtt_ns``; ``rtt_ns`` defaults to
+    ``rx_ns - tx_ns``.
+    """
+
+    src: Addr
+    probe_ttl: int
+    rtt_ns: int | None = None
+    probe_id: int = 1
+    probe_size: int | None = None
+    tx_ns: int | None = None
+    rx_ns: int | None = None
+    name: str | None = None
+    reply_ttl: int | None = None
+    reply_tos: int | None = None
+    reply_ipid: int | None = None
+    reply_size: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    icmp_q_ttl: int | None = None
+    icmp_q_ipl: int | None = None
+    icmp_q_tos: int | None = None
+    icmp_nhmtu: int | None = None
+    tcp_flags: int | None = None
+    icmpext: list[IcmpExt] = field(default_factory=list)
+    tx_ts_source: str | None = None
+    rx_ts_source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        src = to_addr(self.src)
+        if src is None:
+            raise ValueError("TraceHop.src is required")
+        self.src = src
+        check_int("probe_ttl", self.probe_ttl, minimum=0)
+        check_int("probe_id", self.probe_id, minimum=0)
+        for name in ("tx_ns", "rx_ns", "rtt_ns"):
+            check_int(name, getattr(self, name), optional=True)
+        if self.rtt_ns is None:
+            if self.tx_ns is None or self.rx_ns is None:
+                raise ValueError("TraceHop needs rtt_ns, or both tx_ns and rx_ns")
+            self.rtt_ns = self.rx_ns - self.tx_ns
+        if self.rx_ns is None and self.tx_ns is not None:
+            self.rx_ns = self.tx_ns + self.rtt_ns
+        for name in ("probe_size", "reply_ttl", "reply_tos", "reply_ipid",
+                     "reply_size", "icmp_type", "icmp_code", "icmp_q_ttl",
+                     "icmp_q_ipl", "icmp_q_tos", "icmp_nhmtu", "tcp_flags"):
+            check_int(name, getattr(self, name), optional=True, minimum=0)
+        for name in ("tx_ts_source", "rx_ts_source"):
+            v = getattr(self, name)
+            if v is not None and v not in ("kernel", "user"):
+                raise ValueError(f"{name} must be 'kernel', 'user' or None, got {v!r}")
+        self.icmpext = list(self.icmpext)
+
+    @property
+    def addr(self) -> Addr:
+        """scamper's JSON calls the responder ``addr``."""
+        return self.src
+
+    @property
+    def tx(self) -> _dt.datetime | None:
+        return None if self.tx_ns is None else ns_to_datetime(self.tx_ns)
+
+    @property
+    def rx(self) -> _dt.datetime | None:
+        return None if self.rx_ns is None else ns_to_datetime(self.rx_ns)
+
+    @property
+    def rtt(self) -> _dt.timedelta:
+        assert self.rtt_ns is not None
+        return ns_to_timedelta(self.rtt_ns)
+
+    @property
+    def mpls_labels(self) -> list[MplsLabel]:
+        """All MPLS label stack entries from all extension objects."""
+        return [lab for ie in self.icmpext if ie.is_mpls() for lab in ie.mpls_labels]
+
+    # predicates, as on scamper's ScamperTraceHop
+    def is_icmp(self) -> bool:
+        return self.icmp_type is not None
+
+    def is_tcp(self) -> bool:
+        return self.tcp_flags is not None and self.icmp_type is None
+
+    def is_icmp_ttl_exp(self) -> bool:
+        return self.icmp_type == (11 if self.src.is_ipv4() else 3)
+
+    def is_icmp_unreach(self) -> bool:
+        return self.icmp_type == (3 if self.src.is_ipv4() else 1)
+
+    def is_icmp_unreach_port(self) -> bool:
+        if self.src.is_ipv4():
+            return self.icmp_type == 3 and self.icmp_code == 3
+        return self.icmp_type == 1 and self.icmp_code == 4
+
+    def is_icmp_echo_reply(self) -> bool:
+        return self.icmp_type == (0 if self.src.is_ipv4() else 129)
+
+    def is_icmp_ptb(self) -> bool:
+        if self.src.is_ipv4():
+            return self.icmp_type == 3 and self.icmp_code == 4
+        return self.icmp_type == 2
+
+
+@dataclass(slots=True, kw_only=True)
+class Trace:
+    """A traceroute toward ``dst``.
+
+    ``hop_records`` holds every reply (all attempts, all TTLs) in the order
+    recorded.  ``hop_count`` is the number of TTLs probed (scamper's
+    meaning); it defaults to the largest ``probe_ttl`` seen.
+    """
+
+    dst: Addr
+    start_ns: int
+    src: Addr | None = None
+    method: str = "udp-paris"
+    sport: int | None = None
+    dport: int | None = None
+    icmp_sum: int | None = None
+    stop_reason: TraceStop | str | None = TraceStop.NONE
+    stop_data: int = 0
+    hop_count: int | None = None
+    attempts: int = 2
+    hoplimit: int = 0
+    firsthop: int = 1
+    wait_timeout: _dt.timedelta = _dt.timedelta(seconds=5)
+    wait_probe: _dt.timedelta = _dt.timedelta(0)
+    tos: int = 0
+    probe_size: int | None = None
+    probe_count: int | None = None
+    userid: int = 0
+    hop_records: list[TraceHop] = field(default_factory=list)
+    vp: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    inst: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        dst = to_addr(self.dst)
+        if dst is None:
+            raise ValueError("Trace.dst is required")
+        self.dst = dst
+        self.src = to_addr(self.src)
+        check_int("start_ns", self.start_ns)
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError(f"Trace.method must be a non-empty string, got {self.method!r}")
+        for name in ("sport", "dport", "icmp_sum", "probe_size", "probe_count"):
+            check_int(name, getattr(self, name), optional=True, minimum=0)
+        for name in ("stop_data", "attempts", "hoplimit", "tos", "userid"):
+            check_int(name, getattr(self, name), minimum=0)
+        check_int("firsthop", self.firsthop, minimum=1)
+        for name in ("wait_timeout", "wait_probe"):
+            v = getattr(self, name)
+            if not isinstance(v, _dt.timedelta):
+                setattr(self, name, _dt.timedelta(microseconds=seconds_to_ns(v) // 1000))
+        self.stop_reason = _stop(self.stop_reason)
+        self.hop_records = list(self.hop_records)
+        for h in self.hop_records:
+            if not isinstance(h, TraceHop):
+                raise TypeError(f"Trace.hop_records must hold TraceHop, got {type(h).__name__}")
+        if self.hop_count is None:
+            self.hop_count = max((h.probe_ttl for h in self.hop_records), default=0)
+        check_int("hop_count", self.hop_count, minimum=0)
+        if self.probe_count is None:
+            self.probe_count = len(self.hop_records)
+
+    @property
+    def start(self) -> _dt.datetime:
+        return ns_to_datetime(self.start_ns)
+
+    @property
+    def wait(self) -> _dt.timedelta:
+        """scamper's name for the per-probe timeout."""
+        return self.wait_timeout
+
+    def hop(self, ttl: int) -> TraceHop | None:
+        """The first reply recorded for probes sent with this TTL, or None."""
+        for h in self.hop_records:
+            if h.probe_ttl == ttl:
+                return h
+        return None
+
+    def hops(self) -> Iterator[TraceHop | None]:
+        """One item per TTL from ``firsthop`` to ``hop_count``: the first
+        reply at that TTL, or None for a silent hop.  Use
+        ``enumerate(trace.hops(), start=trace.firsthop)`` for the TTL."""
+        first: dict[int, TraceHop] = {}
+        for h in self.hop_records:
+            first.setdefault(h.probe_ttl, h)
+        for ttl in range(self.firsthop, (self.hop_count or 0) + 1):
+            yield first.get(ttl)
+
+    def addrs(self) -> list[Addr]:
+        """Distinct responding addresses, in order of first appearance."""
+        seen: dict[Addr, None] = {}
+        for h in sorted(self.hop_records, key=lambda h: h.probe_ttl):
+            seen.setdefault(h.src, None)
+        return list(seen)
+
+    def is_completed(self) -> bool:
+        return self.stop_reason == TraceStop.COMPLETED
