@@ -77,6 +77,10 @@ class IdentityError(PermissionError):
     """The peer's certificate is absent, unparsable, has the wrong role or pin."""
 
 
+class _NotEstablished(IdentityError):
+    """The TLS object is in an error state: the peer refused us just after the handshake."""
+
+
 class TLSHandshakeError(ConnectionError):
     """The TLS handshake failed; the message says why in plain words."""
 
@@ -253,7 +257,10 @@ def _ssl_object(conn: Any) -> ssl.SSLObject | ssl.SSLSocket:
 
 def peer_identity(conn: Any) -> Identity:
     """The peer's identity from its certificate; IdentityError if it sent none."""
-    der = _ssl_object(conn).getpeercert(binary_form=True)
+    try:
+        der = _ssl_object(conn).getpeercert(binary_form=True)
+    except ValueError:  # the connection failed after the handshake began
+        raise _NotEstablished("the TLS connection is not established (refused by the peer?)") from None
     if not der:
         raise IdentityError("the peer presented no certificate")
     return Identity.from_der(der)
@@ -371,10 +378,27 @@ async def open_connection(
         ident = check_identity(
             writer, require_role=require_role, pin_sha256=getattr(context, "pin_sha256", None)
         )
+    except _NotEstablished:
+        # In TLS 1.3 the server's refusal of *our* certificate can arrive
+        # right after our side of the handshake; the alert is already read
+        # and its error is on its way to the reader: report it, not a symptom.
+        failure = await _pending_failure(reader)
+        writer.transport.abort()
+        if failure is not None:
+            raise TLSHandshakeError(explain(failure)) from failure
+        raise
     except IdentityError:
         writer.transport.abort()
         raise
     return reader, writer, ident
+
+
+async def _pending_failure(reader: asyncio.StreamReader) -> BaseException | None:
+    try:
+        await asyncio.wait_for(reader.read(1), 1.0)
+    except Exception as exc:
+        return exc
+    return None
 
 
 @dataclass(frozen=True)
@@ -391,6 +415,85 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Identity | None
 
 def _log_rejection(rej: Rejection) -> None:
     log.warning("refused TLS connection from %s: %s", rej.peer, rej.reason)
+
+
+try:  # asyncio's private TLS protocol (the 3.11+ implementation)
+    from asyncio import sslproto as _sslproto
+
+    _HAVE_SSLPROTO = hasattr(_sslproto.SSLProtocol, "_do_handshake") and hasattr(
+        _sslproto, "SSLAgainErrors"
+    )
+except ImportError:  # pragma: no cover
+    _HAVE_SSLPROTO = False
+
+if _HAVE_SSLPROTO:
+
+    class _AlertingSSLProtocol(_sslproto.SSLProtocol):  # type: ignore[misc,name-defined]
+        """asyncio's SSLProtocol, but a failed handshake sends its TLS alert.
+
+        Stock asyncio drops the alert OpenSSL wrote (``_do_handshake`` never
+        flushes the outgoing BIO on error), so a refused client only sees
+        the connection vanish.  Flushing first lets it read "certificate
+        expired" / "unknown CA" / "certificate required" instead.
+        """
+
+        def _do_handshake(self) -> None:
+            try:
+                self._sslobj.do_handshake()
+            except _sslproto.SSLAgainErrors:
+                self._process_outgoing()
+            except ssl.SSLError as exc:
+                try:
+                    self._process_outgoing()
+                except Exception:  # pragma: no cover - best effort only
+                    pass
+                self._on_handshake_complete(exc)
+            else:
+                self._on_handshake_complete(None)
+
+
+async def _start_tls_server(
+    loop: asyncio.AbstractEventLoop,
+    transport: asyncio.Transport,
+    protocol: asyncio.Protocol,
+    context: ssl.SSLContext,
+    timeout: float,
+) -> asyncio.Transport:
+    """``loop.start_tls(server_side=True)`` that delivers handshake alerts.
+
+    Mirrors ``BaseEventLoop.start_tls``; falls back to it when asyncio's
+    internals are not the ones this was written against (the alerts are
+    then lost, nothing else changes).
+    """
+    if not _HAVE_SSLPROTO or not getattr(transport, "_start_tls_compatible", False):
+        tls_transport = await loop.start_tls(
+            transport, protocol, context, server_side=True, ssl_handshake_timeout=timeout
+        )
+        if tls_transport is None:
+            raise ConnectionResetError("connection closed during the TLS handshake")
+        return tls_transport
+    waiter = loop.create_future()
+    ssl_protocol = _AlertingSSLProtocol(
+        loop,
+        protocol,
+        context,
+        waiter,
+        server_side=True,
+        ssl_handshake_timeout=timeout,
+        call_connection_made=False,
+    )
+    transport.pause_reading()
+    transport.set_protocol(ssl_protocol)
+    conmade = loop.call_soon(ssl_protocol.connection_made, transport)
+    resume = loop.call_soon(transport.resume_reading)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        conmade.cancel()
+        resume.cancel()
+        raise
+    return ssl_protocol._app_transport  # type: ignore[no-any-return]
 
 
 class _HandshakeFirst(asyncio.Protocol):
@@ -445,20 +548,10 @@ async def start_server(
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
-            tls = await loop.start_tls(
-                transport,
-                protocol,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=handshake_timeout,
-            )
+            tls = await _start_tls_server(loop, transport, protocol, context, handshake_timeout)
         except Exception as exc:
             transport.abort()
             reject(peer, exc)
-            return
-        if tls is None:  # transport closed under us
-            transport.abort()
-            reject(peer, ConnectionResetError("closed during handshake"))
             return
         protocol.connection_made(tls)
         writer = asyncio.StreamWriter(tls, protocol, reader, loop)
