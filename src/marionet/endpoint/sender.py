@@ -1,0 +1,659 @@
+"""The scheduled sender: a dedicated process that puts packets on the wire on time.
+
+Why a process: landing a send within microseconds of its requested time means
+sleeping until shortly before it and then spinning on the clock.  A spinning
+*thread* holds the GIL and starves the endpoint's asyncio loop; asyncio's own
+timers land ~0.7 ms late.  So the daemon hands its sockets to a child process
+(file descriptors over an AF_UNIX channel with SCM_RIGHTS) and sends it jobs
+in batches; the child keeps
+
+* one FIFO per socket — sends on a socket go out in submission order; a
+  later job never overtakes an earlier one on the same socket (PacketLab's
+  head-of-line semantics), and
+* a heap of the FIFO heads by due time, across sockets,
+
+sleeps until ``spin_ns`` before the earliest due time, spins on
+``time.time_ns()`` (CLOCK_REALTIME, the clock kernel timestamps use) and calls
+``sendmsg`` with the job's ancillary data (TTL/TOS or hop limit/traffic class
+per send, and the ``SCM_TS_OPT_ID`` timestamp key).  Jobs whose ``at`` is
+None or already past go out immediately, in order.
+
+Results go back in batches: per job the byte count and a user-space time
+taken just before ``sendmsg`` (a fallback only), or the errno.  The *kernel*
+TX timestamps are not read here: the parent reads them from each socket's
+error queue (:func:`marionet.endpoint.timestamps.read_errqueue`), because it
+also reads ICMP errors there and a queue must have exactly one reader.  Give
+each job a ``ts_key`` (UDP, raw v4/v6, AF_PACKET; kernel >= 6.13) so the
+parent can match stamps to jobs.
+
+TCP sockets do NOT go through the sender: stream sends are flow-controlled
+and partial, which the daemon handles with asyncio (:meth:`Sender.add_socket`
+refuses them).
+
+A pending asynchronous socket error (an ICMP error for an *earlier* packet,
+with IP_RECVERR) makes the kernel fail the next ``sendmsg`` once without
+sending; the sender retries once on those errnos so one probe's error does not
+cost the next probe.  The child exits when the parent dies
+(PR_SET_PDEATHSIG, bound to the thread that called :meth:`Sender.start` —
+call it from the main thread) or when the channel reaches EOF.
+
+Usage from asyncio::
+
+    sender = Sender(); sender.start()
+    sid = sender.add_socket(udp_sock)
+    loop.add_reader(sender.fileno(), lambda: handle(sender.read_results()))
+    sender.submit([SendJob(sock_id=sid, job_id=1, data=b"x",
+                           addr=("127.0.0.1", 33434), at=t_ns, ttl=3, ts_key=1)])
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import heapq
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import deque
+from typing import Callable, Optional, Union
+
+import msgspec
+
+from marionet.endpoint import sockopt as so
+
+Addr = tuple[Union[str, int], ...]
+
+_I32 = struct.Struct("=i")
+_U32 = struct.Struct("=I")
+_MAX_MSG = 160 * 1024  # stay below the SEQPACKET send buffer per message
+_CHAN_BUF = 4 * 1024 * 1024
+_DEFAULT_SPIN_NS = 1_000_000
+_EAGAIN_WAIT_S = 0.1
+
+
+class SendJob(msgspec.Struct, array_like=True, frozen=True):
+    """One packet to send.
+
+    ``at``: requested send time, ns since the epoch on CLOCK_REALTIME; None or
+    past = now.  ``addr``: destination for unconnected sockets (as for
+    ``sendto``; None for connected ones).  ``ttl``/``tos``: per-send IPv4 TTL
+    and TOS, or IPv6 hop limit and traffic class (not with IP_HDRINCL or
+    AF_PACKET, where the caller writes the header).  ``ts_key``: u32 key of
+    this send's kernel TX timestamp (``SCM_TS_OPT_ID``).
+    """
+
+    sock_id: int
+    job_id: int
+    data: bytes
+    at: Optional[int] = None
+    addr: Optional[Addr] = None
+    ttl: Optional[int] = None
+    tos: Optional[int] = None
+    ts_key: Optional[int] = None
+
+
+class SendResult(msgspec.Struct, array_like=True, frozen=True):
+    """Outcome of one job: ``errno`` 0 and ``nbytes`` sent, or the errno.
+
+    ``user_time_ns`` is CLOCK_REALTIME read just before ``sendmsg`` (the
+    fallback when no kernel stamp arrives), 0 if the job never reached it.
+    """
+
+    sock_id: int
+    job_id: int
+    nbytes: int
+    errno: int
+    user_time_ns: int
+
+    @property
+    def ok(self) -> bool:
+        return self.errno == 0
+
+
+class _Add(msgspec.Struct, tag="a", array_like=True):
+    sock_id: int
+
+
+class _Remove(msgspec.Struct, tag="r", array_like=True):
+    sock_id: int
+
+
+class _Jobs(msgspec.Struct, tag="j", array_like=True):
+    jobs: list[SendJob]
+
+
+class _Stop(msgspec.Struct, tag="s", array_like=True):
+    pass
+
+
+class _Ready(msgspec.Struct, tag="R", array_like=True):
+    pid: int
+    realtime: bool
+
+
+class _Results(msgspec.Struct, tag="S", array_like=True):
+    results: list[SendResult]
+
+
+_ToChild = Union[_Add, _Remove, _Jobs, _Stop]
+_ToParent = Union[_Ready, _Results]
+
+
+class SenderError(RuntimeError):
+    """The sender process is not running or the channel to it failed."""
+
+
+# --------------------------------------------------------------------------
+# parent side
+# --------------------------------------------------------------------------
+
+
+class Sender:
+    """Parent-side handle of the sender process; all methods are non-async.
+
+    ``realtime``: run the child SCHED_FIFO (needs root; falls back silently
+    and says so in :attr:`realtime`).  ``cpu``: pin the child to a CPU.
+    ``spin_ns``: how long before a due time the child stops sleeping and
+    spins.  ``io_timeout``: bound on a blocked write to the child.
+    """
+
+    def __init__(
+        self,
+        *,
+        realtime: bool = True,
+        cpu: int | None = None,
+        spin_ns: int = _DEFAULT_SPIN_NS,
+        io_timeout: float = 5.0,
+    ) -> None:
+        if spin_ns < 0 or spin_ns > 50_000_000:
+            raise ValueError("spin_ns must be within 0..50 ms")
+        self._want_realtime = realtime
+        self._cpu = cpu
+        self._spin_ns = spin_ns
+        self._io_timeout = io_timeout
+        self._chan: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._next_id = 1
+        self._socks: dict[int, int] = {}  # sock_id -> family
+        self._enc = msgspec.msgpack.Encoder()
+        self._dec = msgspec.msgpack.Decoder(_ToParent)
+        self.realtime = False
+        self.pid: int | None = None
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        """Spawn the child and wait (≤ io_timeout) until it is ready."""
+        if self._proc is not None:
+            raise SenderError("sender already started")
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for s in (parent, child):
+            _grow_buffers(s)
+        argv = [
+            sys.executable, "-m", "marionet.endpoint.sender", "--child",
+            str(child.fileno()), str(os.getpid()), str(int(self._want_realtime)),
+            "-1" if self._cpu is None else str(self._cpu), str(self._spin_ns),
+        ]
+        try:
+            self._proc = subprocess.Popen(argv, pass_fds=(child.fileno(),), close_fds=True)
+        finally:
+            child.close()
+        parent.setblocking(False)
+        self._chan = parent
+        try:
+            if not select.select([parent], [], [], self._io_timeout)[0]:
+                raise TimeoutError("no greeting within io_timeout")
+            msg = self._dec.decode(parent.recv(_MAX_MSG))
+        except (OSError, msgspec.DecodeError) as exc:
+            self.stop()
+            raise SenderError(f"sender process did not start: {exc}") from None
+        if not isinstance(msg, _Ready):
+            self.stop()
+            raise SenderError("sender process sent an unexpected greeting")
+        self.pid, self.realtime = msg.pid, msg.realtime
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the child to exit, wait, and kill it (by pid) if it does not."""
+        chan, proc = self._chan, self._proc
+        self._chan = self._proc = None
+        if chan is not None:
+            try:
+                chan.send(self._enc.encode(_Stop()), socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        if proc is not None:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if chan is not None:
+            chan.close()
+
+    def __enter__(self) -> "Sender":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def fileno(self) -> int:
+        """The result channel, for ``loop.add_reader``."""
+        return self._require().fileno()
+
+    # -- sockets --
+
+    def add_socket(self, sock: socket.socket) -> int:
+        """Share ``sock`` with the sender; returns its sender-side id.
+
+        The child holds a duplicate descriptor of the same open socket (same
+        O_NONBLOCK flag, same error queue), so the parent keeps reading from
+        it.  TCP sockets are refused: the daemon sends on them with asyncio.
+        """
+        chan = self._require()
+        if not isinstance(sock, socket.socket):
+            raise TypeError("add_socket needs a socket.socket")
+        if sock.type == socket.SOCK_STREAM:
+            raise ValueError("TCP sockets do not go through the sender; send with asyncio")
+        if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_PACKET):
+            raise ValueError(f"unsupported socket family {sock.family!r}")
+        sid = self._next_id
+        self._next_id += 1
+        msg = self._enc.encode(_Add(sid))
+        self._send_ctl(lambda: socket.send_fds(chan, [msg], [sock.fileno()]))
+        self._socks[sid] = sock.family
+        return sid
+
+    def remove_socket(self, sock_id: int) -> None:
+        """Forget a socket; its queued jobs come back with errno ECANCELED."""
+        if self._socks.pop(sock_id, None) is None:
+            raise KeyError(f"unknown sender socket id {sock_id}")
+        chan = self._require()
+        msg = self._enc.encode(_Remove(sock_id))
+        self._send_ctl(lambda: chan.send(msg))
+
+    # -- jobs and results --
+
+    def submit(self, jobs: list[SendJob]) -> None:
+        """Queue jobs (validated here, so bad input raises in the caller).
+
+        Blocks only if the child's channel buffer is full (≤ io_timeout).
+        """
+        chan = self._require()
+        for job in jobs:
+            self._validate(job)
+        chunk: list[SendJob] = []
+        size = 0
+        for job in jobs:
+            cost = len(job.data) + 64
+            if chunk and size + cost > _MAX_MSG:
+                self._send_jobs(chan, chunk)
+                chunk, size = [], 0
+            chunk.append(job)
+            size += cost
+        if chunk:
+            self._send_jobs(chan, chunk)
+
+    def read_results(self, limit: int = 1024) -> list[SendResult]:
+        """Drain available result batches without blocking."""
+        chan = self._require()
+        out: list[SendResult] = []
+        for _ in range(limit):
+            try:
+                raw = chan.recv(_CHAN_BUF, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                raise SenderError(f"sender channel failed: {exc}") from None
+            if not raw:
+                raise SenderError("sender process exited")
+            msg = self._dec.decode(raw)
+            if isinstance(msg, _Results):
+                out.extend(msg.results)
+        return out
+
+    # -- helpers --
+
+    def _require(self) -> socket.socket:
+        if self._chan is None:
+            raise SenderError("sender not started")
+        return self._chan
+
+    def _send_ctl(self, fn: Callable[[], object]) -> None:
+        """Send one channel message; wait (bounded) while the child's buffer is full."""
+        deadline = time.monotonic() + self._io_timeout
+        while True:
+            try:
+                fn()
+                return
+            except (BlockingIOError, InterruptedError):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SenderError("sender process is not reading its channel") from None
+                select.select([], [self._require()], [], left)
+            except OSError as exc:
+                raise SenderError(f"sender channel failed: {exc}") from None
+
+    def _send_jobs(self, chan: socket.socket, jobs: list[SendJob]) -> None:
+        data = self._enc.encode(_Jobs(jobs))
+        self._send_ctl(lambda: chan.send(data))
+
+    def _validate(self, job: SendJob) -> None:
+        if not isinstance(job, SendJob):
+            raise TypeError(f"expected SendJob, got {type(job).__name__}")
+        family = self._socks.get(job.sock_id)
+        if family is None:
+            raise KeyError(f"job {job.job_id}: unknown sender socket id {job.sock_id}")
+        if not isinstance(job.data, (bytes, bytearray)) or len(job.data) > 65535:
+            raise ValueError(f"job {job.job_id}: data must be bytes of at most 65535")
+        if job.at is not None and (not isinstance(job.at, int) or job.at < 0):
+            raise ValueError(f"job {job.job_id}: at must be ns since the epoch")
+        for name in ("ttl", "tos"):
+            v = getattr(job, name)
+            if v is not None:
+                if family == socket.AF_PACKET:
+                    raise ValueError(f"job {job.job_id}: {name} not settable on AF_PACKET")
+                if not isinstance(v, int) or not 0 <= v <= 255:
+                    raise ValueError(f"job {job.job_id}: {name} must be 0..255")
+        if job.ts_key is not None and (not isinstance(job.ts_key, int) or not 0 <= job.ts_key <= 0xFFFFFFFF):
+            raise ValueError(f"job {job.job_id}: ts_key must be a u32")
+        if job.addr is not None and not isinstance(job.addr, tuple):
+            raise ValueError(f"job {job.job_id}: addr must be a tuple like ('127.0.0.1', 53)")
+
+
+def _grow_buffers(s: socket.socket) -> None:
+    """Bigger channel buffers: batches of jobs and results are large."""
+    for opt, force in ((socket.SO_SNDBUF, 32), (socket.SO_RCVBUF, 33)):  # *BUFFORCE
+        try:
+            s.setsockopt(socket.SOL_SOCKET, force, _CHAN_BUF)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, opt, _CHAN_BUF)
+
+
+# --------------------------------------------------------------------------
+# child side
+# --------------------------------------------------------------------------
+
+
+class _Sock:
+    __slots__ = ("sock", "family", "fifo")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.family = sock.family
+        self.fifo: deque[SendJob] = deque()
+
+
+class _Child:
+    """The sender process's loop (see the module docstring)."""
+
+    def __init__(self, chan: socket.socket, spin_ns: int) -> None:
+        self.chan = chan
+        self.spin_ns = spin_ns
+        self.socks: dict[int, _Sock] = {}
+        self.heap: list[tuple[int, int, int]] = []  # (due, seq, sock_id)
+        self.seq = 0
+        self.results: list[SendResult] = []
+        self.outbox: deque[bytes] = deque()
+        self.stopping = False
+        self.enc = msgspec.msgpack.Encoder()
+        self.dec = msgspec.msgpack.Decoder(_ToChild)
+        self.poller = select.poll()
+        self.poll_mask = 0
+        self._set_poll(select.POLLIN)
+
+    def _set_poll(self, mask: int) -> None:
+        if mask != self.poll_mask:
+            self.poller.register(self.chan.fileno(), mask)
+            self.poll_mask = mask
+
+    # -- channel --
+
+    def read_channel(self, timeout_ms: int | None, max_msgs: int = 64) -> None:
+        """Wait up to ``timeout_ms`` for the channel, then handle messages."""
+        want = select.POLLIN | (select.POLLOUT if self.outbox else 0)
+        self._set_poll(want)
+        events = self.poller.poll(timeout_ms)
+        if not events:
+            return
+        if self.outbox:
+            self.write_outbox()
+        for _ in range(max_msgs):
+            try:
+                raw, fds = _recv_with_fds(self.chan)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.stopping = True
+                return
+            if not raw:
+                self.stopping = True  # parent closed the channel
+                for fd in fds:
+                    os.close(fd)
+                return
+            self.handle(raw, fds)
+
+    def handle(self, raw: bytes, fds: list[int]) -> None:
+        try:
+            msg = self.dec.decode(raw)
+        except msgspec.DecodeError:
+            for fd in fds:
+                os.close(fd)
+            return
+        if isinstance(msg, _Jobs):
+            for fd in fds:
+                os.close(fd)
+            self.enqueue(msg.jobs)
+        elif isinstance(msg, _Add):
+            if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                return
+            old = self.socks.pop(msg.sock_id, None)
+            if old is not None:
+                old.sock.close()
+            self.socks[msg.sock_id] = _Sock(socket.socket(fileno=fds[0]))
+        elif isinstance(msg, _Remove):
+            entry = self.socks.pop(msg.sock_id, None)
+            if entry is not None:
+                for job in entry.fifo:
+                    self.results.append(SendResult(job.sock_id, job.job_id, 0, errno.ECANCELED, 0))
+                entry.sock.close()
+        elif isinstance(msg, _Stop):
+            self.stopping = True
+
+    def enqueue(self, jobs: list[SendJob]) -> None:
+        for job in jobs:
+            entry = self.socks.get(job.sock_id)
+            if entry is None:
+                self.results.append(SendResult(job.sock_id, job.job_id, 0, errno.EBADF, 0))
+                continue
+            if not entry.fifo:
+                self._push(job)
+            entry.fifo.append(job)
+
+    def _push(self, job: SendJob) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (job.at or 0, self.seq, job.sock_id))
+
+    def flush_results(self) -> None:
+        if self.results:
+            batch, self.results = self.results, []
+            for i in range(0, len(batch), 2048):
+                self.outbox.append(self.enc.encode(_Results(batch[i : i + 2048])))
+        self.write_outbox()
+
+    def write_outbox(self) -> None:
+        while self.outbox:
+            try:
+                self.chan.send(self.outbox[0], socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return  # parent is slow; keep results and retry later
+            except OSError:
+                self.stopping = True
+                return
+            self.outbox.popleft()
+
+    # -- sending --
+
+    def send_due(self, budget: int = 64) -> None:
+        now = time.time_ns()
+        heap = self.heap
+        while budget and heap and heap[0][0] <= now:
+            budget -= 1
+            _due, _seq, sid = heapq.heappop(heap)
+            entry = self.socks.get(sid)
+            if entry is None or not entry.fifo:
+                continue
+            job = entry.fifo.popleft()
+            self.results.append(_send_one(entry, job))
+            if entry.fifo:
+                self._push(entry.fifo[0])
+            now = time.time_ns()
+
+    def run(self) -> None:
+        spin = self.spin_ns
+        while not self.stopping:
+            heap = self.heap
+            now = time.time_ns()
+            if heap and heap[0][0] <= now:
+                self.send_due()
+                if len(self.results) >= 512:
+                    self.flush_results()
+                self.read_channel(0)
+                continue
+            if self.results or self.outbox:
+                self.flush_results()
+            if not heap:
+                self.read_channel(None if not self.outbox else 50)
+                continue
+            wait = heap[0][0] - now - spin
+            if wait > 0:
+                self.read_channel(wait // 1_000_000)
+                continue
+            due = heap[0][0]
+            while time.time_ns() < due:
+                pass
+        self.flush_results()
+
+
+_FDS_ANC = socket.CMSG_SPACE(4 * 4)
+
+
+def _recv_with_fds(chan: socket.socket) -> tuple[bytes, list[int]]:
+    """Non-blocking recvmsg keeping SCM_RIGHTS fds (3.11's recv_fds ignores flags)."""
+    raw, anc, _flags, _addr = chan.recvmsg(_CHAN_BUF, _FDS_ANC, socket.MSG_DONTWAIT)
+    fds: list[int] = []
+    for level, typ, data in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(struct.unpack(f"={usable // 4}i", data[:usable]))
+    return raw, fds
+
+
+def _cmsgs(family: int, job: SendJob) -> list[tuple[int, int, bytes]]:
+    out = []
+    if job.ttl is not None:
+        if family == socket.AF_INET6:
+            out.append((so.SOL_IPV6, so.IPV6_HOPLIMIT, _I32.pack(job.ttl)))
+        else:
+            out.append((so.SOL_IP, so.IP_TTL, _I32.pack(job.ttl)))
+    if job.tos is not None:
+        if family == socket.AF_INET6:
+            out.append((so.SOL_IPV6, so.IPV6_TCLASS, _I32.pack(job.tos)))
+        else:
+            out.append((so.SOL_IP, so.IP_TOS, _I32.pack(job.tos)))
+    if job.ts_key is not None:
+        out.append((so.SOL_SOCKET, so.SCM_TS_OPT_ID, _U32.pack(job.ts_key)))
+    return out
+
+
+def _send_one(entry: _Sock, job: SendJob) -> SendResult:
+    """sendmsg with one retry for a stale async error and bounded EAGAIN waits."""
+    sock = entry.sock
+    cmsgs = _cmsgs(entry.family, job) if (job.ttl is not None or job.tos is not None or job.ts_key is not None) else []
+    addr = tuple(job.addr) if job.addr is not None else None
+    retried = False
+    deadline = 0.0
+    t = 0
+    while True:
+        t = time.time_ns()
+        try:
+            if addr is None:
+                n = sock.sendmsg((job.data,), cmsgs)
+            else:
+                n = sock.sendmsg((job.data,), cmsgs, 0, addr)
+            return SendResult(job.sock_id, job.job_id, n, 0, t)
+        except (BlockingIOError, InterruptedError) as exc:
+            err = exc.errno or errno.EAGAIN
+            if err == errno.EINTR:
+                continue
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + _EAGAIN_WAIT_S
+            if now >= deadline:
+                return SendResult(job.sock_id, job.job_id, 0, err, t)
+            select.select([], [sock], [], deadline - now)
+        except OSError as exc:
+            if exc.errno in so.ASYNC_SOCK_ERRNOS and not retried:
+                retried = True
+                continue
+            return SendResult(job.sock_id, job.job_id, 0, exc.errno or errno.EIO, t)
+        except (TypeError, ValueError, OverflowError):
+            return SendResult(job.sock_id, job.job_id, 0, errno.EINVAL, t)
+
+
+def _child_setup(parent_pid: int, realtime: bool, cpu: int) -> bool:
+    """Die with the parent, ignore Ctrl-C, tighten timers; maybe SCHED_FIFO."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK: 1 ns, precise sleeps
+    except OSError:
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(0)  # parent died before PDEATHSIG was armed
+    if cpu >= 0:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
+    if realtime:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+            return True
+        except (OSError, AttributeError):
+            return False
+    return False
+
+
+def _child_main(argv: list[str]) -> None:
+    fd, parent_pid, realtime, cpu, spin_ns = (int(a) for a in argv)
+    rt = _child_setup(parent_pid, bool(realtime), cpu)
+    chan = socket.socket(fileno=fd)
+    chan.setblocking(False)
+    child = _Child(chan, spin_ns)
+    chan.send(child.enc.encode(_Ready(os.getpid(), rt)))
+    try:
+        child.run()
+    finally:
+        for entry in child.socks.values():
+            entry.sock.close()
+        chan.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "--child":
+        _child_main(sys.argv[2:])
+    else:
+        sys.exit("marionet.endpoint.sender is started by Sender.start(), not by hand")
