@@ -1,0 +1,113 @@
+"""Running the endpoint as a daemon: TLS set-up and the listen loop.
+
+Kept apart from ``daemon`` so the library can embed an ``Endpoint``
+without the command line's policy (self-signed certificates, the
+plain-TCP-on-loopback-only rule, signal handling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from marionet.client.address import is_loopback, parse_hostport
+from marionet.endpoint.daemon import Endpoint, EndpointConfig, default_state_dir
+
+log = logging.getLogger("marionet.endpoint")
+
+
+class ConfigError(Exception):
+    """A command-line setting that cannot work; the message says why."""
+
+
+def server_ssl(host: str, cert: str | None, key: str | None, client_ca: str | None,
+               state_dir: Path | None = None) -> tuple[ssl.SSLContext, str]:
+    """TLS context for ``--listen``; returns it and a line for the operator."""
+    from marionet.guard import pki, tls
+
+    if (cert is None) != (key is None):
+        raise ConfigError("give both --cert and --key, or neither")
+    if cert is None:
+        state = state_dir or default_state_dir()
+        hosts = ["localhost"]
+        ips = ["127.0.0.1", "::1"]
+        if host not in ("0.0.0.0", "::", "localhost") and host not in ips:
+            ips.append(host)
+        ss = pki.self_signed_server(state, hostnames=hosts, ips=ips)
+        cert, key = str(ss.cert), str(ss.key)
+        note = f"self-signed certificate {ss.cert} (sha256 {ss.fingerprint})"
+    else:
+        note = f"certificate {cert}"
+    ctx = tls.server_context(cert, key, ca=client_ca, require_client_cert=client_ca is not None)
+    return ctx, note
+
+
+async def run_listen(listen: str, config: EndpointConfig, *, insecure: bool = False,
+                     cert: str | None = None, key: str | None = None,
+                     client_ca: str | None = None, ready: asyncio.Event | None = None) -> None:
+    host, port = parse_hostport(listen)
+    if insecure and not is_loopback(host):
+        raise ConfigError("--insecure (plain TCP) is allowed on loopback only; use TLS elsewhere")
+    ctx = None
+    note = "plain TCP (insecure, loopback only)"
+    if not insecure:
+        ctx, note = server_ssl(host, cert, key, client_ca)
+        if client_ca is None and not is_loopback(host):
+            log.warning("listening on %s without client certificates: anyone who can reach it may use it", host)
+    endpoint = Endpoint(config)
+    server = await endpoint.serve(host, port, ctx)
+    bound = server.sockets[0].getsockname() if server.sockets else (host, port)
+    print(f"marionet endpoint {config.name!r} listening on {bound[0]}:{bound[1]} — {note}; "
+          f"send engine: {type(endpoint.engine).__name__}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await endpoint.close()
+
+
+def main_endpoint(args: object) -> int:
+    """Entry for ``marionet endpoint``."""
+    a = args  # argparse.Namespace
+    tags = {}
+    for t in getattr(a, "tag", None) or []:
+        k, sep, v = t.partition("=")
+        if not sep or not k:
+            print(f"marionet endpoint: --tag {t!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        tags[k] = v
+    config = EndpointConfig(buffer_limit=a.buffer_limit, engine=a.engine, tags=tags)  # type: ignore[attr-defined]
+    if a.name:  # type: ignore[attr-defined]
+        config.name = a.name  # type: ignore[attr-defined]
+    try:
+        if getattr(a, "controller", None):
+            from marionet.endpoint.dialer import run_dialer
+
+            asyncio.run(run_dialer(a, config))
+            return 0
+        if not a.listen:  # type: ignore[attr-defined]
+            print("marionet endpoint: give --listen HOST:PORT or --controller HOST:PORT", file=sys.stderr)
+            return 2
+        asyncio.run(run_listen(a.listen, config, insecure=a.insecure, cert=a.cert, key=a.key,  # type: ignore[attr-defined]
+                               client_ca=a.client_ca))  # type: ignore[attr-defined]
+    except (ConfigError, ValueError) as exc:
+        print(f"marionet endpoint: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"marionet endpoint: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0

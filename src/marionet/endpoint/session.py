@@ -1,0 +1,418 @@
+"""One client's session on an endpoint: its sockets, notifications, tasks.
+
+The session consumes decoded requests and emits encoded frames to an
+*outlet* (a direct connection, a channel through the controller, or an
+in-process link for primitives running on the endpoint). It knows nothing
+about transports, so every path into the endpoint shares this code — and
+its guard call sites.
+
+Notifications are buffered up to a byte limit while the outlet is slow or
+the client has suppressed them; past the limit new ones are dropped and
+counted, and an ``NDrop`` reports the loss before delivery resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from marionet.endpoint import bpf
+from marionet.endpoint.addresses import BadRequest, check_addr, check_port, sockaddr
+from marionet.endpoint.sockets import (
+    DatagramSocket,
+    EpSocket,
+    RawSocket,
+    TcpListener,
+    TcpSocket,
+    UdpSocket,
+    errno_text,
+    make_socket,
+)
+from marionet.guard import GuardDenied, Principal
+from marionet.wire import messages as m
+from marionet.wire.codec import encode
+
+if TYPE_CHECKING:
+    from marionet.endpoint.daemon import Endpoint
+
+
+class Outlet(Protocol):
+    """Where a session's frames go."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def writable(self) -> bool: ...
+
+
+class Session:
+    """Server-side state of one client."""
+
+    def __init__(self, endpoint: "Endpoint", outlet: Outlet, principal: Principal) -> None:
+        self.endpoint = endpoint
+        self.outlet = outlet
+        self.principal = principal
+        self.loop = asyncio.get_running_loop()
+        self.sockets: dict[int, EpSocket] = {}
+        self.tasks: dict[int, asyncio.Task] = {}
+        self._next_sid = 1
+        self.closed = False
+        # outgoing frames coalesced into one write per loop iteration
+        self._out: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
+        # notification buffer
+        self.buffer_limit = endpoint.config.buffer_limit
+        self._held: deque[tuple[str, bytes]] = deque()
+        self._held_bytes = 0
+        self.suppressed = False
+        self._drop_count = 0
+        self._drop_bytes = 0
+        self._drop_kinds: dict[str, int] = {}
+        self.dropped_total = 0
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    # ------------------------------------------------------------------ output
+    def _queue_frame(self, frame: bytes) -> None:
+        self._out.append(frame)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._out and not self.closed:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            self.outlet.write(data)
+
+    def reply(self, msg: m.Message) -> None:
+        """Replies bypass suppression: control must work during a transfer."""
+        if not self.closed:
+            self._queue_frame(encode(msg))
+
+    def error(self, rid: int, code: str, reason: str, rule: str | None = None) -> None:
+        self.reply(m.Error(id=rid, code=code, reason=reason, rule=rule))
+
+    def notify(self, msg: m.Message) -> None:
+        if self.closed:
+            return
+        frame = encode(msg)
+        if self._held or self.suppressed or self._drop_count or not self.outlet.writable():
+            self._hold(msg, frame)
+        else:
+            self._queue_frame(frame)
+
+    def _hold(self, msg: m.Message, frame: bytes) -> None:
+        kind = type(msg).__struct_config__.tag
+        if self._held_bytes + len(frame) > self.buffer_limit:
+            self._drop_count += 1
+            self._drop_bytes += len(frame)
+            self._drop_kinds[kind] = self._drop_kinds.get(kind, 0) + 1  # type: ignore[index]
+            self.dropped_total += 1
+            return
+        self._held.append((kind, frame))  # type: ignore[arg-type]
+        self._held_bytes += len(frame)
+
+    def release(self) -> None:
+        """Deliver held notifications while the outlet takes them."""
+        if self.suppressed or self.closed:
+            return
+        while self._held and self.outlet.writable():
+            _, frame = self._held.popleft()
+            self._held_bytes -= len(frame)
+            self._queue_frame(frame)
+        if not self._held and self._drop_count and self.outlet.writable():
+            self._queue_frame(encode(m.NDrop(time_ns=time.time_ns(), count=self._drop_count,
+                                             nbytes=self._drop_bytes, kinds=dict(self._drop_kinds))))
+            self._drop_count = 0
+            self._drop_bytes = 0
+            self._drop_kinds.clear()
+
+    def on_writable(self) -> None:
+        """The outlet drained below its low-water mark."""
+        self.release()
+
+    @property
+    def buffer_used(self) -> int:
+        return self._held_bytes
+
+    # ------------------------------------------------------------------- guard
+    def guard_op(self, op: str, fields: dict[str, Any]) -> None:
+        """The single call site for operations (raises GuardDenied)."""
+        self.endpoint.guard.check(self.principal, op, fields)
+
+    def guard_data(self, sid: int, data: bytes, peer: str | None) -> bool:
+        try:
+            self.endpoint.guard.check_data(self.principal, sid, data, peer)
+            return True
+        except GuardDenied as exc:
+            self.notify(m.NBlock(time_ns=time.time_ns(), sock=sid, what="ndata",
+                                 rule=exc.rule, reason=exc.reason))
+            self.endpoint.audit(self.principal, "ndata", exc)
+            return False
+
+    # ---------------------------------------------------------------- requests
+    def handle(self, msg: m.Message) -> None:
+        """Dispatch one request; every failure becomes an ``Error`` reply."""
+        handler = self._handlers.get(type(msg))
+        rid = getattr(msg, "id", 0)
+        if handler is None:
+            self.error(rid, "unexpected", f"{type(msg).__struct_config__.tag!r} is not a request")
+            return
+        try:
+            handler(self, msg)
+        except BadRequest as exc:
+            self.error(rid, exc.code, exc.reason)
+        except GuardDenied as exc:
+            self.endpoint.audit(self.principal, type(msg).__struct_config__.tag, exc)
+            self.error(rid, "denied", exc.reason, rule=exc.rule)
+        except bpf.FilterError as exc:
+            self.error(rid, "bad-filter", str(exc))
+        except OSError as exc:
+            self.error(rid, "os-error", errno_text(exc.errno or 0) if exc.errno else str(exc))
+
+    def _sock(self, sid: int) -> EpSocket:
+        s = self.sockets.get(sid)
+        if s is None:
+            raise BadRequest("unknown-socket", f"no socket {sid} in this session")
+        return s
+
+    def _h_info(self, msg: m.Info) -> None:
+        ep = self.endpoint
+        self.reply(m.InfoReply(
+            id=msg.id, clock_ns=time.time_ns(), name=ep.config.name, version=ep.version,
+            protocol=m.PROTOCOL_VERSION, addresses=ep.addresses(), capabilities=ep.capabilities(),
+            buffer_limit=self.buffer_limit, buffer_used=self._held_bytes,
+            limits={"max_sockets": ep.config.max_sockets, "max_frame": ep.config.max_frame},
+        ))
+
+    def _h_ping(self, msg: m.Ping) -> None:
+        t_rx = time.time_ns()
+        self.reply(m.Pong(id=msg.id, t_rx=t_rx, t_tx=time.time_ns()))
+
+    def _new_sid(self) -> int:
+        sid = self._next_sid
+        self._next_sid += 1
+        return sid
+
+    def _h_nopen(self, msg: m.NOpen) -> None:
+        if len(self.sockets) >= self.endpoint.config.max_sockets:
+            raise BadRequest("limit", f"at most {self.endpoint.config.max_sockets} sockets per session")
+        fields = {f: getattr(msg, f) for f in msg.__struct_fields__ if f != "id"}
+        self.guard_op("nopen", fields)
+        if msg.proto == "raw" and not self.endpoint.capabilities().get("raw"):
+            raise BadRequest("no-privilege", "raw sockets need CAP_NET_RAW, which this endpoint lacks")
+        if msg.hdrincl and (msg.proto != "raw" or msg.family != 4):
+            raise BadRequest("bad-option", "hdrincl is for raw IPv4 sockets only")
+        laddr = check_addr(msg.laddr, msg.family, "laddr") if msg.laddr else None
+        lport = check_port(msg.lport, "lport", required=False)
+        if msg.proto == "tcp":
+            if msg.raddr is None:
+                raise BadRequest("bad-address", "tcp needs raddr and rport")
+            raddr = check_addr(msg.raddr, msg.family, "raddr")
+            rport = check_port(msg.rport, "rport")
+            if rport == 0:
+                raise BadRequest("bad-port", "cannot connect to port 0")
+        sock = make_socket(msg.family, msg.proto, msg.ipproto)
+        try:
+            self._apply_options(sock, msg)
+            if msg.proto == "raw" and msg.hdrincl:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+            if laddr is not None or lport or msg.proto == "udp":
+                if msg.proto != "raw":
+                    sock.bind(sockaddr(laddr or ("::" if msg.family == 6 else "0.0.0.0"), lport, msg.family))
+                elif laddr is not None:
+                    sock.bind(sockaddr(laddr, 0, msg.family))
+        except OSError as exc:
+            sock.close()
+            raise BadRequest("os-error", f"cannot set up socket: {errno_text(exc.errno or 0)}") from None
+        except BaseException:
+            sock.close()
+            raise
+        if msg.proto == "tcp":
+            self.loop.create_task(self._connect(msg, sock, raddr, rport))
+            return
+        sid = self._new_sid()
+        try:
+            if msg.proto == "udp":
+                es: EpSocket = UdpSocket(self, sid, sock, msg.family)
+            elif msg.proto == "raw":
+                es = RawSocket(self, sid, sock, msg.family, msg.ipproto or 0, msg.hdrincl)
+            else:
+                sock.listen(max(1, min(msg.backlog, 1024)))
+                es = TcpListener(self, sid, sock, msg.family)
+        except OSError as exc:
+            sock.close()
+            raise BadRequest("os-error", f"cannot set up socket: {errno_text(exc.errno or 0)}") from None
+        self.sockets[sid] = es
+        la, lp = es.local()
+        self.reply(m.Opened(id=msg.id, sock=sid, laddr=la, lport=lp))
+
+    def _apply_options(self, sock: socket.socket, msg: m.NOpen) -> None:
+        if msg.device:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, msg.device.encode())
+        if msg.ttl is not None:
+            if not 0 <= msg.ttl <= 255:
+                raise BadRequest("bad-option", f"ttl {msg.ttl} not in 0..255")
+            if msg.family == 6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, msg.ttl)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, msg.ttl)
+        if msg.tos is not None:
+            if not 0 <= msg.tos <= 255:
+                raise BadRequest("bad-option", f"tos {msg.tos} not in 0..255")
+            if msg.family == 6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, msg.tos)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, msg.tos)
+        if msg.proto in ("tcp-listen",):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    async def _connect(self, msg: m.NOpen, sock: socket.socket, raddr: str, rport: int) -> None:
+        sock.setblocking(False)
+        timeout = (msg.timeout_ns or self.endpoint.config.connect_timeout_ns) / 1e9
+        try:
+            await asyncio.wait_for(self.loop.sock_connect(sock, sockaddr(raddr, rport, msg.family)), timeout)
+        except asyncio.TimeoutError:
+            sock.close()
+            self.error(msg.id, "timeout", f"connect to {raddr} port {rport} timed out after {timeout:g} s")
+            return
+        except OSError as exc:
+            sock.close()
+            self.error(msg.id, "connect-failed", f"connect to {raddr} port {rport}: {errno_text(exc.errno or 0)}")
+            return
+        if self.closed:
+            sock.close()
+            return
+        es = self.adopt_tcp(sock, msg.family)
+        la, lp = es.local()
+        self.reply(m.Opened(id=msg.id, sock=es.sid, laddr=la, lport=lp, raddr=raddr, rport=rport))
+        es.state("established", peer=raddr, port=rport)
+
+    def adopt_tcp(self, conn: socket.socket, family: int) -> TcpSocket:
+        if len(self.sockets) >= self.endpoint.config.max_sockets:
+            raise BadRequest("limit", f"at most {self.endpoint.config.max_sockets} sockets per session")
+        sid = self._new_sid()
+        es = TcpSocket(self, sid, conn, family)
+        self.sockets[sid] = es
+        return es
+
+    def _h_nclose(self, msg: m.NClose) -> None:
+        es = self._sock(msg.sock)
+        self.guard_op("nclose", {"sock": msg.sock})
+        self._close_socket(es)
+        self.reply(m.Ok(id=msg.id))
+
+    def _close_socket(self, es: EpSocket) -> None:
+        self.sockets.pop(es.sid, None)
+        if isinstance(es, DatagramSocket):
+            self.endpoint.engine.forget(es)
+        es.close()
+
+    def _send_item(self, item: m.SendItem) -> None:
+        es = self._sock(item.sock)
+        self.guard_op("nsend", {"sock": item.sock, "kind": es.kind, "dst": item.dst, "port": item.port,
+                                "nbytes": len(item.data), "at": item.at, "data": item.data,
+                                "ttl": item.ttl, "tos": item.tos})
+        es.enqueue(item)
+
+    def _h_nsend(self, msg: m.NSend) -> None:
+        self._send_item(m.SendItem(sock=msg.sock, data=msg.data, dst=msg.dst, port=msg.port,
+                                   at=msg.at, tag=msg.tag, ttl=msg.ttl, tos=msg.tos, df=msg.df))
+        self.reply(m.Ok(id=msg.id))
+
+    def _h_nsendv(self, msg: m.NSendV) -> None:
+        """Queue sends in order; stop at the first refusal and say which."""
+        for i, item in enumerate(msg.sends):
+            try:
+                self._send_item(item)
+            except (BadRequest, GuardDenied) as exc:
+                code = exc.code if isinstance(exc, BadRequest) else "denied"
+                rule = exc.rule if isinstance(exc, GuardDenied) else None
+                self.error(msg.id, code, f"send {i} of {len(msg.sends)}: {exc.reason}", rule=rule)
+                return
+        self.reply(m.Ok(id=msg.id, value=len(msg.sends)))
+
+    def _h_ncap(self, msg: m.NCap) -> None:
+        es = self._sock(msg.sock)
+        if not isinstance(es, RawSocket):
+            raise BadRequest("not-supported", f"ncap needs a raw socket, socket {msg.sock} is {es.kind}")
+        if msg.filter is not None and msg.program is not None:
+            raise BadRequest("bad-filter", "give filter or program, not both")
+        self.guard_op("ncap", {"sock": msg.sock, "filter": msg.filter, "program": msg.program,
+                               "until": msg.until})
+        if msg.program is not None:
+            program = bpf.validate_program(msg.program)
+        else:
+            program = bpf.compile_filter(msg.filter or "", linktype="raw")
+        es.capture(program, msg.until)
+        self.reply(m.Ok(id=msg.id, value=len(program)))
+
+    def _h_nctl(self, msg: m.NCtl) -> None:
+        self.guard_op("nctl", {"op": msg.op, "sock": msg.sock, "at": msg.at})
+        if msg.op == "suppress":
+            self.suppressed = True
+        elif msg.op == "resume":
+            self.suppressed = False
+            self.release()
+        elif msg.op == "shutdown":
+            if msg.sock is None:
+                raise BadRequest("bad-option", "shutdown needs sock")
+            self._sock(msg.sock).shutdown(msg.at)
+        else:
+            raise BadRequest("bad-option", f"unknown nctl op {msg.op!r} (suppress, resume, shutdown)")
+        self.reply(m.Ok(id=msg.id))
+
+    def _h_task(self, msg: m.Task) -> None:
+        self.guard_op("task", {"primitive": msg.primitive, "params": msg.params})
+        runner = self.endpoint.primitives
+        if runner is None:
+            raise BadRequest("not-supported", "this endpoint runs no primitives")
+        runner.start(self, msg)
+
+    def _h_halt(self, msg: m.Halt) -> None:
+        task = self.tasks.get(msg.task)
+        if task is None:
+            raise BadRequest("unknown-task", f"no task {msg.task} in this session")
+        task.cancel()
+        self.reply(m.Ok(id=msg.id))
+
+    _handlers: dict[type, Callable[["Session", Any], None]] = {
+        m.Info: _h_info,
+        m.Ping: _h_ping,
+        m.NOpen: _h_nopen,
+        m.NClose: _h_nclose,
+        m.NSend: _h_nsend,
+        m.NSendV: _h_nsendv,
+        m.NCap: _h_ncap,
+        m.NCtl: _h_nctl,
+        m.Task: _h_task,
+        m.Halt: _h_halt,
+    }
+
+    # ------------------------------------------------------------- lifecycle
+    def _sweep(self) -> None:
+        if self.closed:
+            return
+        now = time.time_ns()
+        for es in list(self.sockets.values()):
+            sweep = getattr(es, "sweep_stamps", None)
+            if sweep is not None:
+                sweep(now)
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def close(self) -> None:
+        """Close every socket and halt every task of this session."""
+        if self.closed:
+            return
+        self.closed = True
+        self._sweeper.cancel()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        for task in list(self.tasks.values()):
+            task.cancel()
+        for es in list(self.sockets.values()):
+            self._close_socket(es)
+        self.sockets.clear()
+        self._held.clear()

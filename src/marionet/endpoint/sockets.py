@@ -1,0 +1,589 @@
+"""Endpoint sockets: UDP, raw IPv4/IPv6, TCP connect and TCP listen.
+
+Each class wraps one kernel socket owned by one session. Received data,
+transmit timestamps, ICMP errors and TCP state changes become notifications
+on that session; sends are queued per socket so they leave in request order
+even when scheduled for a later time. Datagram sends are handed to the
+endpoint's send engine (a dedicated sender process when available, so
+spinning to a deadline never stalls the event loop); TCP sends run on the
+event loop because a stream write may block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as errno_mod
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from marionet.endpoint import bpf, sockopt as so
+from marionet.endpoint import timestamps as ts
+from marionet.endpoint.addresses import (
+    BadRequest,
+    check_addr,
+    check_port,
+    family_const,
+    peer_text,
+    sockaddr,
+)
+from marionet.wire import messages as m
+
+if TYPE_CHECKING:
+    from marionet.endpoint.session import Session
+
+#: A tagged send whose kernel stamp has not arrived after this long is
+#: reported with its user-space send time instead (never silently lost).
+STAMP_GRACE_NS = 2_000_000_000
+
+
+@dataclass(slots=True)
+class PendingTag:
+    tag: int
+    nbytes: int
+    at: int | None
+    user_ns: int
+
+
+@dataclass(slots=True)
+class DatagramJob:
+    """One datagram send, ready for the kernel."""
+
+    esock: "DatagramSocket"
+    data: bytes
+    addr: tuple | None
+    at: int | None
+    tag: int | None
+    key: int
+    ttl: int | None
+    tos: int | None
+    df: bool | None
+
+
+def errno_text(err: int) -> str:
+    name = errno_mod.errorcode.get(err, str(err))
+    return f"{name}: {os.strerror(err)}"
+
+
+class EpSocket:
+    """Common parts: identity, the owning session, close bookkeeping."""
+
+    kind = "socket"
+
+    def __init__(self, session: "Session", sid: int, sock: socket.socket, family: int) -> None:
+        self.session = session
+        self.sid = sid
+        self.sock = sock
+        self.family = family
+        self.closed = False
+        self.loop = session.loop
+
+    # -- helpers ----------------------------------------------------------
+    def local(self) -> tuple[str | None, int | None]:
+        try:
+            return peer_text(self.sock.getsockname())
+        except OSError:
+            return None, None
+
+    def notify(self, msg: m.Message) -> None:
+        if not self.closed:
+            self.session.notify(msg)
+
+    def deliver_data(self, data: bytes, peer: str | None, port: int | None,
+                     time_ns: int, source: str, ttl: int | None = None) -> None:
+        """Received data passes the guard, then becomes an ``NData``."""
+        if self.session.guard_data(self.sid, data, peer):
+            self.notify(m.NData(sock=self.sid, time_ns=time_ns, ts_source=source,  # type: ignore[arg-type]
+                                data=data, peer=peer, port=port, ttl=ttl))
+
+    def enqueue(self, item: m.SendItem) -> None:
+        raise BadRequest("not-supported", f"{self.kind} sockets cannot send")
+
+    def capture(self, program: list[tuple[int, int, int, int]], until: int | None) -> None:
+        raise BadRequest("not-supported", f"ncap needs a raw socket, not {self.kind}")
+
+    def shutdown(self, at: int | None) -> None:
+        raise BadRequest("not-supported", f"shutdown needs a TCP socket, not {self.kind}")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError):
+            pass
+        self.sock.close()
+
+
+# ---------------------------------------------------------------------------
+# Datagram sockets (UDP, raw)
+# ---------------------------------------------------------------------------
+
+
+class DatagramSocket(EpSocket):
+    """UDP or raw: per-send destination, kernel TX stamps keyed per send."""
+
+    def __init__(self, session: "Session", sid: int, sock: socket.socket, family: int) -> None:
+        super().__init__(session, sid, sock, family)
+        self._next_key = 0
+        self._tags: dict[int, PendingTag] = {}
+        self._queued = 0  # jobs handed to the engine and not yet reported
+        self._df_state: bool | None = None
+        self.sent_packets = 0
+        self.sent_bytes = 0
+        sock.setblocking(False)
+        ts.enable_rx_timestamps(sock)
+        ts.enable_tx_timestamps(sock)
+        self.loop.add_reader(sock.fileno(), self._on_readable)
+
+    # -- sending -------------------------------------------------------------
+    def destination(self, item: m.SendItem) -> tuple | None:
+        raise NotImplementedError
+
+    def enqueue(self, item: m.SendItem) -> None:
+        if self.closed:
+            raise BadRequest("closed", f"socket {self.sid} is closed")
+        if len(item.data) > 65535:
+            raise BadRequest("too-big", f"{len(item.data)} bytes exceed 65535")
+        if item.ttl is not None and not 0 <= item.ttl <= 255:
+            raise BadRequest("bad-option", f"ttl {item.ttl} not in 0..255")
+        if item.tos is not None and not 0 <= item.tos <= 255:
+            raise BadRequest("bad-option", f"tos {item.tos} not in 0..255")
+        addr = self.destination(item)
+        key = self._next_key
+        self._next_key = (key + 1) & 0xFFFFFFFF
+        job = DatagramJob(self, item.data, addr, item.at, item.tag, key, item.ttl, item.tos, item.df)
+        if item.tag is not None:
+            self._tags[key] = PendingTag(item.tag, len(item.data), item.at, 0)
+        self._queued += 1
+        self.session.endpoint.engine.submit(job)
+
+    def cmsgs(self, job: DatagramJob) -> list[tuple[int, int, bytes]]:
+        out = [ts.ts_opt_id_cmsg(job.key)]
+        if job.ttl is not None:
+            if self.family == 6:
+                out.append((so.SOL_IPV6, so.IPV6_HOPLIMIT, job.ttl.to_bytes(4, "little", signed=True)))
+            else:
+                out.append((so.SOL_IP, so.IP_TTL, job.ttl.to_bytes(4, "little", signed=True)))
+        if job.tos is not None:
+            if self.family == 6:
+                out.append((so.SOL_IPV6, so.IPV6_TCLASS, job.tos.to_bytes(4, "little", signed=True)))
+            else:
+                out.append((so.SOL_IP, so.IP_TOS, job.tos.to_bytes(1, "little")))
+        return out
+
+    def apply_df(self, df: bool | None) -> None:
+        """DF is a socket option, not a cmsg: switch it only when it changes."""
+        if df is None or df == self._df_state:
+            return
+        if self.family == 4:
+            mode = 2 if df else so.IP_PMTUDISC_DONT  # IP_PMTUDISC_DO = 2
+            self.sock.setsockopt(so.SOL_IP, so.IP_MTU_DISCOVER, mode)
+        else:
+            mode = 2 if df else 0
+            self.sock.setsockopt(so.SOL_IPV6, 23, mode)  # IPV6_MTU_DISCOVER
+        self._df_state = df
+
+    def on_sent(self, job: DatagramJob, nbytes: int, err: int, user_ns: int) -> None:
+        """The engine's report for one job (err 0 = sent)."""
+        self._queued -= 1
+        if err:
+            pending = self._tags.pop(job.key, None)
+            if pending is not None:
+                self.notify(m.NTag(sock=self.sid, tag=pending.tag, time_ns=None, ts_source=None,
+                                   nbytes=0, error=errno_text(err), at=job.at))
+            return
+        self.sent_packets += 1
+        self.sent_bytes += nbytes
+        pending = self._tags.get(job.key)
+        if pending is not None:
+            pending.nbytes = nbytes
+            pending.user_ns = user_ns
+
+    # -- receiving -------------------------------------------------------------
+    def _on_readable(self) -> None:
+        if self.closed:
+            return
+        try:
+            for item in ts.read_errqueue(self.sock, limit=4096):
+                self._on_errqueue(item)
+            for _ in range(256):
+                got = ts.recv_stamped(self.sock)
+                if got is None:
+                    break
+                self.on_received(got)
+        except OSError as exc:
+            self.notify(m.NStat(sock=self.sid, time_ns=time.time_ns(), state="error",
+                                reason=errno_text(exc.errno or 0)))
+
+    def on_received(self, got: ts.Received) -> None:
+        peer, port = peer_text(got.peer)
+        self.deliver_data(got.data, peer, port, got.time_ns, got.ts_source, got.ttl)
+
+    def _on_errqueue(self, item: ts.ErrQueueItem) -> None:
+        if isinstance(item, ts.TxStamp):
+            pending = self._tags.pop(item.key, None)
+            if pending is not None:
+                self.notify(m.NTag(sock=self.sid, tag=pending.tag, time_ns=item.time_ns,
+                                   ts_source="kernel", nbytes=pending.nbytes, at=pending.at))
+        elif isinstance(item, ts.IcmpError):
+            self.notify(m.NIcmp(sock=self.sid, time_ns=item.time_ns, ts_source=item.ts_source,
+                                peer=item.offender, icmp_type=item.icmp_type,
+                                icmp_code=item.icmp_code, errno=item.errno,
+                                data=item.payload, info=item.info))
+        else:  # a local error such as EMSGSIZE
+            self.notify(m.NIcmp(sock=self.sid, time_ns=time.time_ns(), ts_source="user",
+                                peer=None, icmp_type=-1, icmp_code=-1, errno=item.errno,
+                                data=item.payload, info=item.info))
+
+    def sweep_stamps(self, now_ns: int) -> None:
+        """Report tagged sends whose kernel stamp never came, with user time."""
+        if self._queued or not self._tags:
+            return
+        for key, pending in list(self._tags.items()):
+            if pending.user_ns and now_ns - pending.user_ns > STAMP_GRACE_NS:
+                del self._tags[key]
+                self.notify(m.NTag(sock=self.sid, tag=pending.tag, time_ns=pending.user_ns,
+                                   ts_source="user", nbytes=pending.nbytes, at=pending.at))
+
+    @property
+    def busy(self) -> bool:
+        return self._queued > 0
+
+
+class UdpSocket(DatagramSocket):
+    kind = "udp"
+
+    def __init__(self, session: "Session", sid: int, sock: socket.socket, family: int) -> None:
+        super().__init__(session, sid, sock, family)
+        ts.enable_recverr(sock)
+        ts.enable_recv_ttl(sock)
+
+    def destination(self, item: m.SendItem) -> tuple | None:
+        if item.dst is None:
+            raise BadRequest("bad-address", "UDP sends need dst and port")
+        dst = check_addr(item.dst, self.family, "dst")
+        port = check_port(item.port, "port")
+        if port == 0:
+            raise BadRequest("bad-port", "cannot send to port 0")
+        return sockaddr(dst, port, self.family)
+
+
+class RawSocket(DatagramSocket):
+    """Raw IP. IPv4 ``hdrincl``: the caller writes the IP header. Otherwise
+    the kernel writes it, with per-send TTL/hop limit, TOS and DF.
+
+    Receiving is off until ``ncap``: a reject-all filter sits on the socket,
+    so nothing queues that nobody asked for.
+    """
+
+    kind = "raw"
+
+    def __init__(self, session: "Session", sid: int, sock: socket.socket, family: int,
+                 ipproto: int, hdrincl: bool) -> None:
+        bpf.attach(sock, bpf.REJECT_ALL, flush=True)
+        super().__init__(session, sid, sock, family)
+        self.ipproto = ipproto
+        self.hdrincl = hdrincl
+        self.capsock: socket.socket | None = None
+        self.cap_until: asyncio.TimerHandle | None = None
+        self.cap_packets = 0
+
+    def destination(self, item: m.SendItem) -> tuple | None:
+        if item.dst is None:
+            if self.hdrincl and len(item.data) >= 20:
+                dst = socket.inet_ntoa(item.data[16:20])
+                return (dst, 0)
+            raise BadRequest("bad-address", "raw sends need dst")
+        return sockaddr(check_addr(item.dst, self.family, "dst"), 0, self.family)
+
+    def cmsgs(self, job: DatagramJob) -> list[tuple[int, int, bytes]]:
+        if self.hdrincl:
+            if job.ttl is not None or job.tos is not None:
+                pass  # the header the caller wrote carries them
+            return [ts.ts_opt_id_cmsg(job.key)]
+        return super().cmsgs(job)
+
+    def enqueue(self, item: m.SendItem) -> None:
+        if self.hdrincl and (item.ttl is not None or item.tos is not None or item.df is not None):
+            raise BadRequest("bad-option",
+                             "ttl/tos/df are set in the IP header the caller writes (hdrincl)")
+        if self.hdrincl and len(item.data) < 20:
+            raise BadRequest("bad-packet", "hdrincl data must start with a 20-byte IPv4 header")
+        super().enqueue(item)
+
+    # -- capture ----------------------------------------------------------------
+    def capture(self, program: list[tuple[int, int, int, int]], until: int | None) -> None:
+        self.stop_capture(notify=False)
+        self.cap_packets = 0
+        if self.family == 4:
+            bpf.attach(self.sock, program, flush=True)
+        else:
+            # Raw IPv6 sockets never show the IPv6 header to a filter, so
+            # tcpdump expressions could not work there: capture full packets
+            # on a packet socket instead and report them on this socket id.
+            cap = bpf.open_capture_socket(6, ifname=self.session.endpoint.device_of(self))
+            bpf.attach(cap, program, flush=True)
+            cap.setblocking(False)
+            self.capsock = cap
+            self.loop.add_reader(cap.fileno(), self._on_cap_readable)
+        if until is not None:
+            delay = (until - time.time_ns()) / 1e9
+            self.cap_until = self.loop.call_later(max(0.0, delay), self._capture_ended)
+
+    def _capture_ended(self) -> None:
+        self.cap_until = None
+        self.stop_capture(notify=True)
+
+    def stop_capture(self, notify: bool) -> None:
+        if self.cap_until is not None:
+            self.cap_until.cancel()
+            self.cap_until = None
+        if self.capsock is not None:
+            # Drain what already matched before closing the capture socket.
+            self._on_cap_readable()
+            try:
+                self.loop.remove_reader(self.capsock.fileno())
+            except (ValueError, OSError):
+                pass
+            self.capsock.close()
+            self.capsock = None
+        elif self.family == 4 and not self.closed:
+            self._on_readable()
+            bpf.attach(self.sock, bpf.REJECT_ALL, flush=True)
+        if notify:
+            self.notify(m.NCapEnd(sock=self.sid, time_ns=time.time_ns(), packets=self.cap_packets))
+
+    def on_received(self, got: ts.Received) -> None:
+        self.cap_packets += 1
+        data = got.data
+        ttl = data[8] if self.family == 4 and len(data) >= 20 else got.ttl
+        peer, _ = peer_text(got.peer)
+        self.deliver_data(data, peer, None, got.time_ns, got.ts_source, ttl)
+
+    def _on_cap_readable(self) -> None:
+        cap = self.capsock
+        if cap is None:
+            return
+        for _ in range(256):
+            try:
+                got = ts.recv_stamped(cap)
+            except OSError:
+                break
+            if got is None:
+                break
+            self.cap_packets += 1
+            data = got.data
+            peer = None
+            ttl = None
+            if len(data) >= 40 and data[0] >> 4 == 6:
+                peer = socket.inet_ntop(socket.AF_INET6, data[8:24])
+                ttl = data[7]
+            self.deliver_data(data, peer, None, got.time_ns, got.ts_source, ttl)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if self.cap_until is not None:
+            self.cap_until.cancel()
+        if self.capsock is not None:
+            try:
+                self.loop.remove_reader(self.capsock.fileno())
+            except (ValueError, OSError):
+                pass
+            self.capsock.close()
+            self.capsock = None
+        super().close()
+
+
+# ---------------------------------------------------------------------------
+# TCP
+# ---------------------------------------------------------------------------
+
+
+class TcpSocket(EpSocket):
+    """A connected TCP stream: ordered scheduled writes, kernel stamps keyed
+    by byte offset, ``NStat`` on every state change."""
+
+    kind = "tcp"
+
+    def __init__(self, session: "Session", sid: int, sock: socket.socket, family: int) -> None:
+        super().__init__(session, sid, sock, family)
+        self._queue: deque[tuple[str, Any]] = deque()
+        self._pump_task: asyncio.Task | None = None
+        self._bytes = 0
+        self._tags: dict[int, PendingTag] = {}
+        self.peer_closed = False
+        sock.setblocking(False)
+        ts.enable_rx_timestamps(sock)
+        try:
+            ts.enable_tx_timestamps(sock)
+            self._stamps = True
+        except OSError:
+            self._stamps = False
+        self.loop.add_reader(sock.fileno(), self._on_readable)
+
+    def state(self, state: str, reason: str | None = None, **kw: Any) -> None:
+        self.notify(m.NStat(sock=self.sid, time_ns=time.time_ns(), state=state, reason=reason, **kw))
+
+    def enqueue(self, item: m.SendItem) -> None:
+        if self.closed:
+            raise BadRequest("closed", f"socket {self.sid} is closed")
+        if item.dst is not None or item.port is not None:
+            raise BadRequest("bad-address", "a TCP socket is connected: no dst/port per send")
+        self._queue.append(("send", item))
+        self._kick()
+
+    def shutdown(self, at: int | None) -> None:
+        self._queue.append(("shutdown", at))
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._pump_task is None or self._pump_task.done():
+            self._pump_task = self.loop.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        while self._queue and not self.closed:
+            op, arg = self._queue[0]
+            at = arg.at if op == "send" else arg
+            if at is not None:
+                await wait_until(at)
+            self._queue.popleft()
+            if op == "shutdown":
+                try:
+                    self.sock.shutdown(socket.SHUT_WR)
+                    self.state("shutdown")
+                except OSError as exc:
+                    self.state("error", errno_text(exc.errno or 0))
+                continue
+            item: m.SendItem = arg
+            if not item.data:
+                continue
+            try:
+                await self.loop.sock_sendall(self.sock, item.data)
+            except OSError as exc:
+                if item.tag is not None:
+                    self.notify(m.NTag(sock=self.sid, tag=item.tag, time_ns=None, ts_source=None,
+                                       error=errno_text(exc.errno or 0), at=item.at))
+                self.state("error", errno_text(exc.errno or 0))
+                continue
+            key = ts.tcp_key_after(self._bytes, len(item.data))
+            self._bytes += len(item.data)
+            if item.tag is not None:
+                if self._stamps:
+                    self._tags[key] = PendingTag(item.tag, len(item.data), item.at, time.time_ns())
+                else:
+                    self.notify(m.NTag(sock=self.sid, tag=item.tag, time_ns=time.time_ns(),
+                                       ts_source="user", nbytes=len(item.data), at=item.at))
+
+    def _on_readable(self) -> None:
+        if self.closed:
+            return
+        try:
+            for item in ts.read_errqueue(self.sock):
+                if isinstance(item, ts.TxStamp):
+                    # A stamp covers every byte up to its key (TCP coalesces).
+                    for key in [k for k in self._tags if _u32_le(k, item.key)]:
+                        p = self._tags.pop(key)
+                        self.notify(m.NTag(sock=self.sid, tag=p.tag, time_ns=item.time_ns,
+                                           ts_source="kernel", nbytes=p.nbytes, at=p.at))
+            for _ in range(64):
+                got = ts.recv_stamped(self.sock)
+                if got is None:
+                    return
+                if not got.data:
+                    self.peer_closed = True
+                    self.loop.remove_reader(self.sock.fileno())
+                    self.state("peer-closed")
+                    return
+                peer, port = peer_text(self.sock.getpeername())
+                self.deliver_data(got.data, peer, port, got.time_ns, got.ts_source)
+        except OSError as exc:
+            self.loop.remove_reader(self.sock.fileno())
+            state = "reset" if exc.errno == errno_mod.ECONNRESET else (
+                "timeout" if exc.errno == errno_mod.ETIMEDOUT else "error")
+            self.state(state, errno_text(exc.errno or 0))
+
+    def sweep_stamps(self, now_ns: int) -> None:
+        for key, p in list(self._tags.items()):
+            if now_ns - p.user_ns > STAMP_GRACE_NS:
+                del self._tags[key]
+                self.notify(m.NTag(sock=self.sid, tag=p.tag, time_ns=p.user_ns,
+                                   ts_source="user", nbytes=p.nbytes, at=p.at))
+
+    def close(self) -> None:
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+        super().close()
+
+
+def _u32_le(a: int, b: int) -> bool:
+    """a <= b in 32-bit sequence space."""
+    return ((b - a) & 0xFFFFFFFF) < 0x80000000
+
+
+class TcpListener(EpSocket):
+    kind = "tcp-listen"
+
+    def __init__(self, session: "Session", sid: int, sock: socket.socket, family: int) -> None:
+        super().__init__(session, sid, sock, family)
+        sock.setblocking(False)
+        self.loop.add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        for _ in range(32):
+            try:
+                conn, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.notify(m.NStat(sock=self.sid, time_ns=time.time_ns(), state="error",
+                                    reason=errno_text(exc.errno or 0)))
+                return
+            addr, port = peer_text(peer)
+            try:
+                self.session.guard_op("accept", {"sock": self.sid, "peer": addr, "port": port})
+                child = self.session.adopt_tcp(conn, self.family)
+            except Exception as exc:  # noqa: BLE001 - a refused accept must not kill the listener
+                conn.close()
+                self.notify(m.NStat(sock=self.sid, time_ns=time.time_ns(), state="refused",
+                                    peer=addr, port=port, reason=str(exc)))
+                continue
+            self.notify(m.NStat(sock=self.sid, time_ns=time.time_ns(), state="accepted",
+                                child=child.sid, peer=addr, port=port))
+
+
+async def wait_until(at_ns: int, spin_ns: int = 1_000_000) -> None:
+    """Sleep on the loop until shortly before ``at_ns``, then spin briefly.
+
+    Used for TCP writes only; datagrams use the send engine.
+    """
+    delay = at_ns - time.time_ns() - spin_ns
+    if delay > 0:
+        await asyncio.sleep(delay / 1e9)
+    while time.time_ns() < at_ns:
+        pass
+
+
+def make_socket(family: int, proto: str, ipproto: int | None) -> socket.socket:
+    """Create the kernel socket for an ``NOpen``; clear errors for the rest."""
+    af = family_const(family)
+    if proto == "udp":
+        return socket.socket(af, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    if proto in ("tcp", "tcp-listen"):
+        return socket.socket(af, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    if proto == "raw":
+        if ipproto is None or not 0 <= ipproto <= 255:
+            raise BadRequest("bad-option", f"raw sockets need ipproto in 0..255, not {ipproto!r}")
+        if ipproto == 0 or ipproto == 255 and family == 6:
+            raise BadRequest("bad-option", f"ipproto {ipproto} cannot be used on a raw IPv{family} socket")
+        try:
+            return socket.socket(af, socket.SOCK_RAW, ipproto)
+        except PermissionError:
+            raise BadRequest("no-privilege",
+                             "raw sockets need CAP_NET_RAW, which this endpoint lacks") from None
+    raise BadRequest("bad-proto", f"unknown proto {proto!r} (udp, tcp, tcp-listen, raw)")
