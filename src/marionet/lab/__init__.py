@@ -1,1 +1,21 @@
-"""marionet.lab."""
+"""marionet.lab: emulated Internets in network namespaces (tests, demos, evaluation).
+
+``Lab(spec)`` builds a topology (hosts, VPs, Linux routers, impaired links,
+ECMP diamonds) from a TOML spec or a builder such as ``linear_path``, and
+exports the ground truth it configured.
+"""
+
+from .spec import Spec, SpecError, diamond_path, linear_path, load_spec, parse_dict, parse_spec
+from .system import LabError, NeedsRoot
+
+__all__ = [
+    "Lab", "Spec", "SpecError", "LabError", "NeedsRoot",
+    "linear_path", "diamond_path", "load_spec", "parse_spec", "parse_dict",
+]
+
+
+def __getattr__(name: str):  # lazy: importing the spec tools must not need root tools
+    if name == "Lab":
+        from .core import Lab
+        return Lab
+    raise AttributeError(name)

@@ -1,0 +1,413 @@
+"""``Lab``: build a spec into namespaces, links, routes and processes; tear it down.
+
+Every machine-wide name carries the prefix ``mn<id>``; everything is recorded
+in the state file before it is created and removed in ``down()`` (also from a
+``finally`` or after a crash via ``lab down``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import balancer, system
+from .plan import Iface, Plan, make_plan, truth as plan_truth
+from .spec import Spec, load_spec, parse_spec
+from .state import STATE_DIR, State, all_states, teardown
+from .system import LabError
+
+MGMT_IF = "mgmt0"
+
+
+def _new_id() -> str:
+    existing = {s.lab_id for s in all_states()}
+    nets = system.list_netns()
+    for _ in range(100):
+        lab_id = secrets.token_hex(2)
+        pre = f"mn{lab_id}"
+        if lab_id in existing or any(n.startswith(pre) for n in nets):
+            continue
+        if system.run(["sh", "-c", f"ip -o link show | grep -q ': {pre}'"], check=False).returncode == 0:
+            continue
+        return lab_id
+    raise LabError("could not find a free lab id")
+
+
+def router_sysctls(node: Any) -> dict[str, str]:
+    """Per-namespace settings; routers forward and answer from the inbound interface."""
+    s = {
+        "net.ipv4.conf.all.rp_filter": "0",
+        "net.ipv4.conf.default.rp_filter": "0",
+        "net.ipv6.conf.all.accept_dad": "0",
+        "net.ipv6.conf.default.accept_dad": "0",
+        "net.ipv6.conf.all.accept_ra": "0",
+        "net.ipv6.conf.default.accept_ra": "0",
+        "net.ipv4.ping_group_range": "0 2147483647",
+        "net.ipv4.icmp_errors_use_inbound_ifaddr": "1",
+        "net.ipv4.fib_multipath_hash_policy": "1",
+        "net.ipv6.fib_multipath_hash_policy": "1",
+        "net.ipv4.icmp_ratelimit": "0",
+        "net.ipv6.icmp.ratelimit": "0",
+    }
+    if node.kind == "router":
+        s["net.ipv4.ip_forward"] = "1"
+        s["net.ipv6.conf.all.forwarding"] = "1"
+        s["net.ipv6.conf.default.forwarding"] = "1"
+    if node.icmp_ratelimit:
+        s["net.ipv4.icmp_ratelimit"] = str(node.icmp_ratelimit)
+        s["net.ipv6.icmp.ratelimit"] = str(node.icmp_ratelimit)
+    return s
+
+
+def optional_sysctls(node: Any) -> dict[str, str]:
+    """Settings that are per-netns only on some kernels; failure is tolerated."""
+    s = {"net.ipv4.icmp_msgs_per_sec": "1000000", "net.ipv4.icmp_msgs_burst": "1000000"}
+    if node.icmp_msgs_per_sec is not None:
+        s["net.ipv4.icmp_msgs_per_sec"] = str(node.icmp_msgs_per_sec)
+    if node.icmp_msgs_burst is not None:
+        s["net.ipv4.icmp_msgs_burst"] = str(node.icmp_msgs_burst)
+    if node.icmp_ratelimit or node.icmp_msgs_per_sec is not None:
+        # a rate-limited router keeps the kernel's global limit unless told otherwise
+        s.setdefault("net.ipv4.icmp_msgs_per_sec", "1000")
+        if node.icmp_msgs_per_sec is None:
+            s["net.ipv4.icmp_msgs_per_sec"] = "1000"
+            s["net.ipv4.icmp_msgs_burst"] = "50"
+    return s
+
+
+def tbf_args(rate_bps: int) -> list[str]:
+    """tbf with a burst of ≥10 full frames or 4 ms of traffic, a 50 ms queue."""
+    burst = max(15140, int(rate_bps / 8 * 0.004))
+    return ["tbf", "rate", f"{rate_bps}bit", "burst", str(burst), "latency", "50ms"]
+
+
+class Lab:
+    """An emulated network in namespaces.  Use as a context manager."""
+
+    def __init__(self, spec: Spec | str | Path, *, lab_id: str | None = None,
+                 state_dir: Path | None = None, controller: str | None = None,
+                 start_vps: bool = True, realtime: bool = True):
+        if isinstance(spec, Spec):
+            self.spec = spec
+        elif isinstance(spec, Path) or (isinstance(spec, str) and "\n" not in spec and spec.endswith(".toml")):
+            self.spec = load_spec(spec)
+        else:
+            self.spec = parse_spec(str(spec))
+        self._lab_id = lab_id
+        self.state_dir = state_dir or STATE_DIR
+        self.controller = controller
+        self.start_vps = start_vps
+        self.realtime = realtime
+        self.plan: Plan | None = None
+        self.state: State | None = None
+        self._procs: list[subprocess.Popen] = []
+        self._services: list[Any] = []
+        self._mgmt: dict[str, str] = {}
+        self.warnings: list[str] = []
+
+    # -- context ------------------------------------------------------------
+    def __enter__(self) -> "Lab":
+        self.up()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.down()
+
+    @property
+    def lab_id(self) -> str:
+        if self.plan is None:
+            raise LabError("lab is not up")
+        return self.plan.lab_id
+
+    @property
+    def prefix(self) -> str:
+        return f"mn{self.lab_id}"
+
+    # -- build --------------------------------------------------------------
+    def up(self) -> "Lab":
+        system.require_root()
+        if self.plan is not None:
+            raise LabError("lab already up")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        lab_id = self._lab_id or _new_id()
+        self.plan = make_plan(self.spec, lab_id)
+        for node in self.spec.nodes:
+            if system.netns_exists(self.plan.netns(node)):
+                raise LabError(f"namespace {self.plan.netns(node)} already exists; not touching it")
+        self.state = State.new(lab_id, self.spec.name, self.state_dir)
+        self.state.save()
+        try:
+            self._build()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _build(self) -> None:
+        plan, st, spec = self.plan, self.state, self.spec
+        assert plan and st
+        st.info = self._info()
+        st.save()
+        # namespaces and sysctls
+        for name, node in spec.nodes.items():
+            ns = plan.netns(name)
+            st.netns.append(ns)
+            st.save()
+            system.run(["ip", "netns", "add", ns])
+            system.sysctl(ns, router_sysctls(node))
+            system.sysctl(ns, optional_sysctls(node), check=False)
+            system.run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        # links
+        for k, (a, b) in enumerate(plan.link_ifaces):
+            nsa, nsb = plan.netns(a.node), plan.netns(b.node)
+            if a.tun:
+                system.run(["ip", "-n", nsa, "tuntap", "add", "dev", a.name, "mode", "tun"])
+                system.run(["ip", "-n", nsb, "tuntap", "add", "dev", b.name, "mode", "tun"])
+            else:
+                system.run(["ip", "-n", nsa, "link", "add", a.name, "type", "veth",
+                            "peer", "name", b.name, "netns", nsb])
+        for name in spec.nodes:
+            # a first neighbour solicitation right after link-up is sometimes
+            # ignored; retry after 100 ms instead of 1 s (no "default" in a netns)
+            system.sysctl(plan.netns(name), {
+                f"net.{f}.neigh.{ifc.name}.retrans_time_ms": "100"
+                for ifc in plan.ifaces[name] if not ifc.tun for f in ("ipv4", "ipv6")}, check=False)
+            lines = []
+            for ifc in plan.ifaces[name]:
+                lines.append(f"addr add {ifc.ipv4} dev {ifc.name}")
+                lines.append(f"addr add {ifc.ipv6} dev {ifc.name} nodad")
+                lines.append(f"link set {ifc.name} up")
+            system.ip_batch(plan.netns(name), lines)
+        # forwarders must hold the TUNs before routes via them are useful
+        for k, (a, b) in enumerate(plan.link_ifaces):
+            if a.tun:
+                self._start_forwarder(k, a, b)
+        # routes
+        for name in spec.nodes:
+            lines = []
+            for r in plan.routes[name]:
+                if len(r.nexthops) == 1:
+                    via, dev = r.nexthops[0]
+                    lines.append(f"route add {r.dst} via {via} dev {dev}")
+                else:
+                    hops = " ".join(f"nexthop via {via} dev {dev} weight 1" for via, dev in r.nexthops)
+                    lines.append(f"route add {r.dst} {hops}")
+            system.ip_batch(plan.netns(name), lines)
+        # router behaviour: unresponsive hops, emulated balancers
+        for name, node in spec.nodes.items():
+            ns = plan.netns(name)
+            if node.unresponsive:
+                system.run(["ip", "netns", "exec", ns, "iptables", "-w", "-A", "OUTPUT", "-p", "icmp",
+                            "--icmp-type", "time-exceeded", "-j", "DROP"])
+                system.run(["ip", "netns", "exec", ns, "ip6tables", "-w", "-A", "OUTPUT", "-p", "icmpv6",
+                            "--icmpv6-type", "time-exceeded", "-j", "DROP"])
+            if node.kind == "router" and node.balancer != "kernel":
+                balancer.install(ns, node.balancer, plan.routes[name])
+        # rates
+        for k, ln in enumerate(spec.links):
+            if ln.rate_bps:
+                for ifc in plan.link_ifaces[k]:
+                    system.run(["ip", "netns", "exec", plan.netns(ifc.node), "tc", "qdisc", "replace",
+                                "dev", ifc.name, "root", *tbf_args(ln.rate_bps)])
+        self._warm_up()
+        self._start_aliasrouters()
+        self._start_services()
+        self._setup_vps()
+        st.info = self._info()
+        st.save()
+        st.truth_path.write_text(json.dumps(self.truth(), indent=1))
+
+    def _warm_up(self, timeout: float = 5.0) -> None:
+        """Ping across every veth link (v4 and v6) so ARP/ND are settled before use.
+
+        Right after link-up a first IPv6 neighbour solicitation can go
+        unanswered; tests that probe immediately would see lost hops.
+        """
+        assert self.plan
+        todo = []
+        for a, b in self.plan.link_ifaces:
+            if a.tun:
+                continue
+            for fam in (4, 6):
+                todo.append((a.node, str(b.addr(fam).ip), fam))
+                todo.append((b.node, str(a.addr(fam).ip), fam))
+        deadline = time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            procs = [(t, subprocess.Popen(["ip", "netns", "exec", self.plan.netns(t[0]), "ping", f"-{t[2]}", "-c1",
+                                           "-W1", "-q", t[1]], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)) for t in todo]
+            todo = [t for t, p in procs if p.wait() != 0]
+        if todo:
+            self.warnings.append(f"links not answering ping after {timeout}s: {todo}")
+
+    def _info(self) -> dict[str, Any]:
+        assert self.plan
+        return {
+            "nodes": {n: {"kind": node.kind, "netns": self.plan.netns(n),
+                          "ipv4": [str(i.ipv4.ip) for i in self.plan.ifaces[n]],
+                          "ipv6": [str(i.ipv6.ip) for i in self.plan.ifaces[n]],
+                          **({"mgmt": self._mgmt[n]} if n in self._mgmt else {})}
+                      for n, node in self.spec.nodes.items()},
+            "controller": self.controller,
+        }
+
+    # -- processes ------------------------------------------------------------
+    def _track(self, p: subprocess.Popen, role: str, node: str | None) -> subprocess.Popen:
+        assert self.state
+        self._procs.append(p)
+        self.state.add_proc(p.pid, role, node)
+        return p
+
+    def _start_forwarder(self, k: int, a: Iface, b: Iface) -> None:
+        assert self.plan
+        ln = self.spec.links[k]
+        cfg = {
+            "a": [self.plan.netns(a.node), a.name],
+            "b": [self.plan.netns(b.node), b.name],
+            "delay_ms": ln.delay_ms, "jitter_ms": ln.jitter_ms, "loss": ln.loss,
+            "realtime": self.realtime, "seed": None,
+        }
+        p = subprocess.Popen([sys.executable, "-m", "marionet.lab.forwarder", json.dumps(cfg)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._track(p, "forwarder", f"{a.node}-{b.node}")
+        line = p.stdout.readline() if p.stdout else ""
+        if line.strip() != "ready":
+            err = p.stderr.read() if p.stderr and p.poll() is not None else ""
+            raise LabError(f"forwarder for link {a.node}—{b.node} failed to start: {line.strip()} {err.strip()}")
+
+    def _start_aliasrouters(self) -> None:
+        nodes = [n for n in self.spec.nodes.values() if n.kind == "aliasrouter"]
+        if not nodes:
+            return
+        from . import hooks
+        for n in nodes:
+            hooks.start_aliasrouter(self, n)
+
+    def _start_services(self) -> None:
+        if not self.spec.services:
+            return
+        from . import hooks
+        for s in self.spec.services:
+            h = hooks.start_service(self, s)
+            if h is not None:
+                self._services.append(h)
+                pid = getattr(h, "pid", None) or getattr(getattr(h, "proc", None), "pid", None)
+                if isinstance(pid, int) and self.state:
+                    self.state.add_proc(pid, f"service:{s.kind}", s.host)
+
+    def _setup_vps(self) -> None:
+        vps = [n for n in self.spec.nodes.values() if n.kind == "vp"]
+        if not vps or self.spec.controller is False:
+            return
+        from . import vp
+        self._mgmt = vp.setup_mgmt(self, vps)
+        if self.start_vps:
+            for n in vps:
+                p = vp.launch_endpoint(self, n)
+                if p is not None:
+                    self._track(p, "endpoint", n.name)
+
+    # -- teardown -------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Stop everything this lab started and delete what it created."""
+        problems: list[str] = []
+        for h in reversed(self._services):
+            try:
+                h.stop()
+            except Exception as e:
+                problems.append(f"service: {e}")
+        self._services.clear()
+        for p in self._procs:
+            for f in (p.stdout, p.stderr, p.stdin):
+                if f:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+        if self.state is not None:
+            problems += teardown(self.state)
+        for p in self._procs:
+            try:
+                p.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        self._procs.clear()
+        self.plan = None
+        self.state = None
+        return problems
+
+    # -- use ----------------------------------------------------------------
+    def netns(self, node: str) -> str:
+        self._check_node(node)
+        assert self.plan
+        return self.plan.netns(node)
+
+    def _check_node(self, node: str) -> None:
+        if self.plan is None:
+            raise LabError("lab is not up")
+        if node not in self.spec.nodes:
+            raise LabError(f"unknown node {node!r} (nodes: {', '.join(self.spec.nodes)})")
+
+    def _cmd(self, node: str, cmd: str | Sequence[str]) -> list[str]:
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        return ["ip", "netns", "exec", self.netns(node), *argv]
+
+    def exec(self, node: str, cmd: str | Sequence[str], *, check: bool = False,
+             timeout: float | None = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` (argv list, or a string for sh -c) inside ``node``'s namespace."""
+        cp = subprocess.run(self._cmd(node, cmd), capture_output=True, text=True, timeout=timeout, input=input)
+        if check and cp.returncode != 0:
+            raise LabError(f"{node}: {cmd!r} failed ({cp.returncode}): {cp.stderr.strip()}")
+        return cp
+
+    def popen(self, node: str, cmd: str | Sequence[str], **kw: Any) -> subprocess.Popen:
+        """Start ``cmd`` in ``node``; the lab stops it on down() if still running."""
+        p = subprocess.Popen(self._cmd(node, cmd), **kw)
+        return self._track(p, "user", node)
+
+    def addr(self, node: str, family: int = 4, iface: str | None = None) -> str:
+        """An address of ``node`` (first interface unless ``iface`` is given)."""
+        self._check_node(node)
+        assert self.plan
+        ifs = self.plan.ifaces[node]
+        if iface is not None:
+            ifs = [i for i in ifs if i.name == iface]
+            if not ifs:
+                raise LabError(f"{node} has no interface {iface}")
+        return str(ifs[0].addr(family).ip)
+
+    def addrs(self, node: str, family: int = 4) -> list[str]:
+        self._check_node(node)
+        assert self.plan
+        return [str(i.addr(family).ip) for i in self.plan.ifaces[node]]
+
+    def truth(self) -> dict[str, Any]:
+        if self.plan is None:
+            raise LabError("lab is not up")
+        t = plan_truth(self.plan)
+        if self._mgmt:
+            t["management"] = dict(self._mgmt)
+        t["controller"] = self.controller
+        return t
+
+    def status(self) -> dict[str, Any]:
+        if self.plan is None or self.state is None:
+            return {"up": False}
+        procs = [{**p, "alive": system.alive(p["pid"], p.get("start"))} for p in self.state.procs]
+        return {
+            "up": True, "lab_id": self.lab_id, "name": self.spec.name,
+            "state_file": str(self.state.path), "truth_file": str(self.state.truth_path),
+            "nodes": {n: {"kind": node.kind, "netns": self.plan.netns(n),
+                          "present": system.netns_exists(self.plan.netns(n)),
+                          "ipv4": self.addrs(n, 4), "ipv6": self.addrs(n, 6)}
+                      for n, node in self.spec.nodes.items()},
+            "processes": procs,
+        }

@@ -1,0 +1,100 @@
+"""Glue to the lab's services and the alias-router emulator (separate modules).
+
+The interface is ``marionet.lab.services.start_service(kind, netns, options,
+state_dir=…) -> handle`` with ``.stop()`` and ``.pid``.  Each lab gives its
+services ``<state dir>/<lab id>.d`` so crash cleanup
+(``services.stop_leftovers``) sees exactly this lab's services.  If the
+module is missing the lab still comes up, with a warning: tests that only
+need routing should not depend on nginx being installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .system import LabError
+
+if TYPE_CHECKING:
+    from .core import Lab
+    from .spec import Node, Service
+
+
+def service_dir(lab: "Lab") -> Path:
+    assert lab.state
+    d = lab.state.path.with_name(f"{lab.lab_id}.d")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _services_module() -> Any | None:
+    try:
+        return importlib.import_module("marionet.lab.services")
+    except ImportError:
+        return None
+
+
+def start_service(lab: "Lab", svc: "Service") -> Any | None:
+    mod = _services_module()
+    if mod is None or not hasattr(mod, "start_service"):
+        lab.warnings.append(f"service {svc.kind} on {svc.host}: marionet.lab.services not available; skipped")
+        return None
+    opts = dict(svc.options)
+    opts.setdefault("name", f"{svc.host}-{svc.kind}")
+    try:
+        return mod.start_service(svc.kind, lab.netns(svc.host), opts, state_dir=service_dir(lab))
+    except Exception as e:
+        raise LabError(f"service {svc.kind} on {svc.host} (spec line {svc.line}): {e}") from e
+
+
+def alias_config(lab: "Lab", node: "Node") -> dict[str, Any]:
+    """Default alias-router config: one router answering on all the node's addresses."""
+    assert lab.plan
+    ifs = lab.plan.ifaces[node.name]
+    opts = dict(node.options)
+    router = {k: v for k, v in opts.items() if k not in ("config", "name")}
+    router.setdefault("name", node.name)
+    router.setdefault("addresses", [str(i.ipv4.ip) for i in ifs] + [str(i.ipv6.ip) for i in ifs])
+    return {"router": [router]}
+
+
+def start_aliasrouter(lab: "Lab", node: "Node") -> None:
+    """Run the alias-router emulator in ``node``'s namespace as a service.
+
+    Options from the spec go through unchanged when they contain ``config``;
+    otherwise the node's own interface addresses form one router whose
+    behaviour keys (e.g. ``ipid``) come from the node's options.
+    """
+    mod = _services_module()
+    if mod is None or "aliasrouter" not in getattr(mod, "KINDS", ()):
+        lab.warnings.append(f"aliasrouter {node.name}: emulator not available; node is a plain host")
+        return None
+    try:
+        importlib.import_module("marionet.lab.aliasrouter")
+    except ImportError:
+        lab.warnings.append(f"aliasrouter {node.name}: marionet.lab.aliasrouter missing; node is a plain host")
+        return None
+    opts: dict[str, Any] = {"name": f"{node.name}-aliasrouter"}
+    opts["config"] = node.options["config"] if "config" in node.options else alias_config(lab, node)
+    try:
+        h = mod.start_service("aliasrouter", lab.netns(node.name), opts, state_dir=service_dir(lab))
+    except Exception as e:
+        raise LabError(f"aliasrouter {node.name} (spec line {node.line}): {e}") from e
+    lab._services.append(h)
+    pid = getattr(h, "pid", None)
+    if isinstance(pid, int) and lab.state:
+        lab.state.add_proc(pid, "aliasrouter", node.name)
+    return None
+
+
+def stop_leftovers(state_path: Path) -> list[int]:
+    """After a crash: end services recorded under this lab's service dir."""
+    mod = _services_module()
+    d = state_path.with_suffix(".d")
+    if mod is None or not d.exists() or not hasattr(mod, "stop_leftovers"):
+        return []
+    try:
+        return list(mod.stop_leftovers(d))
+    except Exception:
+        return []
