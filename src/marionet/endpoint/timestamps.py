@@ -100,7 +100,8 @@ class IcmpError:
     ``offender`` is the address of the router/host that sent the ICMP error;
     ``dest`` is the destination of the original packet (recvmsg's address);
     ``payload`` is what the kernel quotes back: for UDP the original UDP
-    payload, for raw sockets the original packet as the socket sent it.
+    payload; for a raw IPv4 socket the original packet from the transport
+    header on (no IP header; verified on 6.18).
     ``info`` carries e.g. the MTU for "fragmentation needed".
     """
 
