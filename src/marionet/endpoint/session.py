@@ -14,6 +14,7 @@ counted, and an ``NDrop`` reports the loss before delivery resumes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections import deque
@@ -37,6 +38,8 @@ from marionet.wire.codec import encode
 
 if TYPE_CHECKING:
     from marionet.endpoint.daemon import Endpoint
+
+log = logging.getLogger("marionet.endpoint")
 
 
 class Outlet(Protocol):
@@ -171,6 +174,9 @@ class Session:
             self.error(rid, "bad-filter", str(exc))
         except OSError as exc:
             self.error(rid, "os-error", errno_text(exc.errno or 0) if exc.errno else str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must not end the session
+            log.exception("internal error handling %s", type(msg).__name__)
+            self.error(rid, "internal", f"internal error: {type(exc).__name__}: {exc}")
 
     def _sock(self, sid: int) -> EpSocket:
         s = self.sockets.get(sid)

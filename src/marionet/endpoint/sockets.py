@@ -326,7 +326,7 @@ class RawSocket(DatagramSocket):
             # Raw IPv6 sockets never show the IPv6 header to a filter, so
             # tcpdump expressions could not work there: capture full packets
             # on a packet socket instead and report them on this socket id.
-            cap = bpf.open_capture_socket(6, ifname=self.session.endpoint.device_of(self))
+            cap = bpf.open_capture_socket(socket.AF_INET6, ifname=self.session.endpoint.device_of(self))
             bpf.attach(cap, program, flush=True)
             cap.setblocking(False)
             self.capsock = cap
