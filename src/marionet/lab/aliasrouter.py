@@ -1,0 +1,710 @@
+"""An emulated router with chosen IP-ID behaviour: ground truth for alias resolution.
+
+Linux routers in namespaces draw IP-IDs from hashed per-(src, dst, proto)
+counters, so two interfaces of one namespace router look like independent
+counters: they are only *negative* ground truth. Testing Ally, RadarGun and
+MIDAR needs routers whose interfaces really share a counter, and the traps
+those techniques must avoid (per-interface counters, random, zero,
+byte-swapped, two routers with the same velocity but different offsets).
+
+This module is that router, in user space. One emulator process serves
+several routers, each owning several addresses. It runs inside a lab
+namespace (``python -m marionet.lab.aliasrouter --config FILE``), creates a
+TUN device, routes every router address to it (/32 and /128 routes), enables
+forwarding in the namespace, and answers what arrives:
+
+- ICMP / ICMPv6 echo request → echo reply;
+- TCP: SYN → RST+ACK (or SYN-ACK with ``tcp_reply = "synack"``), ACK or
+  anything else → RST (the MIDAR "TCP ACK" method);
+- UDP → ICMP port unreachable (ICMPv6 port unreachable), whose source is the
+  probed address or a fixed interface (``udp_reply_source``: Mercator-style
+  alias discovery);
+- other IPv4 protocols → ICMP protocol unreachable.
+
+Every IPv4 reply (echo reply, RST, SYN-ACK and ICMP error alike) takes its
+IP-ID from the router's behaviour. IPv6 is answered too, but IPv6 has no
+IP-ID outside fragment headers and we never fragment, so IP-ID behaviour is
+IPv4-only. Fragmented probes are ignored. The router is an end router: it
+sends no time-exceeded (the namespace's forwarding decrements TTL before the
+TUN, and probes arriving with TTL 0 are never delivered to it).
+
+The packet logic is sans-I/O (:class:`AliasEmulator` turns a packet into a
+reply), so it is unit-testable without a namespace; :func:`run` is the thin
+TUN loop.
+
+Config (TOML, JSON or a dict)::
+
+    tun = "mnar0"         # TUN device name (≤ 15 chars), default mnar0
+    seed = 1              # makes per-interface / per-destination / random reproducible
+    forwarding = true     # set ip_forward / ipv6 forwarding in the namespace
+
+    [[router]]
+    name = "r1"
+    addresses = ["192.0.2.1", "192.0.2.2", "2001:db8::1"]
+    ipid = "shared"       # shared | per-interface | per-destination | random | zero | byteswapped
+    velocity = 100.0      # background IDs per second (plus one per reply)
+    offset = 0            # counter value at start
+    udp_reply_source = "probed"   # or an address of this router (one per family, as a list)
+    tcp_reply = "rst"     # or "synack"
+    reply_ttl = 64
+    rate_limit = 0        # replies per second (token bucket), 0 = unlimited
+    rate_burst = 0        # bucket size, 0 = max(1, rate_limit / 10)
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import errno
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "IPID_BEHAVIOURS",
+    "AliasConfigError",
+    "RouterConfig",
+    "EmulatorConfig",
+    "load_config",
+    "config_to_dict",
+    "alias_sets",
+    "ipid_alias_sets",
+    "AliasEmulator",
+    "run",
+    "main",
+]
+
+IPID_BEHAVIOURS = ("shared", "per-interface", "per-destination", "random", "zero", "byteswapped")
+TCP_REPLIES = ("rst", "synack")
+
+
+class AliasConfigError(ValueError):
+    """The emulator config is wrong; the message names the field."""
+
+
+# -------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """One emulated router: its interface addresses and its IP-ID behaviour."""
+
+    name: str
+    addresses: tuple[str, ...]
+    ipid: str = "shared"
+    velocity: float = 0.0
+    offset: int = 0
+    udp_reply_source: tuple[str, ...] = ()  # empty: the probed address
+    tcp_reply: str = "rst"
+    reply_ttl: int = 64
+    rate_limit: float = 0.0
+    rate_burst: float = 0.0
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Everything one emulator process serves."""
+
+    routers: tuple[RouterConfig, ...]
+    tun: str = "mnar0"
+    seed: int = 0
+    forwarding: bool = True
+
+
+def _num(v: Any, where: str, *, integer: bool = False, lo: float | None = None, hi: float | None = None) -> Any:
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok:
+        raise AliasConfigError(f"{where}: expected {'an integer' if integer else 'a number'}, got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise AliasConfigError(f"{where}: {v!r} is outside {lo}..{hi}")
+    return v
+
+
+def _router(i: int, r: Any, seen: dict[str, str]) -> RouterConfig:
+    w = f"router[{i}]"
+    if not isinstance(r, Mapping):
+        raise AliasConfigError(f"{w}: expected a table, got {r!r}")
+    known = {f for f in RouterConfig.__dataclass_fields__}
+    for k in r:
+        if k not in known:
+            raise AliasConfigError(f"{w}.{k}: unknown field (known: {', '.join(sorted(known))})")
+    name = r.get("name", f"r{i}")
+    if not isinstance(name, str) or not name:
+        raise AliasConfigError(f"{w}.name: expected a non-empty string")
+    w = f"router[{i}] ({name})"
+    addrs_in = r.get("addresses")
+    if not isinstance(addrs_in, (list, tuple)) or not addrs_in:
+        raise AliasConfigError(f"{w}.addresses: expected a non-empty list of IP addresses")
+    addrs: list[str] = []
+    for a in addrs_in:
+        try:
+            ip = ipaddress.ip_address(a)
+        except (ValueError, TypeError):
+            raise AliasConfigError(f"{w}.addresses: {a!r} is not an IP address") from None
+        s = str(ip)
+        if s in seen:
+            raise AliasConfigError(f"{w}.addresses: {s} is already an address of router {seen[s]!r}")
+        seen[s] = name
+        addrs.append(s)
+    ipid = r.get("ipid", "shared")
+    if ipid not in IPID_BEHAVIOURS:
+        raise AliasConfigError(f"{w}.ipid: {ipid!r} is not one of {', '.join(IPID_BEHAVIOURS)}")
+    velocity = float(_num(r.get("velocity", 0.0), f"{w}.velocity", lo=0, hi=1e7))
+    offset = _num(r.get("offset", 0), f"{w}.offset", integer=True, lo=0, hi=65535)
+    src = r.get("udp_reply_source", "probed")
+    if isinstance(src, str):
+        src = [] if src == "probed" else [src]
+    if not isinstance(src, (list, tuple)):
+        raise AliasConfigError(f"{w}.udp_reply_source: expected 'probed', an address or a list of addresses")
+    fixed: list[str] = []
+    for a in src:
+        try:
+            s = str(ipaddress.ip_address(a))
+        except (ValueError, TypeError):
+            raise AliasConfigError(f"{w}.udp_reply_source: {a!r} is neither 'probed' nor an IP address") from None
+        if s not in addrs:
+            raise AliasConfigError(f"{w}.udp_reply_source: {s} is not one of this router's addresses")
+        if any(ipaddress.ip_address(f).version == ipaddress.ip_address(s).version for f in fixed):
+            raise AliasConfigError(f"{w}.udp_reply_source: more than one IPv{ipaddress.ip_address(s).version} address")
+        fixed.append(s)
+    tcp = r.get("tcp_reply", "rst")
+    if tcp not in TCP_REPLIES:
+        raise AliasConfigError(f"{w}.tcp_reply: {tcp!r} is not one of {', '.join(TCP_REPLIES)}")
+    ttl = _num(r.get("reply_ttl", 64), f"{w}.reply_ttl", integer=True, lo=1, hi=255)
+    rate = float(_num(r.get("rate_limit", 0), f"{w}.rate_limit", lo=0))
+    burst = float(_num(r.get("rate_burst", 0), f"{w}.rate_burst", lo=0))
+    return RouterConfig(name, tuple(addrs), ipid, velocity, offset, tuple(fixed), tcp, ttl, rate, burst)
+
+
+def load_config(src: "EmulatorConfig | Mapping[str, Any] | str | os.PathLike[str]") -> EmulatorConfig:
+    """Parse and validate a config from a dict, a ``.toml``/``.json`` file, or pass one through."""
+    if isinstance(src, EmulatorConfig):
+        return src
+    if isinstance(src, (str, os.PathLike)):
+        p = Path(src)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise AliasConfigError(f"config: cannot read {p}: {e}") from None
+        try:
+            data: Any = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as e:
+            raise AliasConfigError(f"config: {p}: {e}") from None
+    else:
+        data = src
+    if not isinstance(data, Mapping):
+        raise AliasConfigError("config: expected a table")
+    for k in data:
+        if k not in ("router", "routers", "tun", "seed", "forwarding"):
+            raise AliasConfigError(f"{k}: unknown top-level field (known: router, tun, seed, forwarding)")
+    routers_in = data.get("router", data.get("routers"))
+    if not isinstance(routers_in, (list, tuple)) or not routers_in:
+        raise AliasConfigError("router: at least one [[router]] is required")
+    seen: dict[str, str] = {}
+    routers = tuple(_router(i, r, seen) for i, r in enumerate(routers_in))
+    names = [r.name for r in routers]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise AliasConfigError(f"router.name: duplicate router name(s) {', '.join(sorted(dup))}")
+    tun = data.get("tun", "mnar0")
+    if not isinstance(tun, str) or not 0 < len(tun) <= 15 or "/" in tun or " " in tun:
+        raise AliasConfigError(f"tun: {tun!r} is not a valid interface name (1-15 chars)")
+    seed = _num(data.get("seed", 0), "seed", integer=True)
+    fwd = data.get("forwarding", True)
+    if not isinstance(fwd, bool):
+        raise AliasConfigError(f"forwarding: expected true or false, got {fwd!r}")
+    return EmulatorConfig(routers, tun, seed, fwd)
+
+
+def config_to_dict(cfg: EmulatorConfig) -> dict[str, Any]:
+    """The JSON-able form :func:`load_config` reads back."""
+    d = asdict(cfg)
+    routers = d.pop("routers")
+    for r in routers:
+        r["addresses"] = list(r["addresses"])
+        r["udp_reply_source"] = list(r["udp_reply_source"]) or "probed"
+    d["router"] = list(routers)
+    return d
+
+
+def alias_sets(config: "EmulatorConfig | Mapping[str, Any] | str | os.PathLike[str]") -> list[set[str]]:
+    """Ground truth: the address set of every router (physical aliases).
+
+    Addresses of one router are aliases whatever its IP-ID behaviour; a
+    technique that relies on IP-IDs can only *find* the ones in
+    :func:`ipid_alias_sets`, and must not merge different routers.
+    """
+    return [set(r.addresses) for r in load_config(config).routers]
+
+
+def ipid_alias_sets(config: "EmulatorConfig | Mapping[str, Any] | str | os.PathLike[str]") -> list[set[str]]:
+    """The IPv4 alias sets a shared-counter test (Ally, MIDAR) can confirm.
+
+    Only ``shared`` and ``byteswapped`` routers with two or more IPv4
+    addresses; a byte-swapped counter is only found by techniques that
+    consider byte order (MIDAR does).
+    """
+    out = []
+    for r in load_config(config).routers:
+        v4 = {a for a in r.addresses if ipaddress.ip_address(a).version == 4}
+        if r.ipid in ("shared", "byteswapped") and len(v4) >= 2:
+            out.append(v4)
+    return out
+
+
+# ------------------------------------------------------------------ checksum
+
+
+def _csum(data: bytes | bytearray | memoryview) -> int:
+    """Internet checksum, in native byte order (store with ``=H``).
+
+    Summing native-order 16-bit words and storing the result natively gives
+    the right bytes on either endianness (RFC 1071 §2(B)), and ``array``
+    sums far faster than a Python loop.
+    """
+    if len(data) % 2:
+        data = bytes(data) + b"\0"
+    s = sum(array.array("H", bytes(data)))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+# --------------------------------------------------------------- IP-ID state
+
+
+def _derived(seed: int, *parts: str) -> int:
+    """A stable pseudo-random 16-bit start value (not Python's salted hash)."""
+    h = hashlib.blake2s(("/".join([str(seed), *parts])).encode(), digest_size=4).digest()
+    return int.from_bytes(h, "big") & 0xFFFF
+
+
+class _IpidSource:
+    """IP-ID generator of one router.
+
+    A counter's value at time t is ``start + floor(velocity · t) + replies``
+    mod 2¹⁶: a background rate (traffic the router sends elsewhere) plus one
+    per reply we send — the model RadarGun and MIDAR assume.
+    """
+
+    def __init__(self, r: RouterConfig, seed: int, t0_ns: int) -> None:
+        self.kind = r.ipid
+        self.velocity = r.velocity
+        self.t0 = t0_ns
+        self.offset = r.offset
+        self.seed = seed
+        self.name = r.name
+        self.counts: dict[str, int] = {}
+        self.starts: dict[str, int] = {}
+        self.rng = random.Random(_derived(seed, r.name, "random"))
+
+    def _counter(self, key: str, start: int, now_ns: int) -> int:
+        n = self.counts.get(key, 0)
+        self.counts[key] = n + 1
+        bg = int(self.velocity * (now_ns - self.t0) / 1e9)
+        return (start + bg + n) & 0xFFFF
+
+    def next(self, probed: str, peer: str, now_ns: int) -> int:
+        k = self.kind
+        if k == "zero":
+            return 0
+        if k == "random":
+            return self.rng.getrandbits(16)
+        if k in ("shared", "byteswapped"):
+            v = self._counter("", self.offset, now_ns)
+            return ((v & 0xFF) << 8) | (v >> 8) if k == "byteswapped" else v
+        key = probed if k == "per-interface" else peer
+        start = self.starts.get(key)
+        if start is None:
+            start = self.starts[key] = (self.offset + _derived(self.seed, self.name, k, key)) & 0xFFFF
+        return self._counter(key, start, now_ns)
+
+
+class _Bucket:
+    """Token bucket for a router's reply rate (like ICMP rate limiting)."""
+
+    def __init__(self, rate: float, burst: float, now_ns: int) -> None:
+        self.rate = rate
+        self.burst = burst or max(1.0, rate / 10)
+        self.tokens = self.burst
+        self.last = now_ns
+
+    def take(self, now_ns: int) -> bool:
+        if self.rate <= 0:
+            return True
+        self.tokens = min(self.burst, self.tokens + (now_ns - self.last) * self.rate / 1e9)
+        self.last = now_ns
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass
+class _RouterState:
+    cfg: RouterConfig
+    ipid: _IpidSource
+    bucket: _Bucket
+    fixed4: bytes | None
+    fixed6: bytes | None
+    replies: int = 0
+    limited: int = 0
+
+
+# ------------------------------------------------------------ packet builders
+
+_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_IP6 = struct.Struct("!IHBB16s16s")
+_TCP = struct.Struct("!HHIIBBHHH")
+
+_TH_FIN, _TH_SYN, _TH_RST, _TH_ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def _ip4(src: bytes, dst: bytes, proto: int, ident: int, ttl: int, payload: bytes) -> bytes:
+    hdr = bytearray(_IP4.pack(0x45, 0, 20 + len(payload), ident, 0, ttl, proto, 0, src, dst))
+    struct.pack_into("=H", hdr, 10, _csum(hdr))
+    return bytes(hdr) + payload
+
+
+def _ip6(src: bytes, dst: bytes, nh: int, hlim: int, payload: bytes) -> bytes:
+    return _IP6.pack(6 << 28, len(payload), nh, hlim, src, dst) + payload
+
+
+def _l4_csum(src: bytes, dst: bytes, proto: int, seg: bytearray) -> None:
+    """Fill the TCP (offset 16) or ICMPv6 (offset 2) checksum over the pseudo-header."""
+    if len(src) == 4:
+        pseudo = src + dst + struct.pack("!BBH", 0, proto, len(seg))
+    else:
+        pseudo = src + dst + struct.pack("!I3xB", len(seg), proto)
+    off = 16 if proto == socket.IPPROTO_TCP else 2
+    seg[off : off + 2] = b"\0\0"
+    struct.pack_into("=H", seg, off, _csum(pseudo + seg))
+
+
+def _tcp_reply(probe: memoryview) -> bytearray | None:
+    """RST (or SYN-ACK, chosen by caller) header for a TCP probe segment; None for RSTs."""
+    if len(probe) < 20:
+        return None
+    sport, dport, seq, ack, off, flags, _win, _cs, _urg = _TCP.unpack_from(probe)
+    if flags & _TH_RST:
+        return None
+    data_len = len(probe) - (off >> 4) * 4
+    if flags & _TH_ACK:
+        return bytearray(_TCP.pack(dport, sport, ack, 0, 5 << 4, _TH_RST, 0, 0, 0))
+    seg_len = data_len + (1 if flags & _TH_SYN else 0) + (1 if flags & _TH_FIN else 0)
+    return bytearray(_TCP.pack(dport, sport, 0, (seq + seg_len) & 0xFFFFFFFF, 5 << 4, _TH_RST | _TH_ACK, 0, 0, 0))
+
+
+class AliasEmulator:
+    """Sans-I/O core: :meth:`handle` maps one probe packet to its reply (or None)."""
+
+    #: RFC 1812 4.3.2.3: ICMPv4 errors quote as much as fits in 576 bytes.
+    QUOTE4 = 576 - 20 - 8
+    #: RFC 4443 2.4(c): ICMPv6 errors must fit in the minimum MTU, 1280.
+    QUOTE6 = 1280 - 40 - 8
+
+    def __init__(self, cfg: EmulatorConfig, now_ns: int | None = None) -> None:
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        self.cfg = cfg
+        self.by_addr: dict[bytes, _RouterState] = {}
+        self.routers: list[_RouterState] = []
+        self.received = 0
+        self.replied = 0
+        self.ignored = 0
+        self.limited = 0
+        self._secret = os.urandom(16)
+        for r in cfg.routers:
+            f4 = next((socket.inet_pton(socket.AF_INET, a) for a in r.udp_reply_source if ":" not in a), None)
+            f6 = next((socket.inet_pton(socket.AF_INET6, a) for a in r.udp_reply_source if ":" in a), None)
+            st = _RouterState(r, _IpidSource(r, cfg.seed, now), _Bucket(r.rate_limit, r.rate_burst, now), f4, f6)
+            self.routers.append(st)
+            for a in r.addresses:
+                fam = socket.AF_INET6 if ":" in a else socket.AF_INET
+                self.by_addr[socket.inet_pton(fam, a)] = st
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "replied": self.replied,
+            "ignored": self.ignored,
+            "rate_limited": self.limited,
+            "routers": {s.cfg.name: {"replies": s.replies, "rate_limited": s.limited} for s in self.routers},
+        }
+
+    def handle(self, pkt: bytes, now_ns: int | None = None) -> bytes | None:
+        """The reply to ``pkt`` (a raw IP packet as read from the TUN), or None."""
+        self.received += 1
+        if not pkt:
+            self.ignored += 1
+            return None
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        ver = pkt[0] >> 4
+        out = self._v4(pkt, now) if ver == 4 else self._v6(pkt, now) if ver == 6 else None
+        if out is None:
+            self.ignored += 1
+        else:
+            self.replied += 1
+        return out
+
+    def _admit(self, st: _RouterState, now: int) -> bool:
+        if st.bucket.take(now):
+            st.replies += 1
+            return True
+        st.limited += 1
+        self.limited += 1
+        self.ignored -= 1  # counted as limited, not ignored
+        return False
+
+    def _v4(self, pkt: bytes, now: int) -> bytes | None:
+        if len(pkt) < 20:
+            return None
+        vihl, _tos, tot, _id, frag, _ttl, proto, _cs, src, dst = _IP4.unpack_from(pkt)
+        ihl = (vihl & 0x0F) * 4
+        if frag & 0x3FFF or tot > len(pkt) or ihl < 20 or tot < ihl:
+            return None  # fragments and truncated packets
+        st = self.by_addr.get(dst)
+        if st is None:
+            return None
+        body = memoryview(pkt)[ihl:tot]
+        r = st.cfg
+        if proto == socket.IPPROTO_ICMP:
+            if len(body) < 8 or body[0] != 8 or body[1] != 0:
+                return None
+            if not self._admit(st, now):
+                return None
+            icmp = bytearray(body)
+            icmp[0] = 0
+            icmp[2:4] = b"\0\0"
+            struct.pack_into("=H", icmp, 2, _csum(icmp))
+            return _ip4(dst, src, proto, self._ipid(st, dst, src, now), r.reply_ttl, bytes(icmp))
+        if proto == socket.IPPROTO_TCP:
+            seg = self._tcp(r, src, dst, body)
+            if seg is None:
+                return None
+            if not self._admit(st, now):
+                return None
+            _l4_csum(dst, src, proto, seg)
+            return _ip4(dst, src, proto, self._ipid(st, dst, src, now), r.reply_ttl, bytes(seg))
+        # UDP → port unreachable; anything else → protocol unreachable.
+        code = 3 if proto == socket.IPPROTO_UDP else 2
+        if not self._admit(st, now):
+            return None
+        quote = pkt[: min(tot, self.QUOTE4)]
+        icmp = bytearray(struct.pack("!BBHI", 3, code, 0, 0) + quote)
+        struct.pack_into("=H", icmp, 2, _csum(icmp))
+        rsrc = st.fixed4 if (st.fixed4 is not None and proto == socket.IPPROTO_UDP) else dst
+        return _ip4(rsrc, src, socket.IPPROTO_ICMP, self._ipid(st, rsrc, src, now), r.reply_ttl, bytes(icmp))
+
+    def _cookie(self, src: bytes, dst: bytes, sport: int, dport: int) -> int:
+        """Stateless ISN (a SYN cookie) so the handshake's final ACK is recognisable."""
+        h = hashlib.blake2s(src + dst + struct.pack("!HH", sport, dport), key=self._secret, digest_size=4)
+        return int.from_bytes(h.digest(), "big")
+
+    def _tcp(self, r: RouterConfig, src: bytes, dst: bytes, probe: memoryview) -> bytearray | None:
+        """Reply segment for a TCP probe: RST, SYN-ACK, or None.
+
+        In ``synack`` mode the ACK that completes a handshake we offered is
+        swallowed (a listener that never accepts); without this, a client's
+        ``connect()`` would race our RST and fail. Any other ACK still gets
+        the RST the TCP-ACK IP-ID method needs.
+        """
+        if len(probe) < 20:
+            return None
+        sport, dport, seq, ack, off, flags, _w, _c, _u = _TCP.unpack_from(probe)
+        if r.tcp_reply == "synack":
+            if flags & (_TH_SYN | _TH_ACK | _TH_RST) == _TH_SYN:
+                isn = self._cookie(src, dst, sport, dport)
+                # 6 words: header + MSS option so real stacks accept it.
+                return bytearray(
+                    _TCP.pack(dport, sport, isn, (seq + 1) & 0xFFFFFFFF, 6 << 4, _TH_SYN | _TH_ACK, 65535, 0, 0)
+                    + b"\x02\x04\x05\xb4"
+                )
+            if (flags & (_TH_SYN | _TH_ACK | _TH_RST | _TH_FIN) == _TH_ACK and len(probe) == (off >> 4) * 4
+                    and ack == (self._cookie(src, dst, sport, dport) + 1) & 0xFFFFFFFF):
+                return None
+        return _tcp_reply(probe)
+
+    def _ipid(self, st: _RouterState, probed: bytes, peer: bytes, now: int) -> int:
+        kind = st.ipid.kind
+        # Address text only where the behaviour keys on it.
+        p = socket.inet_ntop(socket.AF_INET, probed) if kind == "per-interface" else ""
+        q = socket.inet_ntop(socket.AF_INET, peer) if kind == "per-destination" else ""
+        return st.ipid.next(p, q, now)
+
+    def _v6(self, pkt: bytes, now: int) -> bytes | None:
+        if len(pkt) < 40:
+            return None
+        _vtf, plen, nh, _hlim, src, dst = _IP6.unpack_from(pkt)
+        st = self.by_addr.get(dst)
+        if st is None or 40 + plen > len(pkt):
+            return None
+        body = memoryview(pkt)[40 : 40 + plen]
+        r = st.cfg
+        if nh == socket.IPPROTO_ICMPV6:
+            if len(body) < 8 or body[0] != 128 or body[1] != 0:
+                return None
+            if not self._admit(st, now):
+                return None
+            icmp = bytearray(body)
+            icmp[0] = 129
+            _l4_csum(dst, src, nh, icmp)
+            return _ip6(dst, src, nh, r.reply_ttl, bytes(icmp))
+        if nh == socket.IPPROTO_TCP:
+            seg = self._tcp(r, src, dst, body)
+            if seg is None:
+                return None
+            if not self._admit(st, now):
+                return None
+            _l4_csum(dst, src, nh, seg)
+            return _ip6(dst, src, nh, r.reply_ttl, bytes(seg))
+        if nh == socket.IPPROTO_UDP:
+            if not self._admit(st, now):
+                return None
+            quote = pkt[: min(40 + plen, self.QUOTE6)]
+            icmp = bytearray(struct.pack("!BBHI", 1, 4, 0, 0) + quote)
+            rsrc = st.fixed6 if st.fixed6 is not None else dst
+            _l4_csum(rsrc, src, socket.IPPROTO_ICMPV6, icmp)
+            return _ip6(rsrc, src, socket.IPPROTO_ICMPV6, r.reply_ttl, bytes(icmp))
+        return None  # extension headers and other protocols: not emulated
+
+
+# ------------------------------------------------------------------ TUN loop
+
+_TUNSETIFF = 0x400454CA
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+
+
+def _open_tun(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", name.encode(), _IFF_TUN | _IFF_NO_PI))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _ip(*args: str) -> None:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+def _sysctl(path: str, value: str) -> None:
+    Path("/proc/sys", path).write_text(value)
+
+
+def _write_stats(path: str | None, emu: AliasEmulator, started: float) -> None:
+    if not path:
+        return
+    st = emu.stats()
+    st["started"] = started
+    st["updated"] = time.time()
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(json.dumps(st, indent=1))
+    os.replace(tmp, path)
+
+
+def run(cfg: EmulatorConfig, ready_file: str | None = None, stats_file: str | None = None) -> None:
+    """Serve ``cfg`` on a TUN device in the current namespace until SIGTERM/SIGINT.
+
+    The TUN is not persistent, so when this process ends (even by SIGKILL)
+    the kernel removes the device and every route through it: nothing is
+    left behind in the namespace except the forwarding sysctls.
+    """
+    fd = _open_tun(cfg.tun)
+    emu: AliasEmulator | None = None
+    started = time.time()
+    try:
+        _ip("link", "set", "dev", cfg.tun, "up")
+        if cfg.forwarding:
+            _sysctl("net/ipv4/ip_forward", "1")
+        has6 = any(":" in a for r in cfg.routers for a in r.addresses)
+        if has6 and cfg.forwarding and os.path.exists("/proc/sys/net/ipv6"):
+            _sysctl("net/ipv6/conf/all/forwarding", "1")
+        for r in cfg.routers:
+            for a in r.addresses:
+                if ":" in a:
+                    _ip("-6", "route", "replace", f"{a}/128", "dev", cfg.tun)
+                else:
+                    _ip("route", "replace", f"{a}/32", "dev", cfg.tun)
+        emu = AliasEmulator(cfg)
+        if ready_file:
+            Path(ready_file).write_text(json.dumps({"pid": os.getpid(), "tun": cfg.tun}))
+        next_stats = time.monotonic() + 1.0
+        dirty = True
+        while True:
+            timeout = max(0.0, next_stats - time.monotonic())
+            rl, _, _ = select.select([fd], [], [], timeout)
+            if rl:
+                while True:
+                    try:
+                        pkt = os.read(fd, 65536)
+                    except BlockingIOError:
+                        break
+                    reply = emu.handle(pkt)
+                    if reply is not None:
+                        try:
+                            os.write(fd, reply)
+                        except OSError as e:
+                            if e.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                                raise
+                dirty = True
+            if time.monotonic() >= next_stats:
+                if dirty:
+                    _write_stats(stats_file, emu, started)
+                    dirty = False
+                next_stats = time.monotonic() + 1.0
+    finally:
+        if emu is not None:
+            _write_stats(stats_file, emu, started)
+        os.close(fd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m marionet.lab.aliasrouter --config FILE`` (inside a namespace)."""
+    ap = argparse.ArgumentParser(prog="python -m marionet.lab.aliasrouter",
+                                 description="Emulated routers with chosen IP-ID behaviour (alias ground truth).")
+    ap.add_argument("--config", required=True, help="TOML or JSON config")
+    ap.add_argument("--ready-file", help="written once the TUN and routes are up")
+    ap.add_argument("--stats", help="JSON stats file, updated every second and at exit")
+    ap.add_argument("--check", action="store_true", help="validate the config, print the alias sets, exit")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except AliasConfigError as e:
+        print(f"aliasrouter: {args.config}: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(json.dumps({"alias_sets": [sorted(s) for s in alias_sets(cfg)],
+                          "ipid_alias_sets": [sorted(s) for s in ipid_alias_sets(cfg)]}, indent=1))
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        run(cfg, args.ready_file, args.stats)
+    except KeyboardInterrupt:
+        pass
+    except (OSError, RuntimeError) as e:
+        print(f"aliasrouter: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
