@@ -439,3 +439,11 @@ async def test_clock_offset_on_one_machine(session):
     off = await session.clock_offset(samples=5)
     assert abs(off.offset_ns) < 5_000_000
     assert 0 < off.rtt_ns < 100_000_000
+
+
+async def test_connected_udp_reveals_source_and_sends_without_dst(session, udp_echo):
+    u = await session.nopen("udp", raddr="127.0.0.1", rport=udp_echo)
+    assert session.sockets[u].laddr == "127.0.0.1"
+    await session.nsend(u, b"conn", tag=1)
+    notes = await collect(session, 2, kinds={"ntag", "ndata"})
+    assert {n.kind for n in notes} == {"ntag", "ndata"}

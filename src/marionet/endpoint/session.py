@@ -239,6 +239,20 @@ class Session:
         if msg.proto == "tcp":
             self.loop.create_task(self._connect(msg, sock, raddr, rport))
             return
+        if msg.proto == "udp" and msg.raddr is not None:
+            # A connected UDP socket: sends need no dst, and the reply's
+            # laddr tells a remote measurement which source address the
+            # endpoint's routing picks for that destination.
+            raddr = check_addr(msg.raddr, msg.family, "raddr")
+            rport = check_port(msg.rport, "rport")
+            try:
+                sock.connect(sockaddr(raddr, rport, msg.family))
+            except OSError as exc:
+                sock.close()
+                raise BadRequest("connect-failed", f"no route to {raddr}: {errno_text(exc.errno or 0)}") from None
+        elif msg.raddr is not None and msg.proto != "tcp":
+            sock.close()
+            raise BadRequest("bad-option", f"raddr is for tcp and udp sockets, not {msg.proto}")
         sid = self._new_sid()
         try:
             if msg.proto == "udp":
@@ -253,7 +267,7 @@ class Session:
             raise BadRequest("os-error", f"cannot set up socket: {errno_text(exc.errno or 0)}") from None
         self.sockets[sid] = es
         la, lp = es.local()
-        self.reply(m.Opened(id=msg.id, sock=sid, laddr=la, lport=lp))
+        self.reply(m.Opened(id=msg.id, sock=sid, laddr=la, lport=lp, raddr=msg.raddr, rport=msg.rport))
 
     def _apply_options(self, sock: socket.socket, msg: m.NOpen) -> None:
         if msg.device:

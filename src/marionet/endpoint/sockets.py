@@ -262,10 +262,17 @@ class UdpSocket(DatagramSocket):
         super().__init__(session, sid, sock, family)
         ts.enable_recverr(sock)
         ts.enable_recv_ttl(sock)
+        try:
+            sock.getpeername()
+            self.connected = True
+        except OSError:
+            self.connected = False
 
     def destination(self, item: m.SendItem) -> tuple | None:
+        if item.dst is None and item.port is None and self.connected:
+            return None
         if item.dst is None:
-            raise BadRequest("bad-address", "UDP sends need dst and port")
+            raise BadRequest("bad-address", "UDP sends need dst and port (or a connected socket)")
         dst = check_addr(item.dst, self.family, "dst")
         port = check_port(item.port, "port")
         if port == 0:
