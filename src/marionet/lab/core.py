@@ -393,6 +393,13 @@ class Lab:
         if self.plan is None:
             raise LabError("lab is not up")
         t = plan_truth(self.plan)
+        from .hooks import alias_config
+        for entry in t["aliases"]:
+            if entry["kind"] == "aliasrouter":
+                cfg = alias_config(self, self.spec.nodes[entry["router"]])
+                entry["emulated"] = [{"name": r.get("name"), "addresses": r.get("addresses"),
+                                      "ipid": r.get("ipid", "shared")}
+                                     for r in (cfg.get("router") or cfg.get("routers") or [])]
         if self._mgmt:
             t["management"] = dict(self._mgmt)
         t["controller"] = self.controller

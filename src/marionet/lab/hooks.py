@@ -49,14 +49,32 @@ def start_service(lab: "Lab", svc: "Service") -> Any | None:
 
 
 def alias_config(lab: "Lab", node: "Node") -> dict[str, Any]:
-    """Default alias-router config: one router answering on all the node's addresses."""
+    """The emulator config for an alias-router node.
+
+    ``options.config`` passes through unchanged.  Otherwise ``options.routers``
+    (default: one router) lists emulated routers with their behaviour keys
+    (``ipid``, ``velocity``, ``offset`` …); a router without ``addresses``
+    gets ``interfaces`` (default 3) IPv4 and one IPv6 address from the node's
+    virtual prefix, which the lab routes to this node.
+    """
     assert lab.plan
-    ifs = lab.plan.ifaces[node.name]
-    opts = dict(node.options)
-    router = {k: v for k, v in opts.items() if k not in ("config", "name")}
-    router.setdefault("name", node.name)
-    router.setdefault("addresses", [str(i.ipv4.ip) for i in ifs] + [str(i.ipv6.ip) for i in ifs])
-    return {"router": [router]}
+    if "config" in node.options:
+        return node.options["config"]
+    v4net, v6net = lab.plan.stubs[node.name]
+    hosts4 = v4net.hosts()
+    routers = []
+    opts = {k: v for k, v in node.options.items() if k not in ("routers", "tun", "seed")}
+    for i, r in enumerate(node.options.get("routers", [opts])):
+        r = dict(r)
+        r.setdefault("name", f"{node.name}-{i + 1}")
+        n_if = int(r.pop("interfaces", 3))
+        if "addresses" not in r:
+            r["addresses"] = [str(next(hosts4)) for _ in range(n_if)] + [str(v6net.network_address + 1 + i)]
+        routers.append(r)
+    cfg: dict[str, Any] = {"router": routers, "tun": f"{lab.prefix}ar"}
+    if "seed" in node.options:
+        cfg["seed"] = node.options["seed"]
+    return cfg
 
 
 def start_aliasrouter(lab: "Lab", node: "Node") -> None:
@@ -76,7 +94,7 @@ def start_aliasrouter(lab: "Lab", node: "Node") -> None:
         lab.warnings.append(f"aliasrouter {node.name}: marionet.lab.aliasrouter missing; node is a plain host")
         return None
     opts: dict[str, Any] = {"name": f"{node.name}-aliasrouter"}
-    opts["config"] = node.options["config"] if "config" in node.options else alias_config(lab, node)
+    opts["config"] = alias_config(lab, node)
     try:
         h = mod.start_service("aliasrouter", lab.netns(node.name), opts, state_dir=service_dir(lab))
     except Exception as e:

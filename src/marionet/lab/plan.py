@@ -48,6 +48,8 @@ class Plan:
     ifaces: dict[str, list[Iface]] = field(default_factory=dict)
     routes: dict[str, list[Route]] = field(default_factory=dict)
     link_ifaces: list[tuple[Iface, Iface]] = field(default_factory=list)
+    # virtual prefixes owned by alias-router nodes: node -> (v4 net, v6 net)
+    stubs: dict[str, tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
@@ -121,21 +123,34 @@ def make_plan(spec: Spec, lab_id: str) -> Plan:
             plan.ifaces[node].append(ifc)
             pair.append(ifc)
         plan.link_ifaces.append((pair[0], pair[1]))
+    for idx, n in enumerate(x for x in spec.nodes.values() if x.kind == "aliasrouter"):
+        plan.stubs[n.name] = (ipaddress.IPv4Network(f"10.200.{idx}.0/24"),
+                              ipaddress.IPv6Network(f"fd00:c8:0:{idx:x}::/64"))
     for node in spec.nodes:
         plan.routes[node] = _routes_for(plan, node)
     return plan
 
 
-def _dist_to_link(plan: Plan, k: int) -> dict[str, int]:
+def _ends(plan: Plan, k: int | str) -> tuple[str, ...]:
+    """Nodes that own destination k: a link index, or an alias-router node name (stub prefix)."""
+    if isinstance(k, str):
+        return (k,)
+    ln = plan.spec.links[k]
+    return (ln.a, ln.b)
+
+
+def _dist_to_link(plan: Plan, k: int | str) -> dict[str, int]:
     """Routing distance from each node to link k's subnet; only routers relay."""
     spec = plan.spec
-    ln = spec.links[k]
-    dist: dict[str, int] = {ln.a: 0, ln.b: 0}
-    heap = [(0, ln.a), (0, ln.b)]
+    ends = _ends(plan, k)
+    dist: dict[str, int] = {e: 0 for e in ends}
+    heap = [(0, e) for e in ends]
     while heap:
         d, n = heapq.heappop(heap)
-        if d > dist.get(n, 1 << 30) or not spec.nodes[n].forwards:
+        if d > dist.get(n, 1 << 30):
             continue
+        if not spec.nodes[n].forwards and not (d == 0 and isinstance(k, str)):
+            continue  # hosts do not relay; an alias-router node does reach its own prefix
         for ifc in plan.ifaces[n]:
             nd = d + spec.links[ifc.link].cost
             if nd < dist.get(ifc.peer, 1 << 30):
@@ -144,11 +159,11 @@ def _dist_to_link(plan: Plan, k: int) -> dict[str, int]:
     return dist
 
 
-def nexthops(plan: Plan, node: str, k: int, dist: dict[str, int] | None = None) -> list[Iface]:
+def nexthops(plan: Plan, node: str, k: int | str, dist: dict[str, int] | None = None) -> list[Iface]:
     """The interfaces of ``node`` on shortest paths towards link k (ECMP keeps all)."""
     spec = plan.spec
-    ln = spec.links[k]
-    if node in (ln.a, ln.b):
+    ends = _ends(plan, k)
+    if node in ends:
         return []
     dist = dist if dist is not None else _dist_to_link(plan, k)
     best = None
@@ -159,7 +174,7 @@ def nexthops(plan: Plan, node: str, k: int, dist: dict[str, int] | None = None) 
             continue
         if dist[peer] != 0 and not spec.nodes[peer].forwards:
             continue
-        if dist[peer] == 0 and not spec.nodes[peer].forwards and peer not in (ln.a, ln.b):
+        if dist[peer] == 0 and not spec.nodes[peer].forwards and peer not in ends:
             continue
         c = spec.links[ifc.link].cost + dist[peer]
         cands.append((c, ifc))
@@ -181,6 +196,12 @@ def _routes_for(plan: Plan, node: str) -> list[Route]:
                 peer_if = _peer_iface(plan, ifc)
                 hops.append((str(peer_if.addr(fam).ip), ifc.name))
             out.append(Route(family=fam, dst=dst, nexthops=hops))
+    for stub, nets in plan.stubs.items():
+        nh = nexthops(plan, node, stub)
+        for fam, net in ((4, nets[0]), (6, nets[1])):
+            if nh:
+                out.append(Route(family=fam, dst=str(net),
+                                 nexthops=[(str(_peer_iface(plan, i).addr(fam).ip), i.name) for i in nh]))
     return out
 
 
