@@ -275,13 +275,17 @@ class Lab:
             "delay_ms": ln.delay_ms, "jitter_ms": ln.jitter_ms, "loss": ln.loss,
             "realtime": self.realtime, "seed": None,
         }
-        p = subprocess.Popen([sys.executable, "-m", "marionet.lab.forwarder", json.dumps(cfg)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        from .hooks import service_dir
+        log_path = service_dir(self) / f"forwarder-{k}.log"
+        with open(log_path, "ab") as log:
+            p = subprocess.Popen([sys.executable, "-m", "marionet.lab.forwarder", json.dumps(cfg)],
+                                 stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         self._track(p, "forwarder", f"{a.node}-{b.node}")
         line = p.stdout.readline() if p.stdout else ""
         if line.strip() != "ready":
-            err = p.stderr.read() if p.stderr and p.poll() is not None else ""
-            raise LabError(f"forwarder for link {a.node}—{b.node} failed to start: {line.strip()} {err.strip()}")
+            p.wait(timeout=5)
+            raise LabError(f"forwarder for link {a.node}—{b.node} failed to start: "
+                           f"{log_path.read_text(errors='replace')[-1000:]}")
 
     def _start_aliasrouters(self) -> None:
         nodes = [n for n in self.spec.nodes.values() if n.kind == "aliasrouter"]
