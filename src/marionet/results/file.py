@@ -282,6 +282,3 @@ class File:
     def __repr__(self) -> str:
         return f"File({self.filename!r}, mode={self.mode!r}, kind={self.kind!r})"
 
-
-# re-exported for File users filtering by class
-__all__ += ["UnknownResult"]

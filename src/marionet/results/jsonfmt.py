@@ -36,7 +36,7 @@ import json
 import math
 from typing import Any, Callable
 
-from .common import (Addr, NS_PER_US, check_int, ns_to_ms_str, ns_to_timeval,
+from .common import (Addr, NS_PER_US, ns_to_ms_str, ns_to_timeval,
                      timeval_to_ns)
 from .cycle import CycleStart, CycleStop, UnknownResult
 from .errors import FormatError
@@ -482,9 +482,9 @@ def _reply_from_json(raw: Any, i: int) -> PingReply:
         raise f.fail("reply_proto", f"must be a string or integer, got {proto!r}")
     src = f.addr("from", True)
     assert src is not None
+    attempt = f.int("seq") if f.d.get("seq") is not None else f.int("probe_id", default=0)
     return PingReply(
-        src=src, attempt=f.int("seq", default=0) if f.d.get("seq") is not None
-        else f.int("probe_id", default=0),
+        src=src, attempt=attempt,
         tx_ns=tx, rx_ns=rx, rtt_ns=rtt,
         probe_ipid=f.int("probe_ipid"), reply_ipid=f.int("reply_ipid"),
         reply_ttl=f.int("reply_ttl"), reply_tos=f.int("reply_tos"),

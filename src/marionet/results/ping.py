@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .common import (Addr, AddrLike, check_int, ns_to_datetime,
+from .common import (Addr, check_int, ns_to_datetime,
                      ns_to_timedelta, seconds_to_ns, to_addr)
 
 __all__ = ["Ping", "PingReply", "PingStop", "PING_METHODS"]

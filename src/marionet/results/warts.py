@@ -18,6 +18,7 @@ bytes``) and later referenced by number (``uint8 0, uint32 id``).
 
 from __future__ import annotations
 
+import datetime as _dt
 import struct
 from typing import IO, Any, Callable
 
@@ -433,8 +434,7 @@ class WartsReader:
             icmpext=v.get("icmpext", []))
 
 
-def _seconds(sec: int, usec: int):  # -> timedelta
-    import datetime as _dt
+def _seconds(sec: int, usec: int) -> _dt.timedelta:
     return _dt.timedelta(seconds=sec, microseconds=usec)
 
 
