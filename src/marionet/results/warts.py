@@ -152,8 +152,8 @@ def _params(c: _Cursor, readers: list[Callable[[_Cursor], None] | None]) -> set[
             break
         reader = readers[ident - 1]
         if reader is None:
-            raise _Truncated(f"field {ident} uses a feature this reader does not support "
-                             "(deprecated global address ids)")
+            raise _Truncated(f"field {ident} is not supported by this reader "
+                             "(deprecated global address ids, or a static router address)")
         reader(inner)
     c.off = final
     return present
