@@ -161,7 +161,7 @@ class ClientConnection(asyncio.Protocol):
         self.principal = Principal()
 
     # -- outlet interface for the session
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, note: bool = False) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
@@ -203,7 +203,7 @@ class ClientConnection(asyncio.Protocol):
                 self.fail("bad-message", "hello sent twice")
                 return
             if isinstance(msg, m.Bye):
-                self.transport.close()  # type: ignore[union-attr]
+                self.close_stream()
                 return
             self.session.handle(msg)
 
@@ -219,6 +219,11 @@ class ClientConnection(asyncio.Protocol):
         self.write(encode(m.Hello(id=msg.id, version=m.PROTOCOL_VERSION, role="endpoint",
                                   name=self.endpoint.config.name,
                                   features=["nsendv", "ncap-filter", "ncap-program", "tasks"])))
+
+    def close_stream(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self._end()
 
     def fail(self, code: str, reason: str) -> None:
         """End this connection with a ``Bye`` naming the problem."""

@@ -45,7 +45,7 @@ log = logging.getLogger("marionet.endpoint")
 class Outlet(Protocol):
     """Where a session's frames go."""
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes, note: bool = False) -> None: ...
 
     def writable(self) -> bool: ...
 
@@ -64,6 +64,7 @@ class Session:
         self.closed = False
         # outgoing frames coalesced into one write per loop iteration
         self._out: list[bytes] = []
+        self._out_notes: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
         # notification buffer
         self.buffer_limit = endpoint.config.buffer_limit
@@ -77,17 +78,23 @@ class Session:
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     # ------------------------------------------------------------------ output
-    def _queue_frame(self, frame: bytes) -> None:
-        self._out.append(frame)
+    def _queue_frame(self, frame: bytes, note: bool = False) -> None:
+        (self._out_notes if note else self._out).append(frame)
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """One write for replies, then one for notifications: an outlet
+        through a controller may drop (and count) notification chunks for a
+        slow client, but never replies."""
         self._flush_handle = None
-        if self._out and not self.closed:
-            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-            self._out.clear()
-            self.outlet.write(data)
+        if self.closed:
+            return
+        for frames, note in ((self._out, False), (self._out_notes, True)):
+            if frames:
+                data = b"".join(frames) if len(frames) > 1 else frames[0]
+                frames.clear()
+                self.outlet.write(data, note)
 
     def reply(self, msg: m.Message) -> None:
         """Replies bypass suppression: control must work during a transfer."""
@@ -104,7 +111,7 @@ class Session:
         if self._held or self.suppressed or self._drop_count or not self.outlet.writable():
             self._hold(msg, frame)
         else:
-            self._queue_frame(frame)
+            self._queue_frame(frame, True)
 
     def _hold(self, msg: m.Message, frame: bytes) -> None:
         kind = type(msg).__struct_config__.tag
@@ -124,10 +131,10 @@ class Session:
         while self._held and self.outlet.writable():
             _, frame = self._held.popleft()
             self._held_bytes -= len(frame)
-            self._queue_frame(frame)
+            self._queue_frame(frame, True)
         if not self._held and self._drop_count and self.outlet.writable():
             self._queue_frame(encode(m.NDrop(time_ns=time.time_ns(), count=self._drop_count,
-                                             nbytes=self._drop_bytes, kinds=dict(self._drop_kinds))))
+                                             nbytes=self._drop_bytes, kinds=dict(self._drop_kinds))), True)
             self._drop_count = 0
             self._drop_bytes = 0
             self._drop_kinds.clear()

@@ -63,6 +63,24 @@ class DatagramJob:
     df: bool | None
 
 
+RCVBUF_BYTES = 8 * 1024 * 1024
+SO_RCVBUFFORCE = 33
+
+
+def grow_rcvbuf(sock: socket.socket) -> None:
+    """TX stamps are charged to the receive buffer: at high send rates the
+    default (rmem_max, ~208 KiB) overflows and the kernel drops stamps
+    silently. As root, force a larger buffer; otherwise take what we get
+    (late stamps are then reported with user-space times, never lost)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        except OSError:
+            pass
+
+
 def errno_text(err: int) -> str:
     name = errno_mod.errorcode.get(err, str(err))
     return f"{name}: {os.strerror(err)}"
@@ -136,6 +154,7 @@ class DatagramSocket(EpSocket):
         self.sent_packets = 0
         self.sent_bytes = 0
         sock.setblocking(False)
+        grow_rcvbuf(sock)
         ts.enable_rx_timestamps(sock)
         ts.enable_tx_timestamps(sock)
         self.loop.add_reader(sock.fileno(), self._on_readable)

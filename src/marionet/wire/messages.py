@@ -376,6 +376,78 @@ class Bye(Message, tag="bye"):
     reason: str
 
 
+# --------------------------------------------------------------------------
+# Controller links. An endpoint dials out to the controller and registers;
+# the controller then multiplexes client sessions over that one connection
+# as numbered channels. A channel carries a byte stream of ordinary frames
+# (the same requests, replies and notifications as a direct connection),
+# so the controller routes ``ChData`` without decoding what is inside.
+# --------------------------------------------------------------------------
+
+
+class Register(Message, tag="register"):
+    """Endpoint -> controller after hello: who this VP is."""
+
+    id: int
+    name: str
+    meta: dict[str, Any] = {}
+
+
+class ChOpen(Message, tag="chopen"):
+    """Controller -> endpoint: open a session for a client on channel ``ch``;
+    ``principal`` is the client's identity as the controller authenticated it."""
+
+    ch: int
+    principal: dict[str, Any] = {}
+
+
+class ChData(Message, tag="chdata"):
+    """Frames for channel ``ch``. ``note``: the chunk holds only
+    notifications, which a controller may drop (and count) for a slow client."""
+
+    ch: int
+    data: bytes
+    note: bool = False
+
+
+class ChClose(Message, tag="chclose"):
+    ch: int
+    reason: str = ""
+
+
+class VpList(Message, tag="vplist"):
+    """Client -> controller: the registry (optionally only live VPs)."""
+
+    id: int
+    alive_only: bool = True
+
+
+class VpListReply(Message, tag="vplistreply"):
+    id: int
+    vps: list[dict[str, Any]]
+
+
+class Attach(Message, tag="attach"):
+    """Client -> controller: open a packet/task channel to VP ``vp``."""
+
+    id: int
+    vp: str
+
+
+class Attached(Message, tag="attached"):
+    id: int
+    ch: int
+    vp: dict[str, Any] = {}
+
+
+class VpEvent(Message, tag="vpevent"):
+    """Controller -> client: a VP arrived, came back or went away."""
+
+    vp: str
+    event: str  # "arrived", "gone"
+    info: dict[str, Any] = {}
+
+
 REQUESTS: tuple[type[Message], ...] = (
     Info, NOpen, NClose, NSend, NSendV, NCap, NCtl, Task, Halt, Ping,
 )
@@ -383,6 +455,9 @@ REPLIES: tuple[type[Message], ...] = (Ok, Error, Opened, InfoReply, Pong)
 NOTIFICATIONS: tuple[type[Message], ...] = (
     NData, NTag, NIcmp, NStat, NDrop, NBlock, NCapEnd, TaskResult, TaskProgress,
 )
+CONTROLLER: tuple[type[Message], ...] = (
+    Register, ChOpen, ChData, ChClose, VpList, VpListReply, Attach, Attached, VpEvent,
+)
 ALL_MESSAGES: tuple[type[Message], ...] = (
-    (Hello, Bye) + REQUESTS + REPLIES + NOTIFICATIONS
+    (Hello, Bye) + REQUESTS + REPLIES + NOTIFICATIONS + CONTROLLER
 )
