@@ -1,0 +1,225 @@
+"""How faithfully the lab emulates delay, jitter, loss and rate (needs root).
+
+    python bench/lab_accuracy.py [--quick] [--json OUT]
+
+Prints median/p99/mean/sd of ping RTTs through a link with 20 ms one-way
+delay (no jitter, then 2 ms jitter), loss through a 10 % link (UDP one-way
+over 2,000 packets, and ping round trips), iperf3 goodput through tbf 50
+Mbit/s, and the forwarder's capacity: the packet rate up to which the
+median one-way delay error stays within 1 ms.  RTTs come from iputils ping
+(kernel receive timestamps); one-way delays from SO_TIMESTAMPNS on the
+receiver against CLOCK_REALTIME stamps in the payload (same host clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from marionet.lab import linear_path
+from marionet.lab.core import Lab
+
+GOODPUT_RATIO = 1448 / 1514
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    q = sorted(xs)
+    return {
+        "n": len(q), "median": statistics.median(q), "p99": q[min(len(q) - 1, int(len(q) * 0.99))],
+        "mean": statistics.fmean(q), "sd": statistics.stdev(q) if len(q) > 1 else 0.0,
+        "min": q[0], "max": q[-1],
+    }
+
+
+def fmt(s: dict[str, float], unit: str = "ms") -> str:
+    return (f"n={s['n']} median={s['median']:.3f} p99={s['p99']:.3f} mean={s['mean']:.3f} "
+            f"sd={s['sd']:.3f} {unit}")
+
+
+def ping_rtts(lab: Lab, count: int, interval: float, family: int = 4) -> tuple[list[float], int]:
+    cp = lab.exec("client", ["ping", f"-{family}", "-n", "-c", str(count), "-i", str(interval), "-W", "2",
+                             lab.addr("target", family)], timeout=count * interval + 60)
+    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", cp.stdout)]
+    return rtts, count
+
+
+def binom_ci(p: float, n: int) -> tuple[float, float]:
+    half = 1.96 * math.sqrt(p * (1 - p) / n)
+    return p - half, p + half
+
+
+RECEIVER = r"""
+import socket, struct, sys, time, json
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+s.bind(("0.0.0.0", 9999))
+s.settimeout(float(sys.argv[1]))
+print("ready", flush=True)
+got = []
+try:
+    while True:
+        data, anc, _, _ = s.recvmsg(64, 64)
+        if data == b"END":
+            break
+        rx = None
+        for lvl, typ, d in anc:
+            if lvl == socket.SOL_SOCKET and typ == 35:
+                sec, nsec = struct.unpack("qq", d[:16]); rx = sec * 10**9 + nsec
+        seq, tx = struct.unpack("!QQ", data[:16])
+        got.append((seq, (rx or time.time_ns()) - tx))
+except socket.timeout:
+    pass
+print(json.dumps(got))
+"""
+
+SENDER = r"""
+import socket, struct, sys, time
+dst, rate, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+start = time.perf_counter()
+for i in range(n):
+    due = start + i / rate
+    while time.perf_counter() < due:
+        pass
+    s.sendto(struct.pack("!QQ", i, time.time_ns()) + b"\0" * 16, (dst, 9999))
+time.sleep(0.5)
+for _ in range(3):
+    s.sendto(b"END", (dst, 9999)); time.sleep(0.05)
+"""
+
+
+def one_way(lab: Lab, rate: float, n: int, timeout: float = 5.0) -> tuple[list[float], int]:
+    """Send n UDP packets at ``rate``/s client→target; return one-way delays (ms) and count received."""
+    rx = lab.popen("target", [sys.executable, "-c", RECEIVER, str(timeout)], stdout=subprocess.PIPE, text=True)
+    assert rx.stdout
+    rx.stdout.readline()
+    lab.exec("client", [sys.executable, "-c", SENDER, lab.addr("target"), str(rate), str(n)],
+             timeout=n / rate + 30, check=True)
+    out, _ = rx.communicate(timeout=n / rate + 30)
+    got = json.loads(out.strip().splitlines()[-1])
+    return [d / 1e6 for _, d in got], len(got)
+
+
+def bench_delay(res: dict[str, Any], count: int) -> None:
+    with Lab(linear_path(1, delay="20ms", impair_link=0)) as lab:
+        rtts, _ = ping_rtts(lab, count, 0.01)
+        s = summary(rtts)
+        ok = abs(s["mean"] - 40) <= 0.5 and s["sd"] <= 0.3
+        print(f"delay 20 ms/dir, no jitter, ping RTT: {fmt(s)}  target mean 40±0.5, sd≤0.3 -> "
+              f"{'PASS' if ok else 'FAIL'}")
+        res["delay"] = {**s, "pass": ok}
+        rtts6, _ = ping_rtts(lab, count // 2, 0.01, family=6)
+        s6 = summary(rtts6)
+        print(f"  same over IPv6: {fmt(s6)}")
+        res["delay_v6"] = s6
+
+
+def bench_jitter(res: dict[str, Any], count: int) -> None:
+    jit = 2.0
+    with Lab(linear_path(1, delay="20ms", jitter=f"{jit}ms", impair_link=0)) as lab:
+        rtts, _ = ping_rtts(lab, count, 0.01)
+        s = summary(rtts)
+        want = jit * math.sqrt(2)  # independent jitter in both directions
+        ok = abs(s["sd"] - want) <= 0.2 * want
+        print(f"delay 20 ms ± {jit} ms/dir, ping RTT: {fmt(s)}  expected sd {want:.3f} (±20%) -> "
+              f"{'PASS' if ok else 'FAIL'}")
+        res["jitter"] = {**s, "expected_sd": want, "pass": ok}
+
+
+def bench_loss(res: dict[str, Any], n: int) -> None:
+    p = 0.10
+    with Lab(linear_path(1, loss=p, impair_link=0)) as lab:
+        _, got = one_way(lab, 1000, n)
+        measured = 1 - got / n
+        lo, hi = binom_ci(p, n)
+        ok = lo <= measured <= hi
+        print(f"loss 10% one-way (UDP, {n} packets): measured {measured:.4f}, 95% binomial interval "
+              f"[{lo:.4f}, {hi:.4f}] -> {'PASS' if ok else 'FAIL'}")
+        rtts, count = ping_rtts(lab, n, 0.002)
+        rt = 1 - len(rtts) / count
+        prt = 1 - (1 - p) ** 2
+        lo2, hi2 = binom_ci(prt, count)
+        ok2 = lo2 <= rt <= hi2
+        print(f"  ping round trip ({count} probes, loss both ways): {rt:.4f}, expected {prt:.4f} "
+              f"[{lo2:.4f}, {hi2:.4f}] -> {'PASS' if ok2 else 'FAIL'}")
+        res["loss"] = {"one_way": measured, "ci": [lo, hi], "pass": ok, "round_trip": rt,
+                       "round_trip_expected": prt, "round_trip_pass": ok2}
+
+
+def bench_rate(res: dict[str, Any], seconds: int) -> None:
+    with Lab(linear_path(1, rate="50mbit", impair_link=1)) as lab:
+        srv = lab.popen("target", ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        cp = lab.exec("client", ["iperf3", "-c", lab.addr("target"), "-t", str(seconds), "-J"],
+                      timeout=seconds + 30)
+        srv.wait(timeout=10)
+        try:
+            j = json.loads(cp.stdout)
+            bps = j["end"]["sum_received"]["bits_per_second"]
+        except (ValueError, KeyError):
+            print(f"rate: iperf3 failed: {cp.stdout[-300:]} {cp.stderr[-300:]}")
+            return
+        want = 50e6 * GOODPUT_RATIO
+        ok = abs(bps - want) <= 0.05 * want
+        print(f"rate tbf 50 Mbit/s, iperf3 TCP goodput: {bps / 1e6:.2f} Mbit/s, expected "
+              f"{want / 1e6:.2f} (±5%) -> {'PASS' if ok else 'FAIL'}")
+        res["rate"] = {"goodput_bps": bps, "expected_bps": want, "pass": ok}
+
+
+def bench_capacity(res: dict[str, Any], quick: bool) -> None:
+    delay = 5.0
+    rates = [1000, 5000, 10000, 20000, 40000] if quick else [1000, 5000, 10000, 20000, 30000, 40000, 60000, 80000]
+    rows = []
+    with Lab(linear_path(1, delay=f"{delay}ms", impair_link=0)) as lab:
+        for r in rates:
+            n = int(min(r * 2, 100000))
+            ds, got = one_way(lab, r, n)
+            if not ds:
+                break
+            s = summary([d - delay for d in ds])
+            row = {"rate": r, "loss": 1 - got / n, **s}
+            rows.append(row)
+            print(f"  forwarder {r:>6} pkt/s: delay error median={s['median']:.3f} p99={s['p99']:.3f} "
+                  f"mean={s['mean']:.3f} sd={s['sd']:.3f} ms, loss {row['loss']:.4f}")
+    ok_rates = [x["rate"] for x in rows if x["median"] <= 1.0 and x["loss"] < 0.01]
+    cap = max(ok_rates) if ok_rates else 0
+    print(f"forwarder capacity (median delay error ≤ 1 ms, loss < 1%): ≥ {cap} packets/s "
+          f"(highest rate tried {rates[-1]})")
+    res["capacity"] = {"rows": rows, "packets_per_s": cap}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer probes")
+    ap.add_argument("--json", help="write results here")
+    ap.add_argument("--only", nargs="*", choices=["delay", "jitter", "loss", "rate", "capacity"])
+    a = ap.parse_args()
+    count = 500 if a.quick else 2000
+    res: dict[str, Any] = {}
+    todo = a.only or ["delay", "jitter", "loss", "rate", "capacity"]
+    if "delay" in todo:
+        bench_delay(res, count)
+    if "jitter" in todo:
+        bench_jitter(res, count)
+    if "loss" in todo:
+        bench_loss(res, 2000)
+    if "rate" in todo:
+        bench_rate(res, 5 if a.quick else 10)
+    if "capacity" in todo:
+        bench_capacity(res, a.quick)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
