@@ -44,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_PARSERS: list = []
+def _controller_parser(sub: argparse._SubParsersAction) -> None:
+    from marionet.controller.run import add_controller_parser
+
+    add_controller_parser(sub)
+
+
+# Each adds one subcommand and sets ``handler`` (a function of args -> int).
+_EXTRA_PARSERS: list = [_controller_parser]
 
 
 def main(argv: list[str] | None = None) -> int:
