@@ -1,1 +1,11 @@
-"""marionet.measure."""
+"""marionet.measure: measurements written once over the packet interface.
+
+Each measurement is asyncio code against a ``PacketSession`` and runs in
+all three placements (native, endpoint, remote); see DESIGN.md.
+"""
+
+from marionet.measure.ping import SUPPORTED_METHODS as PING_METHODS_SUPPORTED
+from marionet.measure.ping import ping, plan_ping
+from marionet.measure.registry import PRIMITIVES, run_primitive
+
+__all__ = ["ping", "plan_ping", "PING_METHODS_SUPPORTED", "PRIMITIVES", "run_primitive"]

@@ -1,0 +1,73 @@
+"""The primitives an endpoint runs by name, and their parameter checks.
+
+Why a registry: a ``Task`` request names a primitive and carries its
+parameters as a plain dict off the wire. Before anything runs, the name
+must be known and every parameter must be one the primitive declares —
+a typo such as ``attempt=3`` is an error, never silently ignored. Later
+primitives (trace, dns, http, …) add one line to ``PRIMITIVES``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any, Awaitable, Callable
+
+from marionet.client.packet import PacketSession
+from marionet.measure.ping import ping
+
+__all__ = ["PRIMITIVES", "run_primitive", "check_params", "UnknownPrimitive"]
+
+Primitive = Callable[..., Awaitable[Any]]
+
+#: name -> coroutine function ``f(io, *args, **params)``
+PRIMITIVES: dict[str, Primitive] = {
+    "ping": ping,
+}
+
+# Keyword arguments the runner supplies itself; never accepted from a Task.
+_RESERVED = frozenset({"io", "halt"})
+
+
+class UnknownPrimitive(ValueError):
+    """A task named a primitive this endpoint does not run."""
+
+
+def _signature(name: str) -> tuple[Primitive, inspect.Signature]:
+    fn = PRIMITIVES.get(name) if isinstance(name, str) else None
+    if fn is None:
+        known = ", ".join(sorted(PRIMITIVES))
+        raise UnknownPrimitive(f"unknown primitive {name!r} (this endpoint runs: {known})")
+    return fn, inspect.signature(fn)
+
+
+def check_params(name: str, params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` if ``params`` does not fit primitive ``name``:
+    unknown or reserved parameter names, or a missing required one."""
+    _, sig = _signature(name)
+    if not isinstance(params, dict):
+        raise ValueError(f"{name} parameters must be a mapping, got {type(params).__name__}")
+    accepted = {p.name for p in list(sig.parameters.values())[1:]
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - _RESERVED
+    bad = [k for k in params if not isinstance(k, str) or k not in accepted]
+    if bad:
+        raise ValueError(f"unknown {name} parameter(s): {', '.join(map(str, bad))} "
+                         f"(accepted: {', '.join(sorted(accepted))})")
+    missing = [p.name for p in list(sig.parameters.values())[1:]
+               if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and p.name not in params and p.name not in _RESERVED]
+    if missing:
+        raise ValueError(f"{name} needs parameter(s): {', '.join(missing)}")
+
+
+async def run_primitive(io: PacketSession, name: str, params: dict[str, Any], *,
+                        halt: asyncio.Event | None = None) -> Any:
+    """Run primitive ``name`` with ``params`` over ``io``; returns its result
+    object. ``halt``, if the primitive supports it, stops it early with a
+    partial result."""
+    check_params(name, params)
+    fn, sig = _signature(name)
+    kwargs = dict(params)
+    if halt is not None and "halt" in sig.parameters:
+        kwargs["halt"] = halt
+    return await fn(io, **kwargs)
