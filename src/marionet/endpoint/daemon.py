@@ -65,7 +65,7 @@ class Endpoint:
         self.guard = guard or Guard()
         self.version = __version__
         self.sessions: set[Session] = set()
-        self.primitives: Any = None  # set by the primitive runner when present
+        self.primitives: Any = __import__("marionet.endpoint.primitives", fromlist=["PrimitiveRunner"]).PrimitiveRunner(self)
         self.engine: Any = None
         self._caps: dict[str, bool] | None = None
         self.servers: list[asyncio.base_events.Server] = []

@@ -14,15 +14,21 @@ import inspect
 from typing import Any, Awaitable, Callable
 
 from marionet.client.packet import PacketSession
-from marionet.measure.ping import ping
+from marionet.measure.ping import ping, plan_ping
 
-__all__ = ["PRIMITIVES", "run_primitive", "check_params", "UnknownPrimitive"]
+__all__ = ["PRIMITIVES", "VALIDATORS", "run_primitive", "check_params", "UnknownPrimitive"]
 
 Primitive = Callable[..., Awaitable[Any]]
 
 #: name -> coroutine function ``f(io, *args, **params)``
 PRIMITIVES: dict[str, Primitive] = {
     "ping": ping,
+}
+
+#: name -> a function taking the same parameters that raises ``ValueError``
+#: for bad values without doing any I/O, so a bad task is refused at once.
+VALIDATORS: dict[str, Callable[..., Any]] = {
+    "ping": plan_ping,
 }
 
 # Keyword arguments the runner supplies itself; never accepted from a Task.
@@ -58,6 +64,9 @@ def check_params(name: str, params: dict[str, Any]) -> None:
                and p.name not in params and p.name not in _RESERVED]
     if missing:
         raise ValueError(f"{name} needs parameter(s): {', '.join(missing)}")
+    validate = VALIDATORS.get(name)
+    if validate is not None:
+        validate(**params)
 
 
 async def run_primitive(io: PacketSession, name: str, params: dict[str, Any], *,
