@@ -43,6 +43,11 @@ class ProcessEngine:
         return self.sender.realtime
 
     def submit(self, job: "DatagramJob") -> None:
+        if self.failed is not None:
+            import errno
+
+            job.esock.on_sent(job, 0, errno.EPIPE, 0)
+            return
         esock = job.esock
         sid = self._sids.get(id(esock))
         if sid is None:
@@ -86,7 +91,10 @@ class ProcessEngine:
                 self.loop.remove_reader(self.sender.fileno())
             except Exception:  # noqa: BLE001
                 pass
-            self._fail_jobs(list(self._jobs), str(exc))
+            if self._jobs:
+                self._fail_jobs(list(self._jobs), str(exc))
+            else:
+                log.info("sender process ended: %s", exc)
             return
         for r in results:
             job = self._jobs.pop(r.job_id, None)

@@ -38,8 +38,8 @@ def server_ssl(host: str, cert: str | None, key: str | None, client_ca: str | No
         if host not in ("0.0.0.0", "::", "localhost") and host not in ips:
             ips.append(host)
         ss = pki.self_signed_server(state, hostnames=hosts, ips=ips)
-        cert, key = str(ss.cert), str(ss.key)
-        note = f"self-signed certificate {ss.cert} (sha256 {ss.fingerprint})"
+        cert, key = str(ss.cert_path), str(ss.key_path)
+        note = f"self-signed certificate {ss.cert_path} (sha256 {ss.fingerprint})"
     else:
         note = f"certificate {cert}"
     ctx = tls.server_context(cert, key, ca=client_ca, require_client_cert=client_ca is not None)
