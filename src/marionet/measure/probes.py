@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "PacketError", "IPPROTO_ICMP", "IPPROTO_TCP", "IPPROTO_UDP", "IPPROTO_ICMPV6",
     "TCP_FIN", "TCP_SYN", "TCP_RST", "TCP_PSH", "TCP_ACK", "TCP_URG",
-    "checksum", "ipv4_header", "icmp_echo", "udp_segment", "tcp_segment",
+    "checksum", "ipv4_header", "ipv6_header", "icmp_echo", "icmp_message", "udp_segment", "tcp_segment",
     "IPPacket", "Icmp", "Tcp", "Udp",
     "parse_packet", "parse_ip", "parse_icmp", "parse_tcp", "parse_udp",
 ]
@@ -115,6 +115,15 @@ def ipv4_header(src: str | None, dst: str, proto: int, payload_len: int, *, ttl:
     return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
 
 
+def ipv6_header(src: str, dst: str, nxt: int, payload_len: int, *, hlim: int = 64,
+                tclass: int = 0, flow: int = 0) -> bytes:
+    """A 40-byte IPv6 header (the kernel writes it for raw IPv6 sockets;
+    this is for quotes, tests and packet sockets)."""
+    vtf = (6 << 28) | ((tclass & 0xFF) << 20) | (flow & 0xFFFFF)
+    return _IPV6.pack(vtf, payload_len & 0xFFFF, nxt & 0xFF, hlim & 0xFF,
+                      socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst))
+
+
 def icmp_echo(ident: int, seq: int, payload: bytes = b"", *, src: str | None = None,
               dst: str | None = None, v6: bool = False) -> bytes:
     """An ICMP (or ICMPv6, ``v6=True``) echo request.
@@ -122,8 +131,16 @@ def icmp_echo(ident: int, seq: int, payload: bytes = b"", *, src: str | None = N
     ICMPv6's checksum covers a pseudo-header, so it needs ``src`` and
     ``dst``; without them it is left 0 (a raw ICMPv6 socket fills it in).
     """
-    typ = 128 if v6 else 8
-    body = _ICMP.pack(typ, 0, 0, ident & 0xFFFF, seq & 0xFFFF) + payload
+    return icmp_message(128 if v6 else 8, 0, ((ident & 0xFFFF) << 16) | (seq & 0xFFFF), payload,
+                        src=src, dst=dst, v6=v6)
+
+
+def icmp_message(typ: int, code: int, word: int = 0, body: bytes = b"", *, src: str | None = None,
+                 dst: str | None = None, v6: bool = False) -> bytes:
+    """Any ICMP/ICMPv6 message: type, code, the 32-bit rest-of-header word
+    (id/seq for echo, unused or MTU for errors) and the body (for an error,
+    the quoted packet). Checksum as in ``icmp_echo``."""
+    body = struct.pack("!BBHI", typ & 0xFF, code & 0xFF, 0, word & 0xFFFFFFFF) + body
     if v6:
         if src is None or dst is None:
             return body
@@ -240,7 +257,10 @@ def parse_icmp(data: bytes, v6: bool = False, *, quote_ok: bool = True) -> Icmp:
     if typ in echo:
         msg.ident, msg.seq = a, b
     elif typ in errors and quote_ok and len(data) > 8:
-        msg.quote = parse_ip(data[8:], truncated_ok=True, quoted=True)
+        try:
+            msg.quote = parse_ip(data[8:], truncated_ok=True, quoted=True)
+        except PacketError:
+            pass  # an unreadable quote leaves a readable error message
     return msg
 
 
