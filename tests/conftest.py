@@ -52,7 +52,5 @@ async def session(endpoint):
     await s.close()
 
 
-try:  # the lab's fixtures (lab_factory, make_lab) when the lab is present
-    from marionet.lab.pytest_plugin import *  # noqa: F401,F403
-except ImportError:
-    pass
+# The lab's fixtures: lab_factory, linear_lab, make_lab (skip when not root).
+pytest_plugins = ["marionet.lab.pytest_plugin"]
