@@ -115,8 +115,11 @@ class PrimitiveRunner:
         except asyncio.CancelledError:
             error = "halted"
         except Exception as exc:  # noqa: BLE001 - every failure becomes the task's error
-            error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, (ValueError, PermissionError, ConnectionError)):
+            from marionet.client.errors import MarionetError
+
+            known = isinstance(exc, (ValueError, MarionetError))  # their text already says what failed
+            error = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            if not known:
                 log.debug("task %s (%s) failed", task_id, name, exc_info=True)
         finally:
             if io is not None:
