@@ -242,9 +242,13 @@ class ServiceHandle:
             except subprocess.TimeoutExpired:
                 _killpg(pgid, signal.SIGKILL)
                 proc.wait(timeout)
-        # Workers that outlived the leader (same group, pgid cannot be reused
-        # while any member lives).
+        # Workers that outlived the leader (same group; a pgid cannot be
+        # reused while any member lives). Wait until the group is empty so
+        # that ports and files are free when stop() returns.
         _killpg(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         try:
             (self.directory / "service.json").unlink()
         except FileNotFoundError:
@@ -255,6 +259,14 @@ class ServiceHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -572,9 +584,10 @@ def _start_dns(netns: str, name: str, d: Path, options: Mapping[str, Any]) -> Se
         a = h.addresses[0]
         fam = socket.AF_INET6 if ":" in a else socket.AF_INET
         with netns_socket(netns, fam, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)  # dnspython's timeout only works on non-blocking sockets
             q = dns.message.make_query(zone_names[0], dns.rdatatype.SOA)
             try:
-                r = dns.query.udp(q, a, timeout=0.3, port=port, sock=s)
+                r = dns.query.udp(q, a, timeout=0.1, port=port, sock=s)
             except dns.exception.Timeout:
                 return False
             return r.rcode() == 0 and bool(r.answer)
