@@ -56,7 +56,6 @@ _KNOWN_METHODS = ("icmp-echo", "icmp-time", "udp", "udp-dport", "udp-sport", "tc
                   "tcp-syn-sport", "tcp-synack", "tcp-ack", "tcp-ack-sport", "tcp-rst")
 _DEFAULT_PAYLOAD = {"icmp-echo": 56, "udp": 12, "tcp-syn": 0}  # scamper's defaults
 _TRANSPORT_HDR = {"icmp-echo": 8, "udp": 8, "tcp-syn": 20}
-_PROBE_PROTO = {"icmp-echo": "icmp", "udp": P.IPPROTO_UDP, "tcp-syn": P.IPPROTO_TCP}
 _MAX_PAYLOAD_GIVEN = 1000  # scamper's limit on an explicit payload
 _NS = 1_000_000_000
 
@@ -536,7 +535,7 @@ async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: _So
     # reach the endpoint, so the endpoint's scheduler (not our loop) sets the time.
     lead = max(2_000_000, 2 * ctl_rtt + 1_000_000)
     start = _now() + offset + lead
-    tags = {}  # tag -> attempt
+    tags: dict[int, int] = {}  # tag -> attempt
     tag_base = random.SystemRandom().randrange(1, 2**31)
     stop = PingStop.DONE
     extra: dict[str, Any] = {}
