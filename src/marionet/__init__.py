@@ -6,3 +6,9 @@ on the endpoint and driven through ``Ctrl``).
 """
 
 __version__ = "0.1.0"
+
+from marionet.client.ctrl import Ctrl  # noqa: E402
+from marionet.client.inst import Inst, InstError, Task, VpInfo  # noqa: E402
+from marionet.results import File  # noqa: E402
+
+__all__ = ["Ctrl", "Inst", "Task", "InstError", "VpInfo", "File", "__version__"]

@@ -10,12 +10,13 @@ import asyncio
 import ssl
 from pathlib import Path
 
+from marionet.client.actrl import AsyncCtrl
 from marionet.client.address import is_loopback, parse_hostport
 from marionet.client.errors import ConnectionLost, EndpointError, MarionetError
 from marionet.client.packet import ClockOffset, PacketSession
 from marionet.wire.messages import SendItem
 
-__all__ = ["connect", "PacketSession", "ClockOffset", "SendItem", "EndpointError",
+__all__ = ["AsyncCtrl", "connect", "PacketSession", "ClockOffset", "SendItem", "EndpointError",
            "ConnectionLost", "MarionetError"]
 
 DEFAULT_PORT = 7770
