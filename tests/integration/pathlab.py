@@ -161,3 +161,31 @@ def _own_path(n: int) -> Iterator[Path]:
     finally:
         for ns in reversed(created):
             _run(["ip", "netns", "del", ns], check=False)
+
+
+@contextlib.contextmanager
+def inside(netns: str) -> Iterator[None]:
+    """Run the calling *thread* inside ``netns`` for the block, then return.
+
+    Sockets keep the namespace they were created in, so everything the
+    block opens (an in-process endpoint, its listening socket, a client
+    connection to it) lives in ``netns``.  Python 3.11 has no os.setns.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, 0x40000000) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if libc.setns(home, 0x40000000) != 0:  # must not stay in the lab's namespace
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns(back): {os.strerror(err)}")
+    finally:
+        os.close(target)
+        os.close(home)
