@@ -199,7 +199,7 @@ async def test_stop_count_and_spacing(session):
     p = await ping(session, "::1", attempts=3, wait_probe=0.1)
     tx = sorted(r.tx_ns for r in p.replies)
     gaps = [b - a for a, b in zip(tx, tx[1:])]
-    assert all(90_000_000 < g < 110_000_000 for g in gaps), gaps  # scheduled by the endpoint
+    assert all(80_000_000 < g < 120_000_000 for g in gaps), gaps  # scheduled by the endpoint
 
 
 @pytest.mark.root
