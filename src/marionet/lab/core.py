@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import balancer, system
+from .controller import ControllerInfo
 from .plan import Iface, Plan, make_plan, truth as plan_truth
 from .spec import Spec, load_spec, parse_spec
 from .state import STATE_DIR, State, all_states, teardown
@@ -90,11 +91,22 @@ def tbf_args(rate_bps: int) -> list[str]:
 
 
 class Lab:
-    """An emulated network in namespaces.  Use as a context manager."""
+    """An emulated network in namespaces.  Use as a context manager.
+
+    VPs (``[[vp]]`` nodes) run ``marionet endpoint`` and register with a
+    controller.  By default (spec ``controller = "auto"``) the lab starts its
+    own controller with a private PKI; ``controller_address()`` and
+    ``client_tls()`` say how to attach.  ``controller="HOST:PORT"`` (here or
+    in the spec) points the VPs at an existing controller instead, whose CA
+    is given as ``pki=`` (a ``marionet pki`` directory) so VP certificates
+    can be issued.  ``wait_vps`` seconds: ``up()`` returns only once every
+    VP is registered (None: do not wait).
+    """
 
     def __init__(self, spec: Spec | str | Path, *, lab_id: str | None = None,
                  state_dir: Path | None = None, controller: str | None = None,
-                 start_vps: bool = True, realtime: bool = True):
+                 start_vps: bool = True, realtime: bool = True, pki: str | Path | None = None,
+                 wait_vps: float | None = 20.0, vp_engine: str | None = None):
         if isinstance(spec, Spec):
             self.spec = spec
         elif isinstance(spec, Path) or (isinstance(spec, str) and "\n" not in spec and spec.endswith(".toml")):
@@ -112,6 +124,11 @@ class Lab:
         self._services: list[Any] = []
         self._mgmt: dict[str, str] = {}
         self.warnings: list[str] = []
+        self.pki = str(pki) if pki is not None else None
+        self.wait_vps_timeout = wait_vps
+        self.vp_engine = vp_engine
+        self.ctl: ControllerInfo | None = None
+        self.timings: dict[str, float] = {}
 
     # -- context ------------------------------------------------------------
     def __enter__(self) -> "Lab":
@@ -144,11 +161,13 @@ class Lab:
                 raise LabError(f"namespace {self.plan.netns(node)} already exists; not touching it")
         self.state = State.new(lab_id, self.spec.name, self.state_dir)
         self.state.save()
+        t0 = time.monotonic()
         try:
             self._build()
         except BaseException:
             self.down()
             raise
+        self.timings["up"] = time.monotonic() - t0
         return self
 
     def _build(self) -> None:
@@ -224,6 +243,13 @@ class Lab:
         st.info = self._info()
         st.save()
         st.truth_path.write_text(json.dumps(self.truth(), indent=1))
+        if self.wait_vps_timeout is not None and self._vp_procs():
+            t = time.monotonic()
+            try:
+                self.wait_vps(self.wait_vps_timeout)
+            except LabError as e:
+                self.warnings.append(str(e))
+            self.timings["vps_registered"] = time.monotonic() - t
 
     def _warm_up(self, timeout: float = 5.0) -> None:
         """Ping across every veth link (v4 and v6) so ARP/ND are settled before use.
@@ -256,7 +282,7 @@ class Lab:
                           "ipv6": [str(i.ipv6.ip) for i in self.plan.ifaces[n]],
                           **({"mgmt": self._mgmt[n]} if n in self._mgmt else {})}
                       for n, node in self.spec.nodes.items()},
-            "controller": self.controller,
+            "controller": self.ctl.to_dict() if self.ctl else self.controller,
         }
 
     # -- processes ------------------------------------------------------------
@@ -307,17 +333,47 @@ class Lab:
                 if isinstance(pid, int) and self.state:
                     self.state.add_proc(pid, f"service:{s.kind}", s.host)
 
+    def _controller_mode(self) -> str:
+        """"managed" (the lab runs one), "external" (HOST:PORT) or "none"."""
+        ctl = self.controller if self.controller is not None else self.spec.controller
+        if ctl is False or ctl is None or ctl == "none":
+            return "none"
+        if ctl is True or ctl == "auto":
+            return "managed"
+        return "external"
+
     def _setup_vps(self) -> None:
         vps = [n for n in self.spec.nodes.values() if n.kind == "vp"]
-        if not vps or self.spec.controller is False:
+        mode = self._controller_mode()
+        if not vps or mode == "none":
             return
+        from . import controller as labctl
         from . import vp
+        t = time.monotonic()
         self._mgmt = vp.setup_mgmt(self, vps)
+        self.timings["mgmt"] = time.monotonic() - t
+        if mode == "managed":
+            t = time.monotonic()
+            self.ctl = labctl.start(self, self._mgmt["_gateway"], [n.name for n in vps])
+            self.timings["controller"] = time.monotonic() - t
+        else:
+            host, port = vp.controller_address(self) or ("", 0)
+            self.ctl = ControllerInfo(endpoints=f"{host}:{port}", managed=False, pki=self.pki)
+            if self.pki:
+                from marionet.guard.pki import PkiDir
+                self.ctl.ca = str(PkiDir(self.pki).ca_path)
+                self.ctl.vp_certs = labctl.issue_vp_certs(self.pki, [n.name for n in vps])
+        assert self.state
+        self.state.info = self._info()
+        self.state.save()
         if self.start_vps:
             for n in vps:
                 p = vp.launch_endpoint(self, n)
                 if p is not None:
                     self._track(p, "endpoint", n.name)
+
+    def _vp_procs(self) -> list[str]:
+        return [p["node"] for p in (self.state.procs if self.state else []) if p["role"] == "endpoint"]
 
     # -- teardown -------------------------------------------------------------
     def down(self) -> list[str]:
@@ -346,6 +402,7 @@ class Lab:
         self._procs.clear()
         self.plan = None
         self.state = None
+        self.ctl = None
         return problems
 
     # -- use ----------------------------------------------------------------
@@ -406,7 +463,7 @@ class Lab:
                                      for r in (cfg.get("router") or cfg.get("routers") or [])]
         if self._mgmt:
             t["management"] = dict(self._mgmt)
-        t["controller"] = self.controller
+        t["controller"] = self.ctl.to_dict() if self.ctl else self.controller
         return t
 
     def status(self) -> dict[str, Any]:
@@ -421,4 +478,74 @@ class Lab:
                           "ipv4": self.addrs(n, 4), "ipv6": self.addrs(n, 6)}
                       for n, node in self.spec.nodes.items()},
             "processes": procs,
+            "controller": self.ctl.to_dict() if self.ctl else None,
         }
+
+    # -- controller -----------------------------------------------------------
+    def vp_names(self) -> list[str]:
+        """Names of the spec's VPs (each registers under this name)."""
+        return [n for n, node in self.spec.nodes.items() if node.kind == "vp"]
+
+    def controller_address(self) -> str | None:
+        """Where a researcher attaches: "127.0.0.1:PORT" (mutual TLS, see ``client_tls()``).
+
+        For an external controller this is what the VPs dial; None when the
+        lab has no controller.
+        """
+        if self.ctl is None:
+            return None
+        return self.ctl.clients if self.ctl.managed else self.ctl.endpoints
+
+    def controller_unix(self) -> str | None:
+        """The lab controller's Unix socket ("unix:PATH" form works with ``connect_controller``)."""
+        return self.ctl.unix if self.ctl and self.ctl.managed else None
+
+    def client_tls(self) -> tuple[str, str, str]:
+        """(cert, key, ca) of the researcher's client certificate for ``controller_address()``."""
+        tls = self.ctl.client_tls() if self.ctl else None
+        if tls is None:
+            raise LabError("this lab has no client certificate (no lab-managed controller)")
+        return tls
+
+    def vp_tls(self, vp: str) -> tuple[str, str, str] | None:
+        """(cert, key, ca) the VP's endpoint presents to the controller, if the lab issued one."""
+        if self.ctl is None or vp not in self.ctl.vp_certs or not self.ctl.ca:
+            return None
+        cert, key = self.ctl.vp_certs[vp]
+        return cert, key, self.ctl.ca
+
+    async def aconnect(self) -> Any:
+        """A ``ControllerConnection`` to the lab's controller (``vps()``, ``attach(vp)``)."""
+        if self.ctl is None:
+            raise LabError("this lab has no controller")
+        from . import controller as labctl
+        return await labctl.connect(self.ctl)
+
+    def registry(self) -> list[dict[str, Any]]:
+        """The controller's VP registry (alive VPs), synchronously."""
+        from . import controller as labctl
+
+        async def go() -> list[dict[str, Any]]:
+            conn = await self.aconnect()
+            try:
+                return await conn.vps()
+            finally:
+                await conn.close()
+        return labctl.run_coro(go)
+
+    def wait_vps(self, timeout: float = 20.0, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Block until the VPs (default: all whose endpoint was started) are registered."""
+        if self.ctl is None:
+            raise LabError("this lab has no controller")
+        from . import controller as labctl
+        want = list(names) if names is not None else [n for n in self._vp_procs() if n]
+        ctl = self.ctl
+        if not ctl.managed:
+            raise LabError("waiting for VPs needs the lab's own controller (an external one is not ours to query)")
+        return labctl.run_coro(lambda: labctl.wait_registered(ctl, want, timeout))
+
+    def ctrl(self, **kw: Any) -> Any:
+        """A ``marionet.Ctrl`` attached to the lab's controller (mutual TLS)."""
+        from marionet import Ctrl  # type: ignore[attr-defined]
+        cert, key, ca = self.client_tls()
+        return Ctrl(controller=self.controller_address(), cert=cert, key=key, ca=ca, **kw)

@@ -61,13 +61,18 @@ def pick_mgmt_subnet(seed: str) -> ipaddress.IPv4Network:
 
 
 def controller_address(lab: "Lab") -> tuple[str, int] | None:
-    """(host, port) the VPs dial, from Lab(controller=…) or the spec's [lab] controller."""
+    """(host, port) the VPs dial: the lab's own controller, or an external one.
+
+    ``Lab(controller=…)`` or the spec's ``[lab] controller``: "auto"/true →
+    the controller the lab started (``lab.ctl``); "HOST:PORT" → an existing
+    controller ("auto:PORT" = the management gateway); false → none.
+    """
+    if lab.ctl is not None:
+        host, _, port = lab.ctl.endpoints.rpartition(":")
+        return host.strip("[]"), int(port)
     ctl = lab.controller or lab.spec.controller
-    if ctl is False or ctl is None:
+    if ctl is False or ctl is None or ctl is True or ctl == "auto":
         return None
-    if ctl is True or ctl == "auto":
-        host = lab._mgmt.get("_gateway") if lab._mgmt else None
-        return (host, DEFAULT_CONTROLLER_PORT) if host else None
     host, _, port = str(ctl).rpartition(":")
     if host == "auto" and lab._mgmt:
         host = lab._mgmt["_gateway"]
@@ -128,8 +133,15 @@ def endpoint_supported() -> bool:
     return cp.returncode == 0 and "--controller" in cp.stdout
 
 
-def endpoint_command(node: "Node", controller: tuple[str, int], meta_file: str | None = None) -> list[str]:
-    """The command line a VP runs: ``marionet endpoint --controller H:P --name N [--tag k=v …] [--meta F]``."""
+def endpoint_command(node: "Node", controller: tuple[str, int], meta_file: str | None = None,
+                     tls: tuple[str, str, str] | None = None, engine: str | None = None) -> list[str]:
+    """The command line a VP runs.
+
+    ``marionet endpoint --controller H:P --name N [--tag k=v …] [--meta F]
+    [--cert C --key K --ca CA]``: the VPs reach the controller over the
+    management bridge, not loopback, so the endpoint refuses plain TCP and
+    needs all three TLS files.
+    """
     host, port = controller
     hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     argv = [*marionet_argv(), "endpoint", "--controller", hp, "--name", node.name]
@@ -137,30 +149,59 @@ def endpoint_command(node: "Node", controller: tuple[str, int], meta_file: str |
         argv += ["--tag", f"{k}={v}"]
     if meta_file:
         argv += ["--meta", meta_file]
+    if tls:
+        cert, key, ca = tls
+        argv += ["--cert", cert, "--key", key, "--ca", ca]
+    if engine:
+        argv += ["--engine", engine]
     return argv
 
 
-def vp_meta(node: "Node") -> dict[str, Any]:
-    return {"name": node.name, "cc": node.cc, "asn": node.asn,
-            "loc": list(node.loc) if node.loc else None, "tags": dict(node.tags)}
+def vp_meta(node: "Node", ipv4: list[str] | None = None, ipv6: list[str] | None = None) -> dict[str, Any]:
+    """Registry metadata in the controller's field names (asn4/asn6, ipv4/ipv6, addresses).
+
+    The lab's addresses are given explicitly: otherwise the endpoint would
+    report every local address, including the management interface, which
+    is not a measurement source.
+    """
+    meta: dict[str, Any] = {"tags": dict(node.tags)}
+    if node.cc is not None:
+        meta["cc"] = node.cc
+    if node.asn is not None:
+        meta["asn4"] = node.asn
+        meta["asn6"] = node.asn
+    if node.loc is not None:
+        meta["loc"] = list(node.loc)
+    if ipv4:
+        meta["ipv4"] = ipv4[0]
+    if ipv6:
+        meta["ipv6"] = ipv6[0]
+    meta["addresses"] = [*(ipv4 or []), *(ipv6 or [])]
+    return meta
 
 
 def launch_endpoint(lab: "Lab", node: "Node") -> subprocess.Popen | None:
-    """Start the endpoint inside the VP; None (with a warning) when not possible yet."""
+    """Start the endpoint inside the VP; None (with a warning) when not possible."""
     ctl = controller_address(lab)
     if ctl is None:
         return None
     if not endpoint_supported():
-        lab.warnings.append(f"vp {node.name}: `marionet endpoint --controller` not available yet; endpoint not started")
+        lab.warnings.append(f"vp {node.name}: `marionet endpoint --controller` not available; endpoint not started")
+        return None
+    tls = lab.vp_tls(node.name)
+    if tls is None and ctl[0] not in ("127.0.0.1", "::1", "localhost"):
+        lab.warnings.append(f"vp {node.name}: no certificate for the external controller {ctl[0]}:{ctl[1]} "
+                            "(pass Lab(pki=PKI_DIR) with the CA it trusts); endpoint not started")
         return None
     from .hooks import service_dir
     d = service_dir(lab)
     meta = d / f"{node.name}.meta.json"
-    meta.write_text(json.dumps(vp_meta(node)))
+    meta.write_text(json.dumps(vp_meta(node, lab.addrs(node.name, 4), lab.addrs(node.name, 6))))
     log = open(d / f"{node.name}.endpoint.log", "ab")
     try:
         return subprocess.Popen(["ip", "netns", "exec", lab.netns(node.name),
-                                 *endpoint_command(node, ctl, str(meta))],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                 *endpoint_command(node, ctl, str(meta), tls, lab.vp_engine)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     finally:
         log.close()
