@@ -607,7 +607,12 @@ def _ip(*args: str) -> None:
 
 
 def _sysctl(path: str, value: str) -> None:
-    Path("/proc/sys", path).write_text(value)
+    """Set a sysctl only if it differs: re-writing ``forwarding`` resets IPv6
+    neighbour/router state on every interface, which costs the next probes a
+    second of neighbour discovery."""
+    p = Path("/proc/sys", path)
+    if p.read_text().strip() != value:
+        p.write_text(value)
 
 
 def _write_stats(path: str | None, emu: AliasEmulator, started: float) -> None:
