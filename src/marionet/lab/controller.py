@@ -98,7 +98,7 @@ class ControllerInfo:
         if tls:
             cert, key, ca = tls
             out.append(f"  attach: Ctrl(controller=\"{self.clients}\", cert=\"{cert}\", key=\"{key}\", ca=\"{ca}\")")
-            out.append(f"      or: Ctrl(controller=\"unix:{self.unix}\")   (root, this host)")
+            out.append(f"  local: unix:{self.unix} (no TLS; root on this host)")
         return out
 
 

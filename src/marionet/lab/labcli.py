@@ -35,7 +35,9 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     sub.required = True
     up = sub.add_parser("up", help="build a lab from SPEC (default: the built-in spec)")
     up.add_argument("spec", nargs="?", help="TOML spec file (default: built-in default.toml)")
-    up.add_argument("--controller", help="HOST:PORT the VPs' endpoints dial (default: from the spec)")
+    up.add_argument("--controller", help="HOST:PORT of an existing controller for the VPs "
+                    "(default: from the spec; \"auto\" starts one for the lab)")
+    up.add_argument("--pki", help="PKI directory whose CA an external --controller trusts (VP certificates are issued from it)")
     up.add_argument("--no-vps", action="store_true", help="do not start endpoints on VPs")
     up.add_argument("--foreground", action="store_true", help="stay running; Ctrl-C tears the lab down")
     up.add_argument("--check", action="store_true", help="only validate the spec")
@@ -91,6 +93,20 @@ def _print_status(d: dict[str, Any]) -> None:
     dead = [p for p in procs if not p["alive"]]
     for p in dead:
         print(f"  process {p['pid']} ({p['role']} {p.get('node') or ''}) is not running")
+    for line in _controller_lines(d.get("controller")):
+        print(line)
+
+
+def _controller_lines(ctl: Any) -> list[str]:
+    """How to attach to the lab's controller (what `lab up` and `lab status` print)."""
+    from .controller import ControllerInfo
+
+    info = ControllerInfo.from_dict(ctl) if isinstance(ctl, dict) else None
+    if info is not None:
+        return info.attach_lines()
+    if isinstance(ctl, str):
+        return [f"controller (external): VPs dial {ctl}"]
+    return []
 
 
 def run_lab(args: argparse.Namespace) -> int:
@@ -118,13 +134,15 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         system.require_root()
         from .core import Lab
-        lab = Lab(spec, controller=args.controller, start_vps=not args.no_vps)
+        lab = Lab(spec, controller=args.controller, start_vps=not args.no_vps, pki=args.pki)
         lab.up()
         for w in lab.warnings:
             print(f"warning: {w}", file=sys.stderr)
         assert lab.state
         _print_status(_status(State.load(lab.state.path)))
         print(f"truth: {lab.state.truth_path}")
+        timing = ", ".join(f"{k} {v:.1f} s" for k, v in lab.timings.items())
+        print(f"up in {lab.timings.get('up', 0):.1f} s ({timing})")
         if not args.foreground:
             print(f"remove with: marionet lab down --id {lab.lab_id}")
             lab._procs.clear()  # they keep running; the state file knows them

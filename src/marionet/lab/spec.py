@@ -8,6 +8,9 @@ typo never leaves half a lab behind.
 Tables (all optional except at least one node and one link)::
 
     [lab]        name, controller = "auto" | "HOST:PORT" | false
+                 ("auto": the lab starts its own controller and PKI for its
+                 VPs; "HOST:PORT": VPs dial an existing controller, "auto:PORT"
+                 meaning the management gateway; false: VPs run no endpoint)
     [[host]]     name
     [[vp]]       name, cc, asn, loc = [lat, long], tags = {k = "v"}
     [[router]]   name, icmp_ratelimit (ms), icmp_msgs_per_sec, icmp_msgs_burst,
