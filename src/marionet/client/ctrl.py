@@ -15,8 +15,10 @@ happened unless ``errors="collect"``; un-retrieved errors are raised at
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import functools
+import weakref
 from typing import Any, Callable, Iterable, Iterator
 
 from marionet.client.actrl import DEFAULT_WINDOW, AsyncCtrl, deadline_of
@@ -25,6 +27,20 @@ from marionet.client.loop_thread import LoopThread
 
 __all__ = ["Ctrl", "Inst", "Task", "InstError", "VpInfo"]
 
+# Scripts written for scamper often never close their controller. Close
+# what is still open at exit (warning about unread errors), so embedded
+# endpoints and their helper processes go away cleanly.
+_open: "weakref.WeakSet[Ctrl]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_ctrls() -> None:
+    for c in list(_open):
+        try:
+            c.close(raise_errors=False)
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+
 
 def _sync(method: Callable[..., Any]) -> Callable[..., Any]:
     """A sync version of an ``AsyncCtrl`` coroutine method (same signature
@@ -32,7 +48,7 @@ def _sync(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def call(self: "Ctrl", *args: Any, **kw: Any) -> Any:
-        return self._run(getattr(self._a, method.__name__)(*args, **kw))
+        return self._run(getattr(self._actrl, method.__name__)(*args, **kw))
 
     return call
 
@@ -84,6 +100,7 @@ class Ctrl:
 
         try:
             self._a = lt.run(make())
+            _open.add(self)
         except BaseException:
             lt.stop()
             self._lt = None
@@ -115,6 +132,7 @@ class Ctrl:
         if self._closed:
             return
         self._closed = True
+        _open.discard(self)
         if self._a is None or self._lt is None:
             return
         try:
