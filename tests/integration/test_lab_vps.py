@@ -298,3 +298,17 @@ def test_controller_false_starts_no_controller():
         assert lab.ctl is None and lab.controller_address() is None
         assert not [p for p in lab.state.procs if p["role"] in ("controller", "endpoint")]
         assert ipaddress.ip_address(lab.addr("vp-de"))
+
+
+def test_run_lab_demo_on_a_small_spec():
+    from rich.console import Console
+
+    from marionet.lab.demo import run_lab_demo
+
+    con = Console(record=True, width=120)
+    rc = run_lab_demo(SPEC.replace('name = "vps"', 'name = "vps-demo"'), console=con)
+    out = con.export_text()
+    assert rc == 0, out
+    assert "shortest: vp-jp (JP)" in out, out
+    assert "not available yet" in out or "nameserver" in out
+    assert not [s for s in all_states() if s.name == "vps-demo"]
