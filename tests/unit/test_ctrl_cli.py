@@ -1,0 +1,100 @@
+"""``marionet demo``, ``marionet ping`` and the Ctrl examples, run as a user would."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from marionet import File
+from marionet.client.loop_thread import LoopThread
+from marionet.controller.embedded import start_embedded
+from marionet.results import Ping
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def marionet(*args: str, cwd: Path | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "marionet.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=dict(os.environ, COLUMNS="120"))
+
+
+@pytest.fixture(scope="module")
+def controller():
+    lt = LoopThread()
+    emb = lt.run(start_embedded([("vp-a", {"cc": "NZ"}), ("vp-b", {"cc": "US"})]))
+    yield emb.client_address
+    lt.run(emb.close())
+    lt.stop()
+
+
+def test_demo(tmp_path):
+    out = tmp_path / "demo.json"
+    r = marionet("demo", "--vps", "3", "-o", str(out), "-c", "2")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "shortest ping" in r.stdout and "nz-akl" in r.stdout and "de-fra" in r.stdout
+    assert str(out) in r.stdout.replace("\n", "")
+    for target in ("127.0.0.1", "::1", "127.0.0.2", "127.1.2.3"):
+        assert re.search(rf"{re.escape(target)} .*(nz-akl|us-sea|de-fra) \d+\.\d+ ms", r.stdout), r.stdout
+    with File(out) as f:
+        pings = [o for o in f if isinstance(o, Ping)]
+    assert len(pings) == 12 and {p.vp for p in pings} == {"nz-akl", "us-sea", "de-fra"}
+
+
+def test_demo_default_output_path():
+    r = marionet("demo", "--vps", "2", "-c", "1", "--target", "127.0.0.1")
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"written to\s+(\S+results\.json)", r.stdout.replace("\n", " "))
+    assert m and Path(m.group(1)).exists()
+
+
+def test_ping_embedded():
+    r = marionet("ping", "127.0.0.1", "-c", "3", "-i", "0.1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "ping 127.0.0.1 to 127.0.0.1: 84 byte packets (icmp-echo, from VP local)"
+    assert all(re.fullmatch(r"84 bytes from 127\.0\.0\.1, seq=\d ttl=64 time=\d+\.\d{3} ms", ln)
+               for ln in lines[1:4]), lines
+    assert lines[4] == "--- 127.0.0.1 ping statistics ---"
+    assert lines[5] == "3 packets transmitted, 3 packets received, 0% packet loss"
+    assert re.fullmatch(r"round-trip min/avg/max/stddev = [\d.]+/[\d.]+/[\d.]+/[\d.]+ ms", lines[6])
+
+
+def test_ping_methods_and_errors():
+    r = marionet("ping", "::1", "-c", "2", "-i", "0.1", "-P", "udp")
+    assert r.returncode == 0 and "(udp, from VP local)" in r.stdout, r.stderr
+    r = marionet("ping", "127.0.0.1", "-P", "bogus")
+    assert r.returncode == 2 and "unknown ping method 'bogus'" in r.stderr
+
+
+def test_ping_through_controller(controller, tmp_path):
+    r = marionet("ping", "127.0.0.1", "-c", "1", "--controller", controller, "--insecure")
+    assert r.returncode == 2 and "choose with --vp" in r.stderr
+    out = tmp_path / "p.json"
+    r = marionet("ping", "127.0.0.1", "-c", "1", "--controller", controller, "--insecure", "--vp", "vp-b",
+                 "-o", str(out))
+    assert r.returncode == 0 and "from VP vp-b" in r.stdout and "vp-a" not in r.stdout, r.stderr
+    assert [p.vp for p in File(out) if isinstance(p, Ping)] == ["vp-b"]
+    r = marionet("ping", "127.0.0.1", "-c", "1", "--controller", controller, "--insecure", "--vp", "all")
+    assert r.returncode == 0 and r.stdout.count("ping statistics") == 2
+
+
+@pytest.mark.parametrize("script,args,pattern", [
+    ("shortest_ping.py", ["::1"], r"local[123] \d+\.\d{3} ms\n"),
+    ("async_ping.py", [], r"(\s+local[12]\s+(127\.0\.0\.1|::1) 2/2 min \d+\.\d{3} ms\n){4}"),
+])
+def test_examples(tmp_path, script, args, pattern):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(pattern, r.stdout), r.stdout
+
+
+def test_examples_through_a_controller(controller, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "shortest_ping.py"), "127.0.0.1", controller],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and re.fullmatch(r"vp-[ab] \d+\.\d{3} ms\n", r.stdout), r.stderr
