@@ -98,7 +98,8 @@ class ControllerInfo:
         if tls:
             cert, key, ca = tls
             out.append(f"  attach: Ctrl(controller=\"{self.clients}\", cert=\"{cert}\", key=\"{key}\", ca=\"{ca}\")")
-            out.append(f"  local: unix:{self.unix} (no TLS; root on this host)")
+            out.append(f"  local: unix:{self.unix} (no TLS; root on this host); scamper scripts: "
+                       f"ScamperCtrl(remote_dir=\"{Path(self.unix).parent}\")")
         return out
 
 
@@ -169,7 +170,11 @@ def start(lab: "Lab", gateway: str, vp_names: list[str]) -> ControllerInfo:
 
     d = service_dir(lab)
     info = make_pki(d / "pki", lab.lab_id, gateway, vp_names)
-    info.unix = str(d / "controller.sock")
+    # a directory of its own: scamper-style scripts take "any socket in DIR"
+    # (``ScamperCtrl(remote_dir=DIR)``), and the services keep sockets elsewhere
+    sock_dir = d / "controller"
+    sock_dir.mkdir(mode=0o700, exist_ok=True)
+    info.unix = str(sock_dir / "controller.sock")
     info.log = str(d / "controller.log")
     for attempt in range(3):
         argv = controller_command(info, gateway, lab.lab_id)
