@@ -47,6 +47,84 @@ class SocketInfo:
     rport: int | None = None
 
 
+class NotificationStream:
+    """The notifications of some sockets and tasks, apart from the rest.
+
+    A session has one notification stream by default; a measurement that
+    shares its session with others (remote placement, several at once)
+    opens its own with ``session.stream()`` so it neither eats nor is fed
+    other measurements' notifications. Sockets opened with
+    ``nopen(..., stream=s)`` are claimed before the reply is even seen, so
+    nothing for them can slip into the default queue. ``ndrop`` goes to
+    every stream: each must know that something may be missing.
+    """
+
+    def __init__(self, session: "PacketSession", max_queued: int) -> None:
+        self.session = session
+        self.socks: set[int] = set()
+        self.tasks: set[int] = set()
+        self._queue: deque[m.Message] = deque()
+        self._ready = asyncio.Event()
+        self._max = max_queued
+        self._drops = 0
+
+    def _put(self, msg: m.Message) -> None:
+        if len(self._queue) >= self._max:
+            self._drops += 1
+        else:
+            self._queue.append(msg)
+        self._ready.set()
+
+    def add_sock(self, sock: int) -> None:
+        self.socks.add(sock)
+        self.session._by_sock[sock] = self
+
+    def add_task(self, task: int) -> None:
+        self.tasks.add(task)
+        self.session._by_task[task] = self
+
+    def poll(self) -> m.Notification | None:
+        if self._queue:
+            return self._queue.popleft()  # type: ignore[return-value]
+        if self._drops:
+            n, self._drops = self._drops, 0
+            return m.NDrop(time_ns=time.time_ns(), count=n, nbytes=0, kinds={"client": n})
+        return None
+
+    async def next(self, timeout: float | None = None) -> m.Notification | None:
+        """The next notification, None on timeout; ``ConnectionLost`` at the end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            n = self.poll()
+            if n is not None:
+                return n
+            self.session._raise_if_closed()
+            self._ready.clear()
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._ready.wait(), wait)
+            except asyncio.TimeoutError:
+                return None
+
+    def close(self) -> None:
+        """Stop routing to this stream; later notifications go to the default queue."""
+        for sock in self.socks:
+            if self.session._by_sock.get(sock) is self:
+                del self.session._by_sock[sock]
+        for task in self.tasks:
+            if self.session._by_task.get(task) is self:
+                del self.session._by_task[task]
+        self.session._streams.discard(self)
+
+    def __enter__(self) -> "NotificationStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 class PacketSession:
     """A packet-interface session (PacketLab model) with one endpoint."""
 
@@ -66,6 +144,10 @@ class PacketSession:
         self.endpoint_name: str = ""
         self.endpoint_features: list[str] = []
         self.sockets: dict[int, SocketInfo] = {}
+        self._streams: set[NotificationStream] = set()
+        self._by_sock: dict[int, NotificationStream] = {}
+        self._by_task: dict[int, NotificationStream] = {}
+        self._claim: dict[int, NotificationStream] = {}  # request id -> stream claiming its socket
 
     # ------------------------------------------------------------- life cycle
     async def start(self, timeout: float = 10.0) -> "PacketSession":
@@ -108,6 +190,8 @@ class PacketSession:
                 fut.set_exception(exc)
         self._pending.clear()
         self._ready.set()
+        for st in list(self._streams):
+            st._ready.set()
 
     async def _read_loop(self) -> None:
         try:
@@ -130,6 +214,16 @@ class PacketSession:
     def _dispatch(self, msg: m.Message) -> None:
         rid = getattr(msg, "id", None)
         if isinstance(msg, m.Notification):
+            if self._streams:
+                if isinstance(msg, m.NDrop):
+                    for st in self._streams:
+                        st._put(msg)
+                else:
+                    task = getattr(msg, "task", None)
+                    st = self._by_task.get(task) if task is not None else self._by_sock.get(msg.sock)  # type: ignore[attr-defined]
+                    if st is not None:
+                        st._put(msg)
+                        return
             if len(self._queue) >= self._max_queued:
                 self._client_drops += 1
             else:
@@ -139,6 +233,12 @@ class PacketSession:
             self._fail(PeerProtocolError(msg.code, msg.reason))
         elif rid is not None:
             fut = self._pending.pop(rid, None)
+            claim = self._claim.pop(rid, None)
+            if claim is not None:
+                if isinstance(msg, m.Opened):
+                    claim.add_sock(msg.sock)
+                elif isinstance(msg, m.Ok) and isinstance(msg.value, int):
+                    claim.add_task(msg.value)  # a task id
             if fut is not None and not fut.done():
                 if isinstance(msg, m.Error):
                     fut.set_exception(error_from_reply(msg.code, msg.reason, msg.rule))
@@ -165,17 +265,36 @@ class PacketSession:
         """Endpoint clock, addresses, capabilities, buffer limit and use, version."""
         return await self._request(m.Info(id=next(self._ids)))
 
-    async def nopen(self, proto: str, family: int = 4, **options: Any) -> int:
+    def stream(self) -> NotificationStream:
+        """A separate notification stream (see ``NotificationStream``)."""
+        st = NotificationStream(self, self._max_queued)
+        self._streams.add(st)
+        return st
+
+    def _raise_if_closed(self) -> None:
+        if self._closed_exc is not None:
+            raise self._closed_exc if isinstance(self._closed_exc, ConnectionLost) else \
+                ConnectionLost(str(self._closed_exc))
+
+    async def nopen(self, proto: str, family: int = 4, *, stream: NotificationStream | None = None,
+                    **options: Any) -> int:
         """Open a socket; returns its id. ``options``: ipproto, hdrincl,
         laddr, lport, raddr, rport (tcp), ttl, tos, device, backlog,
-        timeout (seconds, tcp connect)."""
+        timeout (seconds, tcp connect). ``stream``: deliver this socket's
+        notifications there."""
         timeout = options.pop("timeout", None)
         if timeout is not None:
             options["timeout_ns"] = int(timeout * 1e9)
         unknown = set(options) - set(m.NOpen.__struct_fields__)
         if unknown:
             raise TypeError(f"unknown nopen options: {', '.join(sorted(unknown))}")
-        reply = await self._request(m.NOpen(id=next(self._ids), proto=proto, family=family, **options))
+        req = m.NOpen(id=next(self._ids), proto=proto, family=family, **options)
+        if stream is not None:
+            self._claim[req.id] = stream
+        try:
+            reply = await self._request(req)
+        finally:
+            self._claim.pop(req.id, None)
         self.sockets[reply.sock] = SocketInfo(reply.sock, proto, family, reply.laddr, reply.lport,
                                               reply.raddr, reply.rport)
         return reply.sock
@@ -227,6 +346,9 @@ class PacketSession:
     async def nclose(self, sock: int) -> None:
         await self._request(m.NClose(id=next(self._ids), sock=sock))
         self.sockets.pop(sock, None)
+        st = self._by_sock.pop(sock, None)
+        if st is not None:
+            st.socks.discard(sock)
 
     async def ping(self) -> tuple[int, int, int, int]:
         """One control ping: (t0 local send, t1 endpoint rx, t2 endpoint tx, t3 local rx)."""
@@ -247,9 +369,17 @@ class PacketSession:
         assert best is not None
         return ClockOffset(offset_ns=best[0], rtt_ns=best[1], samples=samples)
 
-    async def task(self, primitive: str, params: dict[str, Any]) -> int:
-        """Start a primitive on the endpoint; its result arrives as a notification."""
-        reply = await self._request(m.Task(id=next(self._ids), primitive=primitive, params=params))
+    async def task(self, primitive: str, params: dict[str, Any], *,
+                   stream: NotificationStream | None = None) -> int:
+        """Start a primitive on the endpoint; its result arrives as a
+        ``taskres`` notification (on ``stream`` if given)."""
+        req = m.Task(id=next(self._ids), primitive=primitive, params=params)
+        if stream is not None:
+            self._claim[req.id] = stream
+        try:
+            reply = await self._request(req)
+        finally:
+            self._claim.pop(req.id, None)
         return int(reply.value)
 
     async def halt(self, task: int) -> None:

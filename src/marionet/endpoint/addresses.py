@@ -24,7 +24,25 @@ def family_const(family: int) -> int:
 
 
 def check_addr(addr: str, family: int, what: str = "address") -> str:
-    """Parse ``addr`` as an IP address of ``family``; return its canonical text."""
+    """Parse ``addr`` as an IP address of ``family``; return its canonical text.
+
+    On the send path: valid answers are cached (probing sends many packets
+    to few destinations, and ``ipaddress`` parsing is slow)."""
+    key = (addr, family)
+    hit = _valid.get(key)
+    if hit is not None:
+        return hit
+    canon = _check_addr(addr, family, what)
+    if len(_valid) > 65536:
+        _valid.clear()
+    _valid[key] = canon
+    return canon
+
+
+_valid: dict[tuple[str, int], str] = {}
+
+
+def _check_addr(addr: str, family: int, what: str) -> str:
     try:
         ip = ipaddress.ip_address(addr)
     except (ValueError, TypeError):

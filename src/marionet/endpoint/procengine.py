@@ -59,7 +59,8 @@ class ProcessEngine:
         hdrincl = getattr(esock, "hdrincl", False)
         self._batch.append(SendJob(
             sock_id=sid, job_id=jid, data=job.data, at=job.at, addr=job.addr,
-            ttl=None if hdrincl else job.ttl, tos=None if hdrincl else job.tos, ts_key=job.key))
+            ttl=None if hdrincl else job.ttl, tos=None if hdrincl else job.tos,
+            ts_key=job.key if job.tag is not None else None))
         if self._flush is None:
             self._flush = self.loop.call_soon(self._send_batch)
 

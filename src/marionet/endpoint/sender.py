@@ -600,7 +600,9 @@ def _cmsgs(family: int, job: SendJob) -> list[tuple[int, int, bytes]]:
         else:
             out.append((so.SOL_IP, so.IP_TOS, _I32.pack(job.tos)))
     if job.ts_key is not None:
+        # A key means "stamp this send": the socket stamps only on request.
         out.append((so.SOL_SOCKET, so.SCM_TS_OPT_ID, _U32.pack(job.ts_key)))
+        out.append((so.SOL_SOCKET, so.SO_TIMESTAMPING, _U32.pack(so.SOF_TIMESTAMPING_TX_SOFTWARE)))
     return out
 
 
@@ -609,7 +611,7 @@ def _send_one(entry: _Sock, job: SendJob) -> SendResult:
     sock = entry.sock
     cmsgs = _cmsgs(entry.family, job) if (job.ttl is not None or job.tos is not None or job.ts_key is not None) else []
     addr = tuple(job.addr) if job.addr is not None else None
-    retried = False
+    retries = 0  # a send failing on a stale async error transmitted nothing
     deadline = 0.0
     t = 0
     while True:
@@ -631,8 +633,8 @@ def _send_one(entry: _Sock, job: SendJob) -> SendResult:
                 return SendResult(job.sock_id, job.job_id, 0, err, t)
             select.select([], [sock], [], deadline - now)
         except OSError as exc:
-            if exc.errno in so.ASYNC_SOCK_ERRNOS and not retried:
-                retried = True
+            if exc.errno in so.ASYNC_SOCK_ERRNOS and retries < 8:
+                retries += 1
                 continue
             return SendResult(job.sock_id, job.job_id, 0, exc.errno or errno.EIO, t)
         except (TypeError, ValueError, OverflowError):

@@ -81,6 +81,12 @@ def grow_rcvbuf(sock: socket.socket) -> None:
             pass
 
 
+def close_off_loop(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Closing a packet socket takes the kernel 8–15 ms (it waits for an RCU
+    grace period); do it on a worker thread so no session stalls."""
+    loop.run_in_executor(None, sock.close)
+
+
 def errno_text(err: int) -> str:
     name = errno_mod.errorcode.get(err, str(err))
     return f"{name}: {os.strerror(err)}"
@@ -156,7 +162,7 @@ class DatagramSocket(EpSocket):
         sock.setblocking(False)
         grow_rcvbuf(sock)
         ts.enable_rx_timestamps(sock)
-        ts.enable_tx_timestamps(sock)
+        ts.enable_tx_timestamps_on_request(sock)
         self.loop.add_reader(sock.fileno(), self._on_readable)
 
     # -- sending -------------------------------------------------------------
@@ -182,7 +188,7 @@ class DatagramSocket(EpSocket):
         self.session.endpoint.engine.submit(job)
 
     def cmsgs(self, job: DatagramJob) -> list[tuple[int, int, bytes]]:
-        out = [ts.ts_opt_id_cmsg(job.key)]
+        out = [ts.ts_opt_id_cmsg(job.key), ts.TX_STAMP_REQUEST] if job.tag is not None else []
         if job.ttl is not None:
             if self.family == 6:
                 out.append((so.SOL_IPV6, so.IPV6_HOPLIMIT, job.ttl.to_bytes(4, "little", signed=True)))
@@ -328,10 +334,8 @@ class RawSocket(DatagramSocket):
         return sockaddr(check_addr(item.dst, self.family, "dst"), 0, self.family)
 
     def cmsgs(self, job: DatagramJob) -> list[tuple[int, int, bytes]]:
-        if self.hdrincl:
-            if job.ttl is not None or job.tos is not None:
-                pass  # the header the caller wrote carries them
-            return [ts.ts_opt_id_cmsg(job.key)]
+        if self.hdrincl:  # the header the caller wrote carries TTL and TOS
+            return [ts.ts_opt_id_cmsg(job.key), ts.TX_STAMP_REQUEST] if job.tag is not None else []
         return super().cmsgs(job)
 
     def enqueue(self, item: m.SendItem) -> None:
@@ -376,7 +380,7 @@ class RawSocket(DatagramSocket):
                 self.loop.remove_reader(self.capsock.fileno())
             except (ValueError, OSError):
                 pass
-            self.capsock.close()
+            close_off_loop(self.loop, self.capsock)
             self.capsock = None
         elif self.family == 4 and not self.closed:
             self._on_readable()
@@ -421,7 +425,7 @@ class RawSocket(DatagramSocket):
                 self.loop.remove_reader(self.capsock.fileno())
             except (ValueError, OSError):
                 pass
-            self.capsock.close()
+            close_off_loop(self.loop, self.capsock)
             self.capsock = None
         super().close()
 

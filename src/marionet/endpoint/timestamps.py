@@ -50,6 +50,10 @@ _TIMESPEC3 = struct.Struct("=qqqqqq")
 _U32 = struct.Struct("=I")
 _INT = struct.Struct("=i")
 _ANC_BUFSIZE = 512
+# Plain ints: combining socket.MsgFlag members goes through enum code on
+# every call, which shows up in profiles of the receive path.
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+_ERRQUEUE_DONTWAIT = int(socket.MSG_ERRQUEUE) | int(socket.MSG_DONTWAIT)
 _EE_SIZE = so.SOCK_EXTENDED_ERR.size
 
 #: Default TX flags: software stamp at the driver hand-off (SND), keyed,
@@ -155,6 +159,21 @@ def enable_tx_timestamps(sock: socket.socket, extra_flags: int = 0) -> int:
         flags |= so.SOF_TIMESTAMPING_OPT_ID_TCP
     sock.setsockopt(so.SOL_SOCKET, so.SO_TIMESTAMPING, flags)
     return flags
+
+
+#: Socket-level flags for datagram sockets that stamp only on request: the
+#: reporting flags are on, but the *generation* flag (TX_SOFTWARE) travels
+#: per send in :data:`TX_STAMP_REQUEST`, so untagged sends cost no stamp
+#: (no error-queue entry, no wake-up of the reader).
+TX_FLAGS_ON_REQUEST = TX_FLAGS & ~so.SOF_TIMESTAMPING_TX_SOFTWARE
+
+#: The per-send cmsg asking for a software TX stamp on this one sendmsg.
+TX_STAMP_REQUEST = (so.SOL_SOCKET, so.SO_TIMESTAMPING, struct.pack("=I", so.SOF_TIMESTAMPING_TX_SOFTWARE))
+
+
+def enable_tx_timestamps_on_request(sock: socket.socket) -> None:
+    """Datagram sockets: stamp only sends carrying :data:`TX_STAMP_REQUEST`."""
+    sock.setsockopt(so.SOL_SOCKET, so.SO_TIMESTAMPING, TX_FLAGS_ON_REQUEST)
 
 
 def enable_recverr(sock: socket.socket) -> None:
@@ -341,7 +360,7 @@ def recv_stamped(sock: socket.socket, bufsize: int = 65535) -> Received | None:
     """
     for _ in range(4):
         try:
-            data, anc, flags, peer = sock.recvmsg(bufsize, _ANC_BUFSIZE, socket.MSG_DONTWAIT)
+            data, anc, flags, peer = sock.recvmsg(bufsize, _ANC_BUFSIZE, _DONTWAIT)
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -373,7 +392,7 @@ def read_errqueue(sock: socket.socket, bufsize: int = 65535, limit: int = 1024) 
     for _ in range(limit):
         try:
             data, anc, _flags, addr = sock.recvmsg(
-                bufsize, _ANC_BUFSIZE, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
+                bufsize, _ANC_BUFSIZE, _ERRQUEUE_DONTWAIT
             )
         except (BlockingIOError, InterruptedError):
             break

@@ -465,21 +465,21 @@ async def _route_source(io: PacketSession, plan: PingPlan) -> str:
     return laddr
 
 
-async def _open(io: PacketSession, plan: PingPlan, run: PingProbing) -> _Sockets:
+async def _open(io: PacketSession, plan: PingPlan, run: PingProbing, stream: Any) -> _Sockets:
     socks = _Sockets()
     filters = run.filters()
     if plan.family == 4:
         proto = {"icmp-echo": P.IPPROTO_ICMP, "udp": P.IPPROTO_UDP, "tcp-syn": P.IPPROTO_TCP}[plan.method]
-        socks.send = await io.nopen("raw", family=4, ipproto=proto, hdrincl=True)
+        socks.send = await io.nopen("raw", family=4, ipproto=proto, hdrincl=True, stream=stream)
         socks.opened.append(socks.send)
         socks.capture[socks.send] = "probe"
         if "icmp" in filters:
-            c = await io.nopen("raw", family=4, ipproto=P.IPPROTO_ICMP)
+            c = await io.nopen("raw", family=4, ipproto=P.IPPROTO_ICMP, stream=stream)
             socks.opened.append(c)
             socks.capture[c] = "icmp"
     else:
         proto = {"icmp-echo": P.IPPROTO_ICMPV6, "udp": P.IPPROTO_UDP, "tcp-syn": P.IPPROTO_TCP}[plan.method]
-        socks.send = await io.nopen("raw", family=6, ipproto=proto, laddr=run.src,
+        socks.send = await io.nopen("raw", family=6, ipproto=proto, laddr=run.src, stream=stream,
                                     ttl=plan.ttl, tos=plan.tos)
         socks.opened.append(socks.send)
         socks.capture[socks.send] = "probe"
@@ -520,15 +520,18 @@ async def ping(io: PacketSession, dst: Any, *, method: str = "icmp-echo", attemp
     source = plan.src or await _route_source(io, plan)
     run = PingProbing(plan, source)
     socks = _Sockets()
-    try:
-        socks = await _open(io, plan, run)
-        return await _drive(io, plan, run, socks, halt)
-    finally:
-        await _close(io, socks)
+    # Our own notification stream: other measurements on this session
+    # neither see our packets nor lose theirs to us.
+    with io.stream() as stream:
+        try:
+            socks = await _open(io, plan, run, stream)
+            return await _drive(io, plan, run, socks, halt, stream)
+        finally:
+            await _close(io, socks)
 
 
 async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: _Sockets,
-                 halt: asyncio.Event | None) -> Ping:
+                 halt: asyncio.Event | None, stream: Any) -> Ping:
     off = await io.clock_offset(samples=3)
     offset, ctl_rtt = off.offset_ns, off.rtt_ns
     # Queue each probe this far ahead of its slot: enough for the request to
@@ -576,15 +579,15 @@ async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: _So
                 wake = end
             else:
                 wake = start + nxt * plan.wait_probe_ns - lead - offset
-            note = io.poll_notification()
+            note = stream.poll()
             if note is None:
                 timeout = max(0.0, (wake - local) / _NS)
                 if halt is None:
-                    note = await io.next_notification(timeout)
+                    note = await stream.next(timeout)
                 else:
                     if halt_wait is None:
                         halt_wait = asyncio.ensure_future(halt.wait())
-                    nt = asyncio.ensure_future(io.next_notification(timeout))
+                    nt = asyncio.ensure_future(stream.next(timeout))
                     await asyncio.wait({nt, halt_wait}, return_when=asyncio.FIRST_COMPLETED)
                     if not nt.done():
                         nt.cancel()
