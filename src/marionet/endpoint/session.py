@@ -148,9 +148,13 @@ class Session:
         return self._held_bytes
 
     # ------------------------------------------------------------------- guard
-    def guard_op(self, op: str, fields: dict[str, Any]) -> None:
-        """The single call site for operations (raises GuardDenied)."""
-        self.endpoint.guard.check(self.principal, op, fields)
+    def guard_op(self, op: str, request: Any, sock_kind: str | None = None) -> None:
+        """The single call site for operations (raises GuardDenied).
+
+        ``request`` is the request itself (a wire struct, or a dict for
+        events such as an accepted connection): no per-call copying on the
+        send path."""
+        self.endpoint.guard.check(self.principal, op, request, sock_kind)
 
     def guard_data(self, sid: int, data: bytes, peer: str | None) -> bool:
         try:
@@ -212,8 +216,7 @@ class Session:
     def _h_nopen(self, msg: m.NOpen) -> None:
         if len(self.sockets) >= self.endpoint.config.max_sockets:
             raise BadRequest("limit", f"at most {self.endpoint.config.max_sockets} sockets per session")
-        fields = {f: getattr(msg, f) for f in msg.__struct_fields__ if f != "id"}
-        self.guard_op("nopen", fields)
+        self.guard_op("nopen", msg)
         if msg.proto == "raw" and not self.endpoint.capabilities().get("raw"):
             raise BadRequest("no-privilege", "raw sockets need CAP_NET_RAW, which this endpoint lacks")
         if msg.hdrincl and (msg.proto != "raw" or msg.family != 4):
@@ -327,7 +330,7 @@ class Session:
 
     def _h_nclose(self, msg: m.NClose) -> None:
         es = self._sock(msg.sock)
-        self.guard_op("nclose", {"sock": msg.sock})
+        self.guard_op("nclose", msg)
         self._close_socket(es)
         self.reply(m.Ok(id=msg.id))
 
@@ -339,9 +342,7 @@ class Session:
 
     def _send_item(self, item: m.SendItem) -> None:
         es = self._sock(item.sock)
-        self.guard_op("nsend", {"sock": item.sock, "kind": es.kind, "dst": item.dst, "port": item.port,
-                                "nbytes": len(item.data), "at": item.at, "data": item.data,
-                                "ttl": item.ttl, "tos": item.tos})
+        self.guard_op("nsend", item, es.kind)
         es.enqueue(item)
 
     def _h_nsend(self, msg: m.NSend) -> None:
@@ -367,8 +368,7 @@ class Session:
             raise BadRequest("not-supported", f"ncap needs a raw socket, socket {msg.sock} is {es.kind}")
         if msg.filter is not None and msg.program is not None:
             raise BadRequest("bad-filter", "give filter or program, not both")
-        self.guard_op("ncap", {"sock": msg.sock, "filter": msg.filter, "program": msg.program,
-                               "until": msg.until})
+        self.guard_op("ncap", msg, es.kind)
         if msg.program is not None:
             program = bpf.validate_program(msg.program)
         else:
@@ -377,7 +377,7 @@ class Session:
         self.reply(m.Ok(id=msg.id, value=len(program)))
 
     def _h_nctl(self, msg: m.NCtl) -> None:
-        self.guard_op("nctl", {"op": msg.op, "sock": msg.sock, "at": msg.at})
+        self.guard_op("nctl", msg)
         if msg.op == "suppress":
             self.suppressed = True
         elif msg.op == "resume":
@@ -392,7 +392,7 @@ class Session:
         self.reply(m.Ok(id=msg.id))
 
     def _h_task(self, msg: m.Task) -> None:
-        self.guard_op("task", {"primitive": msg.primitive, "params": msg.params})
+        self.guard_op("task", msg)
         runner = self.endpoint.primitives
         if runner is None:
             raise BadRequest("not-supported", "this endpoint runs no primitives")

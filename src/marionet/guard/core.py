@@ -37,11 +37,13 @@ class Guard:
 
     name = "allow-all"
 
-    def check(self, principal: Principal, op: str, fields: dict[str, Any]) -> None:
+    def check(self, principal: Principal, op: str, request: Any, sock_kind: str | None = None) -> None:
         """Raise ``GuardDenied`` if ``principal`` may not do ``op``.
 
         ``op`` is the request kind ("nopen", "nsend", "ncap", "nclose",
-        "task", …); ``fields`` are the request's parameters.
+        "nctl", "task", "accept"); ``request`` is the wire request (its
+        fields are the parameters; for "nsend" a ``SendItem``);
+        ``sock_kind`` names the socket's kind for socket operations.
         """
 
     def check_data(self, principal: Principal, sock: int, data: bytes, peer: str | None) -> None:
