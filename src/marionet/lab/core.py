@@ -379,11 +379,20 @@ class Lab:
     def down(self) -> list[str]:
         """Stop everything this lab started and delete what it created."""
         problems: list[str] = []
-        for h in reversed(self._services):
-            try:
-                h.stop()
-            except Exception as e:
-                problems.append(f"service: {e}")
+        t0 = time.monotonic()
+        if self._services:
+            # each stop waits for its process group to end; in parallel the
+            # whole lab goes down in the time of the slowest service
+            from concurrent.futures import ThreadPoolExecutor
+
+            def stop(h: Any) -> str | None:
+                try:
+                    h.stop()
+                except Exception as e:
+                    return f"service: {e}"
+                return None
+            with ThreadPoolExecutor(max_workers=min(8, len(self._services))) as ex:
+                problems += [r for r in ex.map(stop, reversed(self._services)) if r]
         self._services.clear()
         for p in self._procs:
             for f in (p.stdout, p.stderr, p.stdin):
@@ -403,6 +412,7 @@ class Lab:
         self.plan = None
         self.state = None
         self.ctl = None
+        self.timings["down"] = time.monotonic() - t0
         return problems
 
     # -- use ----------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,14 @@ def teardown(st: State) -> list[str]:
     from .hooks import stop_leftovers
 
     stop_leftovers(st.path)
+    # SIGTERM everything first so the processes end in parallel; stop_pid
+    # below then only waits (and escalates to SIGKILL where needed)
+    for pr in st.procs:
+        if system.alive(pr["pid"], pr.get("start")):
+            try:
+                os.kill(pr["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
     for pr in reversed(st.procs):
         try:
             system.stop_pid(pr["pid"], pr.get("start"))
