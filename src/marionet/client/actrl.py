@@ -255,10 +255,11 @@ class AsyncCtrl:
 
     def instances(self, *, name: str | None = None, tags: dict[str, str] | None = None,
                   tag: str | None = None, cc: Any = None, asn: int | None = None) -> list[Inst]:
-        """Attached instances, optionally selected (``name`` shell pattern,
+        """Attached instances sorted by name, optionally selected (``name`` shell pattern,
         ``tags`` key=value pairs, ``tag`` key present, ``cc``, ``asn``)."""
-        return [i for i in self._insts.values()
-                if not i._removed and matches(i._meta, name=name, tags=tags, tag=tag, cc=cc, asn=asn)]
+        return sorted((i for i in list(self._insts.values())
+                       if not i._removed and matches(i._meta, name=name, tags=tags, tag=tag, cc=cc, asn=asn)),
+                      key=lambda i: i.name)
 
     def instance(self, name: str) -> Inst:
         inst = self._insts.get(name)
