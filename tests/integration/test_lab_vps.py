@@ -93,9 +93,18 @@ DELAY = {"vp-de": 10.0, "vp-us": 25.0, "vp-jp": 0.0}
 
 
 @pytest.fixture(scope="module")
-def vplab():
-    with make_lab(parse_spec(SPEC)) as lab:
-        yield lab
+def vplab(world_lab):
+    """The plugin's ``small_world()`` lab: the same topology as SPEC, built in code."""
+    return world_lab
+
+
+def test_small_world_matches_the_toml_spec():
+    from marionet.lab import small_world
+
+    a, b = small_world(), parse_spec(SPEC)
+    assert {n: (x.kind, x.cc, x.asn, x.loc, x.tags) for n, x in a.nodes.items()} == \
+        {n: (x.kind, x.cc, x.asn, x.loc, x.tags) for n, x in b.nodes.items()}
+    assert [(ln.a, ln.b, ln.delay_ms) for ln in a.links] == [(ln.a, ln.b, ln.delay_ms) for ln in b.links]
 
 
 def _run(coro: Any) -> Any:

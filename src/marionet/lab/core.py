@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from . import balancer, system
 from .controller import ControllerInfo
 from .plan import Iface, Plan, make_plan, truth as plan_truth
-from .spec import Spec, load_spec, parse_spec
+from .spec import Spec, _controller_ok, load_spec, parse_spec
 from .state import STATE_DIR, State, all_states, teardown
 from .system import LabError
 
@@ -104,7 +104,7 @@ class Lab:
     """
 
     def __init__(self, spec: Spec | str | Path, *, lab_id: str | None = None,
-                 state_dir: Path | None = None, controller: str | None = None,
+                 state_dir: Path | None = None, controller: str | bool | None = None,
                  start_vps: bool = True, realtime: bool = True, pki: str | Path | None = None,
                  wait_vps: float | None = 20.0, vp_engine: str | None = None):
         if isinstance(spec, Spec):
@@ -113,6 +113,8 @@ class Lab:
             self.spec = load_spec(spec)
         else:
             self.spec = parse_spec(str(spec))
+        if controller is not None and not (isinstance(controller, bool) or _controller_ok(str(controller))):
+            raise LabError(f"controller must be \"auto\", \"HOST:PORT\" or False, got {controller!r}")
         self._lab_id = lab_id
         self.state_dir = state_dir or STATE_DIR
         self.controller = controller
@@ -556,6 +558,9 @@ class Lab:
 
     def ctrl(self, **kw: Any) -> Any:
         """A ``marionet.Ctrl`` attached to the lab's controller (mutual TLS)."""
-        from marionet import Ctrl  # type: ignore[attr-defined]
+        try:
+            from marionet import Ctrl  # type: ignore[attr-defined]
+        except ImportError:
+            from marionet.client.ctrl import Ctrl  # type: ignore[no-redef]
         cert, key, ca = self.client_tls()
         return Ctrl(controller=self.controller_address(), cert=cert, key=key, ca=ca, **kw)

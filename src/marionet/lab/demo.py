@@ -94,10 +94,6 @@ def run_lab_demo(spec: Spec | str | Path | None = None, *, console: Any = None) 
         con.print("[red]marionet demo --lab needs root[/red] (it builds network namespaces); "
                   "try [bold]sudo marionet demo --lab[/bold], or [bold]marionet demo[/bold] for the embedded demo")
         return 2
-    try:
-        from marionet import Ctrl  # type: ignore[attr-defined]
-    except ImportError:
-        from marionet.client.ctrl import Ctrl  # type: ignore[no-redef]
     from marionet.results import File
 
     from .core import Lab
@@ -107,9 +103,7 @@ def run_lab_demo(spec: Spec | str | Path | None = None, *, console: Any = None) 
     if not [n for n in sp.nodes.values() if n.kind == "vp"]:
         con.print(f"[red]spec {sp.name!r} has no VPs[/red]; the demo needs [[vp]] nodes")
         return 2
-    if sp.controller is False:
-        sp.controller = "auto"
-    lab = Lab(sp)
+    lab = Lab(sp, controller="auto")  # the demo attaches with the lab's own client certificate
     t0 = time.monotonic()
     with con.status(f"building lab [bold]{sp.name}[/bold] ({len(sp.nodes)} nodes, {len(sp.links)} links) "
                     "and starting its controller and VPs …"):
@@ -127,10 +121,8 @@ def run_lab_demo(spec: Spec | str | Path | None = None, *, console: Any = None) 
                   f"{lab.controller_address()} (mutual TLS, client certificate {lab.client_tls()[0]})")
         outdir = Path(tempfile.mkdtemp(prefix="marionet-lab-demo-"))
         outpath = outdir / "results.jsonl"
-        cert, key, ca = lab.client_tls()
         truth = lab.truth()
-        with Ctrl(controller=lab.controller_address(), cert=cert, key=key, ca=ca,
-                  outfile=File(outpath, "w")) as ctrl:
+        with lab.ctrl(outfile=File(outpath, "w")) as ctrl:
             insts = sorted(ctrl.instances(), key=lambda i: i.name)
             vps = Table(title=f"{len(insts)} VPs registered with the lab's controller")
             for col in ("VP", "cc", "ASN", "location", "tags", "address"):

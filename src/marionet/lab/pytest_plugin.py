@@ -5,7 +5,9 @@ Register in ``tests/conftest.py`` with ``pytest_plugins = ["marionet.lab.pytest_
 ``make_lab(spec)`` is a context manager that builds the lab and always tears
 it down (also when the test body raises); ``lab_factory`` is a fixture
 returning a function that builds labs torn down at the end of the test.
-Both skip with "needs root" when not root.
+Both skip with "needs root" when not root.  ``world_lab`` is a module-scoped
+``small_world()`` lab (three VPs registered with the lab's controller), for
+tests that need VPs but not a lab of their own.
 """
 
 from __future__ import annotations
@@ -67,3 +69,12 @@ def linear_lab(lab_factory: Callable[..., Any]) -> Any:
     from .spec import linear_path
 
     return lab_factory(linear_path(3))
+
+
+@pytest.fixture(scope="module")
+def world_lab() -> Iterator[Any]:
+    """``small_world()``: vp-de/vp-us/vp-jp registered with the lab's controller (one per module)."""
+    from .spec import small_world
+
+    with make_lab(small_world()) as lab:
+        yield lab

@@ -340,6 +340,14 @@ def parse_dict(data: dict[str, Any], text: str | None = None, source: str | None
     return _Parser(data, text, source).run()
 
 
+def _controller_ok(v: str) -> bool:
+    """ "auto", "none", or HOST:PORT ("auto:PORT" = the management gateway; [v6]:PORT)."""
+    if v in ("auto", "none"):
+        return True
+    host, sep, port = v.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
 class _Parser:
     def __init__(self, data: dict[str, Any], text: str | None, source: str | None):
         self.data = data
@@ -396,8 +404,9 @@ class _Parser:
             raise self.err("lab.name must be a string", "lab", None, "name")
         self.spec.name = name
         ctl = lab.get("controller", "auto")
-        if not isinstance(ctl, (str, bool)):
-            raise self.err("lab.controller must be \"auto\", \"HOST:PORT\" or false", "lab", None, "controller")
+        if not isinstance(ctl, (str, bool)) or (isinstance(ctl, str) and not _controller_ok(ctl)):
+            raise self.err(f"lab.controller must be \"auto\", \"HOST:PORT\" or false, got {ctl!r}",
+                           "lab", None, "controller")
         self.spec.controller = ctl
 
         for kind in NODE_KINDS:
@@ -691,3 +700,39 @@ def diamond_path(
         "link": [{"a": "client", "b": "r1"}, {"a": "r2", "b": "target"}],
     }
     return parse_dict(d)
+
+
+def small_world(name: str = "world", *, delays: dict[str, float] | None = None) -> Spec:
+    """Three VPs in distinct countries, two routers, one target; the lab runs a controller.
+
+    ::
+
+        vp-de ─10ms─┐
+                    r1 ── r2 ── target
+        vp-us ─25ms─┘     │
+                  vp-jp ──┘
+
+    ``delays`` (one-way ms per VP access link) overrides the defaults
+    ``{"vp-de": 10, "vp-us": 25, "vp-jp": 0}``.  The smallest world where
+    "which VP is closest" has a known, non-trivial answer.
+    """
+    d = {"vp-de": 10.0, "vp-us": 25.0, "vp-jp": 0.0, **(delays or {})}
+    meta = {
+        "vp-de": {"cc": "DE", "asn": 64501, "loc": [52.52, 13.40], "tags": {"continent": "EU", "tier": "a"}},
+        "vp-us": {"cc": "US", "asn": 64510, "loc": [40.71, -74.01], "tags": {"continent": "NA"}},
+        "vp-jp": {"cc": "JP", "asn": 64520, "tags": {"continent": "AS"}},
+    }
+    links: list[dict[str, Any]] = []
+    for vp, router in (("vp-de", "r1"), ("vp-us", "r1"), ("vp-jp", "r2")):
+        ln: dict[str, Any] = {"a": vp, "b": router}
+        if d[vp]:
+            ln["delay"] = f"{d[vp]}ms"
+        links.append(ln)
+    links += [{"a": "r1", "b": "r2"}, {"a": "r2", "b": "target"}]
+    return parse_dict({
+        "lab": {"name": name, "controller": "auto"},
+        "vp": [{"name": n, **m} for n, m in meta.items()],
+        "router": [{"name": "r1"}, {"name": "r2"}],
+        "host": [{"name": "target"}],
+        "link": links,
+    })
