@@ -247,11 +247,11 @@ class AsyncCtrl:
     # ============================================================ registry
     @property
     def instc(self) -> int:
-        return sum(1 for i in self._insts.values() if not i._removed)
+        return sum(1 for i in list(self._insts.values()) if not i._removed)
 
     @property
     def taskc(self) -> int:
-        return sum(i.taskc for i in self._insts.values())
+        return sum(i.taskc for i in list(self._insts.values()))
 
     def instances(self, *, name: str | None = None, tags: dict[str, str] | None = None,
                   tag: str | None = None, cc: Any = None, asn: int | None = None) -> list[Inst]:
