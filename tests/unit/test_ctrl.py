@@ -254,3 +254,35 @@ async def test_async_ctrl_callbacks_may_be_coroutines():
             if r is not None:
                 got.append(str(r.dst))
         assert sorted(got) == ["127.0.0.1", "127.0.0.2"]
+
+
+def test_remove_and_add_back():
+    with Ctrl(local_vps=2) as c:
+        a = c.instance("local1")
+        c.do_ping("127.0.0.1", inst=a, attempts=50, wait_probe=0.1)
+        c.remove(a)
+        assert c.instc == 1 and [i.name for i in c.instances()] == ["local2"]
+        assert list(c.responses(timeout=3)) == [] and c.taskc == 0  # its task ended quietly
+        (back,) = c.add_vps(["local1"])
+        assert back is not a and back.name == "local1"
+        assert c.do_ping("127.0.0.1", inst=back, sync=True, **FAST).nreplies == 2
+        with pytest.raises(InstError, match="cannot attach VP 'nope'"):
+            c.add_vps("nope")
+
+
+def test_sync_call_from_the_loop_thread_is_a_clear_error():
+    from marionet.client.loop_thread import LoopThread
+
+    lt = LoopThread()
+    try:
+        async def nested() -> None:
+            lt.run(asyncio.sleep(0))
+
+        with pytest.raises(RuntimeError, match="asyncio API"):
+            lt.run(nested())
+        with pytest.raises(TimeoutError):
+            lt.run(asyncio.sleep(5), timeout=0.05)
+    finally:
+        lt.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        lt.run(asyncio.sleep(0))
