@@ -163,8 +163,9 @@ def test_vps_register_with_metadata(vplab):
     assert info["clients"] == addr and info["client_cert"] == cert
 
 
-def test_ping_task_from_each_vp_reflects_link_delays(vplab):
-    dst = vplab.addr("target")
+@pytest.mark.parametrize("family", [4, 6])
+def test_ping_task_from_each_vp_reflects_link_delays(vplab, family):
+    dst = vplab.addr("target", family)
 
     async def ping_all() -> dict[str, dict]:
         conn = await vplab.aconnect()
