@@ -447,3 +447,26 @@ async def test_connected_udp_reveals_source_and_sends_without_dst(session, udp_e
     await session.nsend(u, b"conn", tag=1)
     notes = await collect(session, 2, kinds={"ntag", "ndata"})
     assert {n.kind for n in notes} == {"ntag", "ndata"}
+
+
+@pytest.mark.root
+async def test_per_send_ttl_tos_df_reach_the_wire(session):
+    """Payload-mode raw IPv4: the endpoint writes TTL, TOS and DF per send.
+
+    On loopback the raw ICMP socket also receives its own echo request, so
+    the captured request shows the header the kernel wrote."""
+    r = await session.nopen("raw", ipproto=socket.IPPROTO_ICMP, device="lo")
+    await session.ncap(r, "icmp[icmptype] = icmp-echo and icmp[4:2] = 0x4d50")
+    await session.nsend(r, icmp_echo(0x4D50, 1), dst="127.0.0.1", ttl=33, tos=0x28, df=True)
+    await session.nsend(r, icmp_echo(0x4D50, 2), dst="127.0.0.1", ttl=17, tos=0, df=False)
+    notes = await collect(session, 2, kinds={"ndata"})
+    hdrs = sorted((n.data for n in notes), key=lambda d: d[27])  # by ICMP seq
+    assert [(h[8], h[1], bool(h[6] & 0x40)) for h in hdrs] == [(33, 0x28, True), (17, 0, False)]
+
+
+async def test_insecure_is_loopback_only():
+    from marionet.endpoint.daemon import EndpointConfig
+    from marionet.endpoint.run import ConfigError, run_listen
+
+    with pytest.raises(ConfigError, match="loopback only"):
+        await run_listen("0.0.0.0:7000", EndpointConfig(), insecure=True)

@@ -53,14 +53,13 @@ class ProcessEngine:
         if sid is None:
             sid = self.sender.add_socket(esock.sock)
             self._sids[id(esock)] = sid
-        esock.apply_df(job.df)
         jid = next(self._ids)
         self._jobs[jid] = job
         hdrincl = getattr(esock, "hdrincl", False)
         self._batch.append(SendJob(
             sock_id=sid, job_id=jid, data=job.data, at=job.at, addr=job.addr,
             ttl=None if hdrincl else job.ttl, tos=None if hdrincl else job.tos,
-            ts_key=job.key if job.tag is not None else None))
+            ts_key=job.key if job.tag is not None else None, df=job.df))
         if self._flush is None:
             self._flush = self.loop.call_soon(self._send_batch)
 

@@ -96,6 +96,7 @@ class SendJob(msgspec.Struct, array_like=True, frozen=True):
     ttl: Optional[int] = None
     tos: Optional[int] = None
     ts_key: Optional[int] = None
+    df: Optional[bool] = None  # IPv4/IPv6 don't-fragment for this send (a socket option, set just before)
 
 
 class SendResult(msgspec.Struct, array_like=True, frozen=True):
@@ -388,12 +389,25 @@ def _grow_buffers(s: socket.socket) -> None:
 
 
 class _Sock:
-    __slots__ = ("sock", "family", "fifo")
+    __slots__ = ("sock", "family", "fifo", "df")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.family = sock.family
         self.fifo: deque[SendJob] = deque()
+        self.df: Optional[bool] = None
+
+
+def _apply_df(entry: _Sock, df: Optional[bool]) -> None:
+    """DF is per socket in Linux: switch it right before the send that asks,
+    so queued sends keep the setting they asked for."""
+    if df is None or df == entry.df or entry.family == socket.AF_PACKET:
+        return
+    if entry.family == socket.AF_INET6:
+        entry.sock.setsockopt(so.SOL_IPV6, 23, 2 if df else 0)  # IPV6_MTU_DISCOVER: DO / DONT
+    else:
+        entry.sock.setsockopt(so.SOL_IP, so.IP_MTU_DISCOVER, 2 if df else so.IP_PMTUDISC_DONT)
+    entry.df = df
 
 
 class _Child:
@@ -612,6 +626,11 @@ def _send_one(entry: _Sock, job: SendJob) -> SendResult:
     cmsgs = _cmsgs(entry.family, job) if (job.ttl is not None or job.tos is not None or job.ts_key is not None) else []
     addr = tuple(job.addr) if job.addr is not None else None
     retries = 0  # a send failing on a stale async error transmitted nothing
+    if job.df is not None:
+        try:
+            _apply_df(entry, job.df)
+        except OSError as exc:
+            return SendResult(job.sock_id, job.job_id, 0, exc.errno or errno.EINVAL, time.time_ns())
     deadline = 0.0
     t = 0
     while True:
