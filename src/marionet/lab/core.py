@@ -99,7 +99,9 @@ class Lab:
     ``client_tls()`` say how to attach.  ``controller="HOST:PORT"`` (here or
     in the spec) points the VPs at an existing controller instead, whose CA
     is given as ``pki=`` (a ``marionet pki`` directory) so VP certificates
-    can be issued.  ``wait_vps`` seconds: ``up()`` returns only once every
+    can be issued; the VPs can reach only the management gateway
+    ("auto:PORT"), and that controller's certificate must carry the gateway
+    address in its SANs (endpoints verify the address they dial).  ``wait_vps`` seconds: ``up()`` returns only once every
     VP is registered (None: do not wait).
     """
 
