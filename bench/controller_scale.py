@@ -96,14 +96,22 @@ def run_with_ctrl(client_addr: str, n: int) -> tuple[float, int, int]:
         assert len(insts) >= n, f"{len(insts)} instances"
         t0 = time.perf_counter()
         ctrl.do_ping("127.0.0.1", attempts=1, wait_timeout=1, inst=insts)
+        print(f"  do_ping for {len(insts)} instances returned after {time.perf_counter() - t0:.3f} s")
         ok = err = 0
+        shown = 0
         for r in ctrl.responses(timeout=60):
             if r is not None and r.nreplies:
                 ok += 1
             else:
                 err += 1
+                if shown < 3:
+                    shown += 1
+                    print(f"  no reply: {r.stop_reason} {getattr(r, 'extra', '')}")
         took = time.perf_counter() - t0
-        err += len(list(ctrl.exceptions()))
+        excs = list(ctrl.exceptions())
+        for e in excs[:3]:
+            print(f"  error: {e}")
+        err += len(excs)
     return took, ok, err
 
 

@@ -160,7 +160,8 @@ class ControllerLink(asyncio.Protocol):
             if not self.registered.done():
                 self.registered.set_exception(RuntimeError(f"registration refused: {msg.reason}"))
         elif isinstance(msg, m.Bye):
-            log.warning("controller closed the link: %s: %s", msg.code, msg.reason)
+            level = logging.INFO if msg.code in ("shutdown", "replaced") else logging.WARNING
+            log.log(level, "controller closed the link: %s: %s", msg.code, msg.reason)
             if not self.registered.done():
                 self.registered.set_exception(RuntimeError(f"controller refused: {msg.code}: {msg.reason}"))
         elif isinstance(msg, m.VpEvent):
