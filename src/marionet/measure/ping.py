@@ -470,11 +470,16 @@ async def _open(io: PacketSession, plan: PingPlan, run: PingProbing, stream: Any
     filters = run.filters()
     if plan.family == 4:
         proto = {"icmp-echo": P.IPPROTO_ICMP, "udp": P.IPPROTO_UDP, "tcp-syn": P.IPPROTO_TCP}[plan.method]
-        socks.send = await io.nopen("raw", family=4, ipproto=proto, hdrincl=True, stream=stream)
+        # Bound to our source address: the kernel then hands these raw
+        # sockets only packets addressed to us, instead of cloning every
+        # ICMP/TCP packet to every raw socket on the host (which makes
+        # thousands of concurrent pings quadratic).
+        socks.send = await io.nopen("raw", family=4, ipproto=proto, hdrincl=True, laddr=run.src,
+                                    stream=stream)
         socks.opened.append(socks.send)
         socks.capture[socks.send] = "probe"
         if "icmp" in filters:
-            c = await io.nopen("raw", family=4, ipproto=P.IPPROTO_ICMP, stream=stream)
+            c = await io.nopen("raw", family=4, ipproto=P.IPPROTO_ICMP, laddr=run.src, stream=stream)
             socks.opened.append(c)
             socks.capture[c] = "icmp"
     else:
