@@ -43,6 +43,13 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -159,13 +166,17 @@ def main() -> int:
                  "--first", str(first), "--count", str(count)], preexec_fn=raise_nofile))
         reg = asyncio.run(wait_registered(f"127.0.0.1:{cport}", args.vps, 120 + args.vps / 50))
         rss_reg = rss_mb(ctl.pid)
+        cpu0 = cpu_s(ctl.pid)
         took, ok, err = run_with_ctrl(f"127.0.0.1:{cport}", args.vps)
+        ctl_cpu = cpu_s(ctl.pid) - cpu0
         rss_after = rss_mb(ctl.pid)
         print(f"controller_scale: {args.vps} VPs in {len(workers)} worker processes")
         print(f"  registration of all VPs:            {reg:.2f} s")
         print(f"  first do_ping -> all results back:  {took:.3f} s  (target ≤ 2 s for 1,000; "
               f"scamper/sc_remoted reference 4.47 s → ratio {took / 4.47:.2f})")
         print(f"  results: {ok} with a reply, {err} errors/no reply")
+        print(f"  controller CPU during the run: {ctl_cpu:.2f} s (the rest is the simulated endpoints "
+              f"and the client sharing {os.cpu_count()} cores)")
         print(f"  controller RSS: idle {rss_idle:.1f} MB, all registered {rss_reg:.1f} MB, "
               f"after run {rss_after:.1f} MB (target ≤ 200 MB; sc_remoted 72 MB)")
     finally:

@@ -57,6 +57,7 @@ _KNOWN_METHODS = ("icmp-echo", "icmp-time", "udp", "udp-dport", "udp-sport", "tc
 _DEFAULT_PAYLOAD = {"icmp-echo": 56, "udp": 12, "tcp-syn": 0}  # scamper's defaults
 _TRANSPORT_HDR = {"icmp-echo": 8, "udp": 8, "tcp-syn": 20}
 _MAX_PAYLOAD_GIVEN = 1000  # scamper's limit on an explicit payload
+_TX_GRACE_NS = 10_000_000_000  # how long past its wait a probe's transmit stamp is awaited
 _NS = 1_000_000_000
 
 
@@ -549,6 +550,7 @@ async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: _So
     extra: dict[str, Any] = {}
     nxt = 0  # next attempt to queue
     halt_wait: asyncio.Task | None = None
+    deadline_ep: int | None = None  # endpoint-clock end of the wait, once reached
     try:
         while True:
             if halt is not None and halt.is_set():
@@ -556,6 +558,7 @@ async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: _So
                 run.unsend_after(_now() + offset)
                 break
             local = _now()
+            note = None
             # Queue every probe whose slot is within ``lead``.
             if nxt < plan.attempts and (not plan.stop_count or run.nanswered < plan.stop_count):
                 at = start + nxt * plan.wait_probe_ns
@@ -579,12 +582,30 @@ async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: _So
             if nxt >= plan.attempts or stopped:
                 last = run.probes[-1]
                 end = (last.tx_ns or last.at_ns) + plan.wait_timeout_ns - offset
+                if last.tx_ns is None and last.error is None and local < end + _TX_GRACE_NS:
+                    # The wait runs from the kernel's transmit time: a probe
+                    # the endpoint sent late (it was busy) still gets its
+                    # full wait, so hold on until its stamp arrives.
+                    end = max(end, local + 20_000_000)  # re-check at least every 20 ms
                 if local >= end:
-                    break
+                    # Our loop may have run late (a loaded client or endpoint):
+                    # replies the kernel received in time may still be on
+                    # their way to us. One control round trip lets the
+                    # endpoint flush them; then take what is queued and stop.
+                    if deadline_ep is None:
+                        deadline_ep = end + offset
+                        try:
+                            await io.ping()
+                        except ConnectionLost:
+                            pass
+                    note = stream.poll()
+                    if note is None:
+                        break
                 wake = end
             else:
                 wake = start + nxt * plan.wait_probe_ns - lead - offset
-            note = stream.poll()
+            if note is None:
+                note = stream.poll()
             if note is None:
                 timeout = max(0.0, (wake - local) / _NS)
                 if halt is None:
@@ -606,6 +627,8 @@ async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: _So
                     continue
             kind = note.kind
             if kind == "ndata" and note.sock in socks.capture:
+                if deadline_ep is not None and note.time_ns > deadline_ep:
+                    continue  # arrived after the wait: not a reply, as in scamper
                 pkt = P.parse_packet(note.data)
                 if pkt is not None:
                     run.received(pkt, note.time_ns, note.ts_source)
