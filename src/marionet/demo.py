@@ -176,7 +176,18 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"a loopback target (repeatable; default {' '.join(DEMO_TARGETS)})")
     p.add_argument("-o", "--output", metavar="FILE", help="results file (default: a new temporary directory)")
     p.add_argument("-c", "--count", type=int, default=3, help="probes per ping (default 3)")
-    p.set_defaults(handler=lambda a: run_demo(a.vps, a.target, a.output, a.count))
+    p.add_argument("--lab", nargs="?", const="", metavar="SPEC",
+                   help="run the paper's examples across the VPs of an emulated lab "
+                        "(built-in default spec, or SPEC); needs root")
+    p.set_defaults(handler=_demo_handler)
+
+
+def _demo_handler(a: argparse.Namespace) -> int:
+    if a.lab is not None:
+        from marionet.lab.demo import run_lab_demo
+
+        return run_lab_demo(a.lab or None)
+    return run_demo(a.vps, a.target, a.output, a.count)
 
 
 def add_ping_parser(sub: argparse._SubParsersAction) -> None:
