@@ -207,8 +207,18 @@ async def connect_controller(address: str, *, ca: Any = None, cert: Any = None, 
     except (OSError, asyncio.TimeoutError) as exc:
         raise ConnectionLost(f"cannot connect to controller {address}: {exc or 'timeout'}") from None
     conn = ControllerConnection(reader, writer)
+    over_tls = writer.get_extra_info("ssl_object") is not None
     try:
         await conn.start(timeout)
+    except ConnectionLost as exc:
+        await conn.close()
+        if over_tls and "closed the connection" in str(exc):
+            # TLS 1.3: the server checks our certificate after our side of the
+            # handshake is done, so a refusal shows up as the first read failing.
+            raise ConnectionLost(
+                f"controller {address} closed the connection during set-up: it probably refused "
+                "our client certificate (give cert= and key= issued by its CA, role client)") from None
+        raise
     except BaseException:
         await conn.close()
         raise

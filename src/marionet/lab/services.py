@@ -261,6 +261,14 @@ class ServiceHandle:
         self.stop()
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -406,7 +414,9 @@ def stop_leftovers(state_dir: str | os.PathLike[str]) -> list[int]:
         if start is not None and _proc_starttime(pid) == start:
             _killpg(pid, signal.SIGTERM)
             for _ in range(50):
-                if _proc_starttime(pid) != start:
+                # An exited process we cannot reap (not our child; here PID 1
+                # does not reap either) lingers as a zombie: it has stopped.
+                if _proc_starttime(pid) != start or _zombie(pid):
                     break
                 time.sleep(0.05)
             else:
