@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Iterable
 
 from marionet.client.errors import ConnectionLost, PeerProtocolError, error_from_reply
 from marionet.wire import messages as m
-from marionet.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode, encode_many
+from marionet.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode
 
 Notification = m.Notification
 
@@ -135,10 +135,9 @@ class PacketSession:
         self._decoder = FrameDecoder(max_frame)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
-        self._queue: deque[m.Message] = deque()
         self._max_queued = max_queued
-        self._client_drops = 0
-        self._ready = asyncio.Event()
+        # Notifications no other stream claimed.
+        self._default = NotificationStream(self, max_queued)
         self._closed_exc: BaseException | None = None
         self._reader_task: asyncio.Task | None = None
         self.endpoint_name: str = ""
@@ -189,7 +188,7 @@ class PacketSession:
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()
-        self._ready.set()
+        self._default._ready.set()
         for st in list(self._streams):
             st._ready.set()
 
@@ -224,11 +223,7 @@ class PacketSession:
                     if st is not None:
                         st._put(msg)
                         return
-            if len(self._queue) >= self._max_queued:
-                self._client_drops += 1
-            else:
-                self._queue.append(msg)
-            self._ready.set()
+            self._default._put(msg)
         elif isinstance(msg, m.Bye):
             self._fail(PeerProtocolError(msg.code, msg.reason))
         elif rid is not None:
@@ -246,13 +241,8 @@ class PacketSession:
                     fut.set_result(msg)
 
     # --------------------------------------------------------------- requests
-    def _check_open(self) -> None:
-        if self._closed_exc is not None:
-            raise self._closed_exc if isinstance(self._closed_exc, ConnectionLost) else \
-                ConnectionLost(str(self._closed_exc))
-
     def _request(self, msg: m.Message) -> asyncio.Future:
-        self._check_open()
+        self._raise_if_closed()
         fut = asyncio.get_running_loop().create_future()
         self._pending[msg.id] = fut  # type: ignore[attr-defined]
         self._writer.write(encode(msg))
@@ -386,40 +376,16 @@ class PacketSession:
         await self._request(m.Halt(id=next(self._ids), task=task))
 
     # ---------------------------------------------------------- notifications
-    def _client_drop_note(self) -> m.NDrop | None:
-        if not self._client_drops:
-            return None
-        n = self._client_drops
-        self._client_drops = 0
-        return m.NDrop(time_ns=time.time_ns(), count=n, nbytes=0, kinds={"client": n})
-
     def poll_notification(self) -> m.Notification | None:
         """The next queued notification, or None (no waiting)."""
-        if self._queue:
-            return self._queue.popleft()  # type: ignore[return-value]
-        return self._client_drop_note()
+        return self._default.poll()
 
     async def next_notification(self, timeout: float | None = None) -> m.Notification | None:
         """Wait for the next notification; None on timeout.
 
         Raises ``ConnectionLost`` once the session is over and the queue is empty.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            n = self.poll_notification()
-            if n is not None:
-                return n
-            if self._closed_exc is not None:
-                raise self._closed_exc if isinstance(self._closed_exc, ConnectionLost) else \
-                    ConnectionLost(str(self._closed_exc))
-            self._ready.clear()
-            wait = None if deadline is None else deadline - time.monotonic()
-            if wait is not None and wait <= 0:
-                return None
-            try:
-                await asyncio.wait_for(self._ready.wait(), wait)
-            except asyncio.TimeoutError:
-                return None
+        return await self._default.next(timeout)
 
     async def notifications(self, timeout: float | None = None) -> AsyncIterator[m.Notification]:
         """Iterate notifications as they arrive; ends when the session ends
@@ -434,4 +400,4 @@ class PacketSession:
             yield n
 
     def pending_notifications(self) -> int:
-        return len(self._queue)
+        return len(self._default._queue)

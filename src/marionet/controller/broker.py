@@ -21,7 +21,7 @@ import socket
 import ssl
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from marionet.controller.registry import MetaError, Registry, VpRecord

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from typing import Any
 
 from marionet.client.address import is_loopback, parse_hostport
 from marionet.controller.broker import Controller, ControllerConfig
+from marionet.signals import stop_event
 
 log = logging.getLogger("marionet.controller")
 
@@ -47,13 +47,7 @@ async def run_controller(args: Any) -> None:
         raise ValueError("give --endpoints HOST:PORT and --clients HOST:PORT (and/or --unix PATH)")
     print(f"marionet controller: {', '.join(started)} ({'plain TCP' if args.insecure else 'mutual TLS 1.3'})",
           flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
+    stop = stop_event()
     try:
         await stop.wait()
     finally:

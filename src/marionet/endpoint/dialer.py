@@ -14,7 +14,6 @@ import itertools
 import json
 import logging
 import random
-import signal
 import ssl
 import time
 import tomllib
@@ -26,6 +25,7 @@ from marionet.endpoint.daemon import ClientConnection, Endpoint, EndpointConfig,
 from marionet.guard import Principal
 from marionet.wire import messages as m
 from marionet.wire.codec import FrameDecoder, ProtocolError, encode
+from marionet.signals import stop_event
 
 log = logging.getLogger("marionet.endpoint")
 
@@ -252,13 +252,7 @@ async def run_dialer(args: Any, config: EndpointConfig) -> None:
     meta = load_meta(args.meta, config.tags)
     ctx = dialer_ssl(args)
     endpoint = Endpoint(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
+    stop = stop_event()
     print(f"marionet endpoint {config.name!r} dialing controller {args.controller}", flush=True)
     try:
         await dial_forever(endpoint, args.controller, ctx, meta, stop)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import ssl
 import sys
 from pathlib import Path
 
 from marionet.client.address import is_loopback, parse_hostport
 from marionet.endpoint.daemon import Endpoint, EndpointConfig, default_state_dir
+from marionet.signals import stop_event
 
 log = logging.getLogger("marionet.endpoint")
 
@@ -63,13 +63,7 @@ async def run_listen(listen: str, config: EndpointConfig, *, insecure: bool = Fa
     bound = server.sockets[0].getsockname() if server.sockets else (host, port)
     print(f"marionet endpoint {config.name!r} listening on {bound[0]}:{bound[1]} — {note}; "
           f"send engine: {type(endpoint.engine).__name__}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
+    stop = stop_event()
     if ready is not None:
         ready.set()
     try:

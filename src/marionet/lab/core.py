@@ -7,11 +7,8 @@ in the state file before it is created and removed in ``down()`` (also from a
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
 import secrets
-import shlex
 import subprocess
 import sys
 import time

@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spec import Link, Spec
+from .spec import Spec
 
 # Lab-private ranges; they only ever exist inside the lab's own namespaces.
 V4_BASE = ipaddress.ip_network("10.0.0.0/8")
