@@ -128,19 +128,22 @@ async def _drive(s: aio.PacketSession, sock: int, dst: str | None, pkts: list[by
             errors.append(repr(f.exception()))
         wakeup.set()
 
-    def drain() -> None:
+    def count(n) -> None:
         nonlocal drops
+        if n.kind == "ntag":
+            if n.error:
+                stamped["error"] += 1
+            else:
+                stamped[n.ts_source or "user"] += 1
+        elif n.kind == "ndrop":
+            drops += n.count
+
+    def drain() -> None:
         while True:
             n = s.poll_notification()
             if n is None:
                 return
-            if n.kind == "ntag":
-                if n.error:
-                    stamped["error"] += 1
-                else:
-                    stamped[n.ts_source or "user"] += 1
-            elif n.kind == "ndrop":
-                drops += n.count
+            count(n)
 
     last_tick = time.monotonic()
     while True:
@@ -164,11 +167,9 @@ async def _drive(s: aio.PacketSession, sock: int, dst: str | None, pkts: list[by
                 last_tick = time.monotonic()
             continue
         wakeup.clear()
-        try:
-            await asyncio.wait_for(s._ready.wait(), 0.01)
-        except asyncio.TimeoutError:
-            pass
-        s._ready.clear()
+        n = await s.next_notification(0.01)
+        if n is not None:
+            count(n)
     k_end, t_stop = stamped["kernel"], time.monotonic()
     cpu1 = {name: _cpu_s(pid) for name, pid in pids.items()}
     # let the tail arrive (not counted in the rate)

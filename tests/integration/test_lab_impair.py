@@ -69,3 +69,50 @@ def test_leftovers_after_crash_are_found_and_removed():
     assert not any(n.startswith(f"mn{lab_id}") for n in list_netns())
     time.sleep(0.1)
     assert not os.path.exists(f"/proc/{fwd[0]}") or "Z" in open(f"/proc/{fwd[0]}/stat").read().split()[2]
+
+
+def _timxceed_count(lab, ttl: int, n: int, fam: int = 4) -> int:
+    """Send ``n`` TTL-limited UDP probes quickly; count ICMP time-exceeded replies."""
+    prog = f"""
+import socket, time
+fam = {fam}
+s = socket.socket(socket.AF_INET6 if fam == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+if fam == 6:
+    s.setsockopt(socket.IPPROTO_IPV6, 25, 1)  # IPV6_RECVERR
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, {ttl})
+else:
+    s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR (missing from Python 3.11)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, {ttl})
+s.setblocking(False)
+got = 0
+def drain():
+    global got
+    while True:
+        try:
+            s.recvmsg(512, 512, socket.MSG_ERRQUEUE)  # also clears the pending error
+            got += 1
+        except BlockingIOError:
+            return
+for i in range({n}):
+    s.sendto(b"x", ({lab.addr("target", fam)!r}, 33434 + i))
+    time.sleep(0.002)
+    drain()
+time.sleep(0.5)
+drain()
+print(got)
+"""
+    cp = lab.exec("client", [sys.executable, "-c", prog], timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    return int(cp.stdout.strip())
+
+
+def test_icmp_rate_limited_router(lab_factory):  # noqa: F811
+    """A router with an ICMP rate limit answers only some of a quick burst;
+    one without answers every probe."""
+    lab = lab_factory(linear_path(2, icmp_ratelimit={1: 1000}))
+    limited = _timxceed_count(lab, ttl=1, n=60)
+    free = _timxceed_count(lab, ttl=2, n=60)
+    assert free == 60
+    assert 1 <= limited < 20, limited
+    truth = lab.truth()
+    assert truth is not None
