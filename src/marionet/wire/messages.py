@@ -230,11 +230,40 @@ class Pong(Message, tag="pong"):
 
 
 class Notification(Message):
-    """Asynchronous event from the endpoint."""
+    """Asynchronous event from the endpoint.
+
+    Client code handles notifications uniformly through ``kind``, ``sock``,
+    ``time_ns``, ``tag``, ``data``, ``peer`` and ``ts_source``; a kind that
+    has no such field answers None here instead of carrying a nil on the wire.
+    """
 
     @property
     def kind(self) -> str:
         return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+    @property
+    def sock(self) -> int | None:
+        return None
+
+    @property
+    def time_ns(self) -> int | None:
+        return None
+
+    @property
+    def tag(self) -> int | None:
+        return None
+
+    @property
+    def data(self) -> bytes | None:
+        return None
+
+    @property
+    def peer(self) -> str | None:
+        return None
+
+    @property
+    def ts_source(self) -> TsSource | None:
+        return None
 
 
 class NData(Notification, tag="ndata"):
@@ -247,7 +276,6 @@ class NData(Notification, tag="ndata"):
     peer: str | None = None
     port: int | None = None
     ttl: int | None = None
-    tag: int | None = None
 
 
 class NTag(Notification, tag="ntag"):
@@ -260,8 +288,6 @@ class NTag(Notification, tag="ntag"):
     nbytes: int = 0
     error: str | None = None
     at: int | None = None
-    data: bytes | None = None
-    peer: str | None = None
 
 
 class NIcmp(Notification, tag="nicmp"):
@@ -279,12 +305,12 @@ class NIcmp(Notification, tag="nicmp"):
     errno: int
     data: bytes = b""
     info: int = 0
-    tag: int | None = None
 
 
 class NStat(Notification, tag="nstat"):
     """TCP state change: "established", "accepted" (``child`` is the new
-    socket), "peer-closed", "reset", "timeout", "closed", "error"."""
+    socket), "peer-closed", "shutdown", "reset", "timeout", "refused",
+    "error"."""
 
     sock: int
     time_ns: int
@@ -293,23 +319,18 @@ class NStat(Notification, tag="nstat"):
     peer: str | None = None
     port: int | None = None
     reason: str | None = None
-    ts_source: TsSource = "user"
-    tag: int | None = None
-    data: bytes | None = None
 
 
 class NDrop(Notification, tag="ndrop"):
-    """Notifications lost because the buffer was full: never silent."""
+    """Notifications lost because a buffer was full: never silent.
+
+    ``kinds`` counts them by kind; "controller" and "client" name drops in
+    the controller's and the client library's buffers."""
 
     time_ns: int
     count: int
     nbytes: int
     kinds: dict[str, int] = {}
-    sock: int | None = None
-    tag: int | None = None
-    data: bytes | None = None
-    peer: str | None = None
-    ts_source: TsSource = "user"
 
 
 class NBlock(Notification, tag="nblock"):
@@ -320,10 +341,6 @@ class NBlock(Notification, tag="nblock"):
     what: str
     rule: str
     reason: str
-    tag: int | None = None
-    data: bytes | None = None
-    peer: str | None = None
-    ts_source: TsSource = "user"
 
 
 class NCapEnd(Notification, tag="ncapend"):
@@ -332,10 +349,6 @@ class NCapEnd(Notification, tag="ncapend"):
     sock: int
     time_ns: int
     packets: int
-    tag: int | None = None
-    data: bytes | None = None
-    peer: str | None = None
-    ts_source: TsSource = "user"
 
 
 class TaskResult(Notification, tag="taskres"):
@@ -346,22 +359,12 @@ class TaskResult(Notification, tag="taskres"):
     time_ns: int
     result: dict[str, Any] | None = None
     error: str | None = None
-    sock: int | None = None
-    tag: int | None = None
-    data: bytes | None = None
-    peer: str | None = None
-    ts_source: TsSource = "user"
 
 
 class TaskProgress(Notification, tag="taskprog"):
     task: int
     time_ns: int
     info: dict[str, Any] = {}
-    sock: int | None = None
-    tag: int | None = None
-    data: bytes | None = None
-    peer: str | None = None
-    ts_source: TsSource = "user"
 
 
 # --------------------------------------------------------------------------
