@@ -301,3 +301,22 @@ async def test_silent_vp_is_marked_gone():
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+async def test_aio_connect_through_controller_and_unix_socket(emb, tmp_path):
+    from marionet import aio
+
+    s = await aio.connect(controller=emb.client_address, vp="nz1", insecure=True)
+    assert (await s.info()).name == "nz1"
+    await s.close()
+    path = str(tmp_path / "ctl.sock")
+    await emb.controller.serve_unix(path)
+    s = await aio.connect(controller=f"unix:{path}", vp="us1")
+    assert (await s.info()).name == "us1"
+    # the endpoint sees the Unix client's identity (peer credentials)
+    ep = next(v.endpoint for v in emb.vps if v.name == "us1")
+    (sess,) = list(ep.sessions)
+    assert sess.principal.name == f"uid:{os.getuid()}"
+    await s.close()
+    with pytest.raises(ValueError):
+        await aio.connect(controller=emb.client_address, insecure=True)  # no vp
