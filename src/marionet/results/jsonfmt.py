@@ -372,7 +372,24 @@ def to_json(obj: Any) -> dict[str, Any]:
         if obj.data is None:
             raise ValueError(f"cannot write {obj.type!r} record without JSON data to a JSON file")
         return dict(obj.data)
+    writer = _WRITERS.get(type(obj))
+    if writer is not None:
+        return writer(obj)
     raise TypeError(f"not a result object: {type(obj).__name__}")
+
+
+#: Result types defined in their own modules (dns, http, …): class -> writer.
+_WRITERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
+
+
+def register(type_name: str, cls: type, writer: Callable[[Any], dict[str, Any]],
+             reader: Callable[[dict[str, Any]], Any]) -> None:
+    """Add a result type: ``type_name`` is scamper's JSON ``"type"`` value.
+
+    Lets each primitive's result module own its JSON mapping without this
+    module importing it."""
+    _WRITERS[cls] = writer
+    _READERS[type_name] = reader
 
 
 # -- decoding --------------------------------------------------------------
