@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from marionet.client.packet import PacketSession
 from marionet.measure.ping import ping, plan_ping
+from marionet.measure.trace import plan_trace, trace
 
 __all__ = ["PRIMITIVES", "VALIDATORS", "run_primitive", "check_params", "UnknownPrimitive"]
 
@@ -23,12 +24,14 @@ Primitive = Callable[..., Awaitable[Any]]
 #: name -> coroutine function ``f(io, *args, **params)``
 PRIMITIVES: dict[str, Primitive] = {
     "ping": ping,
+    "trace": trace,
 }
 
 #: name -> a function taking the same parameters that raises ``ValueError``
 #: for bad values without doing any I/O, so a bad task is refused at once.
 VALIDATORS: dict[str, Callable[..., Any]] = {
     "ping": plan_ping,
+    "trace": plan_trace,
 }
 
 # Keyword arguments the runner supplies itself; never accepted from a Task.
