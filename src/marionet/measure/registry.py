@@ -14,6 +14,7 @@ import inspect
 from typing import Any, Awaitable, Callable
 
 from marionet.client.packet import PacketSession
+from marionet.measure.dns import dns, plan_dns
 from marionet.measure.ping import ping, plan_ping
 from marionet.measure.trace import plan_trace, trace
 
@@ -24,6 +25,7 @@ Primitive = Callable[..., Awaitable[Any]]
 #: name -> coroutine function ``f(io, *args, **params)``
 PRIMITIVES: dict[str, Primitive] = {
     "ping": ping,
+    "dns": dns,
     "trace": trace,
 }
 
@@ -31,6 +33,7 @@ PRIMITIVES: dict[str, Primitive] = {
 #: for bad values without doing any I/O, so a bad task is refused at once.
 VALIDATORS: dict[str, Callable[..., Any]] = {
     "ping": plan_ping,
+    "dns": plan_dns,
     "trace": plan_trace,
 }
 

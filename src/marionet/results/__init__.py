@@ -9,6 +9,7 @@ working on marionet data.
 
 from .common import Addr, ns_to_datetime, ns_to_timedelta
 from .cycle import CycleStart, CycleStop, UnknownResult
+from .dns import DnsMX, DnsQuery, DnsResult, DnsRR, DnsSOA, DnsStop
 from .errors import FormatError
 from .file import File
 from .jsonfmt import dumps, from_json, loads, to_json
