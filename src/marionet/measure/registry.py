@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from marionet.client.packet import PacketSession
 from marionet.measure.dns import dns, plan_dns
+from marionet.measure.http import http, plan_http
 from marionet.measure.ping import ping, plan_ping
 from marionet.measure.trace import plan_trace, trace
 
@@ -27,6 +28,7 @@ PRIMITIVES: dict[str, Primitive] = {
     "ping": ping,
     "dns": dns,
     "trace": trace,
+    "http": http,
 }
 
 #: name -> a function taking the same parameters that raises ``ValueError``
@@ -35,6 +37,7 @@ VALIDATORS: dict[str, Callable[..., Any]] = {
     "ping": plan_ping,
     "dns": plan_dns,
     "trace": plan_trace,
+    "http": plan_http,
 }
 
 # Keyword arguments the runner supplies itself; never accepted from a Task.

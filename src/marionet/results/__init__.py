@@ -12,6 +12,7 @@ from .cycle import CycleStart, CycleStop, UnknownResult
 from .dns import DnsMX, DnsQuery, DnsResult, DnsRR, DnsSOA, DnsStop
 from .errors import FormatError
 from .file import File
+from .http import Http, HttpBuf, HttpHeaders, HttpStop
 from .jsonfmt import dumps, from_json, loads, to_json
 from .ping import PING_METHODS, Ping, PingReply, PingStop
 from .trace import (TRACE_METHODS, IcmpExt, MplsLabel, Trace, TraceHop,
