@@ -63,6 +63,7 @@ class Responder:
     port: int = 0
     garbage: list[bytes] = field(default_factory=list)  # sent before each UDP reply
     silent: bool = False                                # never answer (timeouts)
+    delay_first: float = 0.0                            # hold the first UDP reply this long
     queries: list[tuple[str, dns.message.Message]] = field(default_factory=list)
 
     def answer(self, wire: bytes, tcp: bool) -> bytes | None:
@@ -110,7 +111,11 @@ class _Udp(asyncio.DatagramProtocol):
         for g in self.srv.garbage:
             self.transport.sendto(g, addr)
         out = self.srv.answer(data, tcp=False)
-        if out is not None:
+        if out is None:
+            return
+        if self.srv.delay_first and len(self.srv.queries) == 1:
+            asyncio.get_running_loop().call_later(self.srv.delay_first, self.transport.sendto, out, addr)
+        else:
             self.transport.sendto(out, addr)
 
 
@@ -329,6 +334,19 @@ async def test_timeout_gives_no_answer_and_a_stop_reason():
         assert s.sockets == {}
         back = from_json(to_json(r))
         assert back.stop_reason == DnsStop.TIMEOUT and back.qcount == 3 and back.rcode is None
+
+
+async def test_late_reply_answers_the_query_it_belongs_to():
+    """The first reply arrives after its wait, during the retry's: it still
+    answers the first query (matched by id), as in scamper."""
+    async with serve("127.0.0.1", delay_first=0.3) as srv, native_session() as s:
+        r = await dns_lookup(s, "www.example", server="127.0.0.1", port=srv.port, attempts=2,
+                             wait_timeout=0.2)
+        assert r.stop_reason == DnsStop.DONE and r.qcount == 2
+        first = r.queries[0]
+        assert r.reply is not None and len(r.ans_addrs()) == 2
+        if first.answered:  # the late one won the race (usual): RTT spans the wait
+            assert first.rtt_ns >= 300_000_000
 
 
 async def test_closed_port_is_an_error_not_a_hang():

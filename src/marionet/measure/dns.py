@@ -536,6 +536,7 @@ class _Driver:
                         continue
                     if self.run.received(bytes(buf[2:need]), note.time_ns, note.ts_source,
                                          tcp=True) is not None:
+                        await self.await_tx(q)  # before the close drops its pending stamp
                         return _ANSWERED
                     q.error = "malformed reply over TCP"
                     return _ERROR
