@@ -100,8 +100,9 @@ def test_unsupported_is_said_clearly(remote_dir, tmp_path):
         sc.ScamperCtrl(remote_dir=str(remote_dir), mux=str(remote_dir))
     with pytest.raises(FileNotFoundError, match="no marionet controller socket"):
         sc.ScamperCtrl(remote_dir=str(tmp_path))
-    with pytest.raises(AttributeError, match="ScamperHost.*primitives issue"):
-        sc.ScamperHost  # noqa: B018
+    with pytest.raises(AttributeError, match="ScamperTracelb.*not implemented"):
+        sc.ScamperTracelb  # noqa: B018
+    assert sc.ScamperHost.__name__ == "DnsResult"  # DNS results exist now
     with pytest.raises(ValueError, match="warts"):
         sc.ScamperFile(str(tmp_path / "x.warts"), "w")
     with sc.ScamperCtrl(remote_dir=str(remote_dir)) as ctrl:

@@ -43,12 +43,12 @@ from typing import Any, Callable
 from marionet.client.address import is_loopback, parse_hostport
 from marionet.client.ctrl import Ctrl
 from marionet.client.inst import Inst, InstError, Task, VpInfo
-from marionet.results import Addr, File, Ping, PingReply, Trace, TraceHop
+from marionet.results import Addr, DnsResult, DnsRR, File, Ping, PingReply, Trace, TraceHop
 from marionet.results.cycle import CycleStart, CycleStop
 
 __all__ = ["ScamperCtrl", "ScamperInst", "ScamperTask", "ScamperInstError", "ScamperFile", "ScamperPing",
            "ScamperPingReply", "ScamperTrace", "ScamperTraceHop", "ScamperAddr", "ScamperVp",
-           "ScamperCycle"]
+           "ScamperCycle", "ScamperHost", "ScamperHostRR"]
 
 ScamperInst = Inst
 ScamperTask = Task
@@ -60,6 +60,8 @@ ScamperTraceHop = TraceHop
 ScamperAddr = Addr
 ScamperVp = VpInfo
 ScamperCycle = CycleStart
+ScamperHost = DnsResult
+ScamperHostRR = DnsRR
 _ = CycleStop
 
 
@@ -195,7 +197,6 @@ class ScamperCtrl(Ctrl):
 
 
 _MISSING = {
-    "ScamperHost": "DNS results (do_dns) land with the primitives issue",
     "ScamperHttp": "HTTP results (do_http) land with the primitives issue",
     "ScamperTracelb": "tracelb is not implemented yet",
     "ScamperDealias": "alias resolution is not implemented yet",
