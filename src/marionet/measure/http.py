@@ -258,8 +258,10 @@ def _peer_names(obj: ssl.SSLObject) -> tuple[str | None, str | None]:
 class _Exchange:
     """One fetch's state: buffers, TLS, h11 and timings (the driver feeds it)."""
 
-    def __init__(self, plan: HttpPlan, io: PacketSession, sid: int, stream: Any, offset: int) -> None:
+    def __init__(self, plan: HttpPlan, io: PacketSession, sid: int, stream: Any, offset: int,
+                 ctx: ssl.SSLContext | None) -> None:
         self.plan, self.io, self.sid, self.stream, self.offset = plan, io, sid, stream, offset
+        self.ctx = ctx
         self.bufs: list[HttpBuf] = []
         self.tags: dict[int, list[HttpBuf]] = {}
         self.tag_next = random.SystemRandom().randrange(1, 2**31)
@@ -371,6 +373,9 @@ async def http(io: PacketSession, dst: Any = None, *, url: str, headers: Any = N
     plan = plan_http(dst, url=url, headers=headers, insecure=insecure, ca=ca, limit_time=limit_time,
                      limit_size=limit_size, method=method, body=body, family=family, userid=userid)
     deadline = time.monotonic() + plan.limit_time_ns / _NS
+    # Loading the trust store takes tens of ms: do it before connecting, so
+    # the handshake starts the moment the connection is up (total time).
+    ctx = _tls_context(plan) if plan.scheme == "https" else None
     with io.stream() as stream:
         off = await io.clock_offset(samples=3)
         offset, ctl_rtt = off.offset_ns, off.rtt_ns
@@ -399,7 +404,7 @@ async def http(io: PacketSession, dst: Any = None, *, url: str, headers: Any = N
             info = io.sockets.get(sid)
             if info is not None:
                 result.update(src=info.laddr, sport=info.lport)
-            ex = _Exchange(plan, io, sid, stream, offset)
+            ex = _Exchange(plan, io, sid, stream, offset, ctx)
             stop, error, extra = await _drive(ex, plan, deadline, halt)
             await _collect_stamps(ex)
             ex.split_rx()
@@ -468,29 +473,32 @@ async def _drive(ex: _Exchange, plan: HttpPlan, deadline: float,
     phase = "connect"  # connect → tls → response
     pending: list[Any] = []  # notifications seen while waiting for "established"
 
-    async def start_request() -> None:
+    async def start_request(tls_tail: bytes = b"") -> None:
+        """Send the request; under TLS, in the same segment as the client's
+        last handshake flight (``tls_tail``): sent apart, Nagle would hold
+        the request back a whole round trip until that flight is acked."""
         head = ex.h11.send(h11.Request(method=plan.method, target=plan.target, headers=plan.headers))
         body = ex.h11.send(h11.Data(data=plan.body)) if plan.body else b""
         tail = ex.h11.send(h11.EndOfMessage())
         records = [("hdr", head), ("data", body + tail)]
         if ex.tls is not None:
             ex.tls.write(head + body + tail)
-            ex.req_buf = await ex.send(ex.outb.read(), records)
+            ex.req_buf = await ex.send(tls_tail + ex.outb.read(), [("tls", tls_tail)] + records)
         else:
             ex.req_buf = await ex.send(head + body + tail, records)
 
     async def tls_step() -> bool:
-        """Advance the handshake; True once it is complete."""
+        """Advance the handshake; True once it is complete (its last
+        flight then stays in the BIO for ``start_request``)."""
         assert ex.tls is not None
         try:
             ex.tls.do_handshake()
-            done = True
         except ssl.SSLWantReadError:
-            done = False
-        sent = await ex.flush_tls()
-        if ex.first_tx is None:
-            ex.first_tx = sent
-        return done
+            sent = await ex.flush_tls()
+            if ex.first_tx is None:
+                ex.first_tx = sent
+            return False
+        return True
 
     try:
         while True:
@@ -513,7 +521,8 @@ async def _drive(ex: _Exchange, plan: HttpPlan, deadline: float,
                     ex.established_ns = n.time_ns
                     if plan.scheme == "https":
                         phase = "tls"
-                        ex.tls = _tls_context(plan).wrap_bio(ex.inb, ex.outb, server_hostname=plan.host)
+                        assert ex.ctx is not None
+                        ex.tls = ex.ctx.wrap_bio(ex.inb, ex.outb, server_hostname=plan.host)
                         await tls_step()
                     else:
                         phase = "response"
@@ -555,7 +564,7 @@ async def _drive(ex: _Exchange, plan: HttpPlan, deadline: float,
                         continue
                     ex.tls_done_ns = n.time_ns
                     phase = "response"
-                    await start_request()
+                    await start_request(ex.outb.read())
                 try:
                     _drain_tls(ex, n.time_ns, n.ts_source)
                 except ssl.SSLError as exc:
