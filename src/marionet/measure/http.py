@@ -471,7 +471,8 @@ async def _drive(ex: _Exchange, plan: HttpPlan, deadline: float,
     """Run the exchange; returns (stop reason, error text, extra)."""
     extra: dict[str, Any] = {}
     phase = "connect"  # connect → tls → response
-    pending: list[Any] = []  # notifications seen while waiting for "established"
+    pending: list[Any] = []   # notifications to handle before reading more
+    deferred: list[Any] = []  # data seen before "established" (not expected; order kept)
 
     async def start_request(tls_tail: bytes = b"") -> None:
         """Send the request; under TLS, in the same segment as the client's
@@ -519,6 +520,7 @@ async def _drive(ex: _Exchange, plan: HttpPlan, deadline: float,
             if kind == "nstat":
                 if n.state == "established" and phase == "connect":
                     ex.established_ns = n.time_ns
+                    pending[:0], deferred[:] = deferred, []
                     if plan.scheme == "https":
                         phase = "tls"
                         assert ex.ctx is not None
@@ -545,7 +547,7 @@ async def _drive(ex: _Exchange, plan: HttpPlan, deadline: float,
             if kind != "ndata":
                 continue
             if phase == "connect":
-                pending.append(n)  # cannot happen before "established"; keep order anyway
+                deferred.append(n)
                 continue
             if ex.tls is None:
                 ex.on_plain(n.data, n.time_ns, n.ts_source)
@@ -575,6 +577,8 @@ async def _drive(ex: _Exchange, plan: HttpPlan, deadline: float,
                 return HttpStop.LIMIT, f"body exceeds limit_size ({plan.limit_size} bytes)", extra
     except h11.RemoteProtocolError as exc:
         return HttpStop.ERROR, f"bad HTTP response: {exc}", extra
+    except ssl.SSLError as exc:
+        return HttpStop.ERROR, f"TLS error: {exc.reason or exc}", extra
     except ConnectionLost as exc:
         return HttpStop.ERROR, f"session lost: {exc}", extra
     except EndpointError as exc:
