@@ -470,3 +470,38 @@ async def test_insecure_is_loopback_only():
 
     with pytest.raises(ConfigError, match="loopback only"):
         await run_listen("0.0.0.0:7000", EndpointConfig(), insecure=True)
+
+
+async def test_oversized_task_result_becomes_a_task_error():
+    """A result that would not fit a frame must not kill the client's session."""
+    from marionet import aio
+    from marionet.endpoint.daemon import Endpoint, EndpointConfig
+
+    ep = Endpoint(EndpointConfig(max_frame=2000))
+    srv = await ep.serve("127.0.0.1", 0, None)
+    s = await aio.connect(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", insecure=True)
+    try:
+        (sess,) = list(ep.sessions)
+        sess.notify(m.TaskResult(task=7, time_ns=1, result={"blob": "x" * 5000}))
+        n = await s.next_notification(2)
+        assert n.kind == "taskres" and n.task == 7 and n.result is None
+        assert "frame limit" in n.error
+        sess.notify(m.NData(sock=1, time_ns=1, ts_source="kernel", data=b"y" * 5000))
+        n = await s.next_notification(2)
+        assert n.kind == "ndrop" and n.kinds == {"ndata": 1}
+        assert (await s.info()).name  # the session is still fine
+    finally:
+        await s.close()
+        await ep.close()
+
+
+async def test_tcp_nodelay_option(endpoint, session):
+    lst = await session.nopen("tcp-listen", laddr="127.0.0.1", nodelay=True)
+    port = session.sockets[lst].lport
+    c = await session.nopen("tcp", raddr="127.0.0.1", rport=port, nodelay=True)
+    plain = await session.nopen("tcp", raddr="127.0.0.1", rport=port)
+    (sess,) = list(endpoint.sessions)
+    opt = lambda sid: sess.sockets[sid].sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # noqa: E731
+    assert opt(c) and not opt(plain)
+    with pytest.raises(EndpointError):
+        await session.nopen("udp", nodelay=True)

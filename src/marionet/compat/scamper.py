@@ -43,12 +43,12 @@ from typing import Any, Callable
 from marionet.client.address import is_loopback, parse_hostport
 from marionet.client.ctrl import Ctrl
 from marionet.client.inst import Inst, InstError, Task, VpInfo
-from marionet.results import Addr, DnsResult, DnsRR, File, Ping, PingReply, Trace, TraceHop
+from marionet.results import Addr, DnsResult, DnsRR, File, Http, Ping, PingReply, Trace, TraceHop
 from marionet.results.cycle import CycleStart, CycleStop
 
 __all__ = ["ScamperCtrl", "ScamperInst", "ScamperTask", "ScamperInstError", "ScamperFile", "ScamperPing",
            "ScamperPingReply", "ScamperTrace", "ScamperTraceHop", "ScamperAddr", "ScamperVp",
-           "ScamperCycle", "ScamperHost", "ScamperHostRR"]
+           "ScamperCycle", "ScamperHost", "ScamperHostRR", "ScamperHttp"]
 
 ScamperInst = Inst
 ScamperTask = Task
@@ -62,6 +62,7 @@ ScamperVp = VpInfo
 ScamperCycle = CycleStart
 ScamperHost = DnsResult
 ScamperHostRR = DnsRR
+ScamperHttp = Http
 _ = CycleStop
 
 
@@ -197,7 +198,6 @@ class ScamperCtrl(Ctrl):
 
 
 _MISSING = {
-    "ScamperHttp": "HTTP results (do_http) land with the primitives issue",
     "ScamperTracelb": "tracelb is not implemented yet",
     "ScamperDealias": "alias resolution is not implemented yet",
     "ScamperTbit": "tbit is not implemented yet",

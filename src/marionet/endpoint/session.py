@@ -108,10 +108,25 @@ class Session:
         if self.closed:
             return
         frame = encode(msg)
+        if len(frame) - 4 > self.endpoint.config.max_frame:
+            frame = self._too_big(msg, len(frame) - 4)
         if self._held or self.suppressed or self._drop_count or not self.outlet.writable():
             self._hold(msg, frame)
         else:
             self._queue_frame(frame, True)
+
+    def _too_big(self, msg: m.Message, size: int) -> bytes:
+        """A frame the client would refuse (and drop the session for) is
+        never sent: a task's oversized result becomes a task error, and any
+        other oversized notification an ``NDrop`` saying what was lost."""
+        limit = self.endpoint.config.max_frame
+        log.warning("%s of %d bytes exceeds the %d-byte frame limit", type(msg).__name__, size, limit)
+        if isinstance(msg, m.TaskResult):
+            return encode(m.TaskResult(task=msg.task, time_ns=msg.time_ns,
+                                       error=f"result of {size} bytes exceeds the {limit}-byte frame limit "
+                                             "(reduce the primitive's limits, e.g. limit_size)"))
+        kind = type(msg).__struct_config__.tag
+        return encode(m.NDrop(time_ns=time.time_ns(), count=1, nbytes=size, kinds={str(kind): 1}))
 
     def _hold(self, msg: m.Message, frame: bytes) -> None:
         kind = type(msg).__struct_config__.tag
@@ -298,6 +313,10 @@ class Session:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, msg.tos)
         if msg.proto in ("tcp-listen",):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if msg.nodelay:
+            if msg.proto not in ("tcp", "tcp-listen"):
+                raise BadRequest("bad-option", "nodelay is a TCP option")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     async def _connect(self, msg: m.NOpen, sock: socket.socket, raddr: str, rport: int) -> None:
         sock.setblocking(False)

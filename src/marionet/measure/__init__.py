@@ -5,10 +5,11 @@ all three placements (native, endpoint, remote); see DESIGN.md.
 """
 
 from marionet.measure.dns import dns, plan_dns
+from marionet.measure.http import http, plan_http
 from marionet.measure.ping import SUPPORTED_METHODS as PING_METHODS_SUPPORTED
 from marionet.measure.ping import ping, plan_ping
 from marionet.measure.registry import PRIMITIVES, run_primitive
 from marionet.measure.trace import plan_trace, trace
 
-__all__ = ["ping", "plan_ping", "PING_METHODS_SUPPORTED", "trace", "plan_trace", "dns", "plan_dns",
+__all__ = ["ping", "plan_ping", "PING_METHODS_SUPPORTED", "trace", "plan_trace", "dns", "plan_dns", "http", "plan_http",
            "PRIMITIVES", "run_primitive"]

@@ -24,4 +24,6 @@ __all__ = [
     "to_json", "from_json", "dumps", "loads",
     "Ping", "PingReply", "PingStop", "PING_METHODS",
     "Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel", "TRACE_METHODS",
+    "Http", "HttpBuf", "HttpHeaders", "HttpStop",
+    "DnsResult", "DnsQuery", "DnsRR", "DnsMX", "DnsSOA", "DnsStop",
 ]

@@ -78,6 +78,7 @@ class NOpen(Request, tag="nopen"):
     device: str | None = None
     backlog: int = 16
     timeout_ns: int | None = None
+    nodelay: bool = False  # TCP_NODELAY (accepted connections inherit it)
 
 
 class NClose(Request, tag="nclose"):
