@@ -219,7 +219,7 @@ def _primitive_examples(con: Any, ctrl: Any, insts: list[Any], lab: Any, sp: Spe
                         title="not available yet", border_style="yellow"))
     else:
         rc |= _run_safely(con, "CDN catchment", lambda: _catchment(con, ctrl, insts, lab.addr(dns_svc.host),
-                                                                   zone, Table))
+                                                                   zone, Table, _lab_ca_pem(lab)))
     return rc
 
 
@@ -248,22 +248,56 @@ def _ns_delay(con: Any, ctrl: Any, insts: list[Any], server: str, zone: str, Tab
     return 0
 
 
-def _catchment(con: Any, ctrl: Any, insts: list[Any], server: str, zone: str, Table: Callable[..., Any]) -> int:
-    """DNS for the API host → HTTPS GET of its JSON → DNS for www → TCP traceroute to it."""
+def _lab_ca_pem(lab: Any) -> str | None:
+    """The lab web CA's root, which VPs trust for the lab's HTTPS services."""
+    from pathlib import Path
+
+    from marionet.lab.hooks import service_dir
+    from marionet.lab.labca import LabCA
+
+    try:
+        return Path(LabCA.load(service_dir(lab) / "ca").root_path).read_text()
+    except (OSError, ValueError):
+        return None
+
+
+def _catchment(con: Any, ctrl: Any, insts: list[Any], server: str, zone: str, Table: Callable[..., Any],
+               ca_pem: str | None) -> int:
+    """DNS for the API host → HTTPS GET of its JSON → DNS for each server
+    name it lists → TCP traceroute to port 443 of the first (the paper's
+    fast.com catchment run)."""
     t = Table()
-    for col in ("VP", "cc", "api address", "HTTPS", "www address", "TCP trace"):
+    for col in ("VP", "cc", "API (HTTPS)", "servers", "first server", "TCP trace to :443"):
         t.add_column(col)
     for i in insts:
         api = ctrl.do_dns(f"api.{zone}", server=server, qtype="A", inst=i, sync=True)
-        api_addr = next(iter(api.ans_addrs()), None) if api is not None else None
-        http = ctrl.do_http(str(api_addr), url=f"https://api.{zone}/", inst=i, sync=True) if api_addr else None
-        www = ctrl.do_dns(f"www.{zone}", server=server, qtype="A", inst=i, sync=True)
-        www_addr = next(iter(www.ans_addrs()), None) if www is not None else None
-        tr = ctrl.do_trace(str(www_addr), method="tcp", dport=443, inst=i, sync=True) if www_addr else None
-        hops = [h for h in (tr.hops() if tr is not None and callable(getattr(tr, "hops", None)) else [])]
-        t.add_row(i.name, str(i.cc or ""), str(api_addr or "—"),
-                  str(getattr(http, "status_code", getattr(http, "status", "—"))) if http else "—",
-                  str(www_addr or "—"),
+        api_addr = next(iter(api.ans_addrs()), None)
+        if api_addr is None:
+            t.add_row(i.name, str(i.cc or ""), f"no address ({api.rcode_str})", "", "", "")
+            continue
+        http = ctrl.do_http(str(api_addr), url=f"https://api.{zone}/api/servers", ca=ca_pem,
+                            inst=i, sync=True)
+        names: list[str] = []
+        if http.status_code == 200:
+            try:
+                names = [str(n) for n in http.json().get("servers", [])]
+            except ValueError:
+                pass
+        status = f"{http.status_code} in {_fmt_ms(_ms(getattr(http, 'hsrtt', None)))}" \
+            if http.status_code else f"{http.stop_reason}: {http.error}"
+        first = None
+        for name in names:
+            res = ctrl.do_dns(name, server=server, qtype="A", inst=i, sync=True)
+            addr = next(iter(res.ans_addrs()), None)
+            if addr is not None:
+                first = (name, addr)
+                break
+        hops = []
+        if first is not None:
+            tr = ctrl.do_trace(str(first[1]), method="tcp", dport=443, inst=i, sync=True)
+            hops = list(tr.hops())
+        t.add_row(i.name, str(i.cc or ""), status, ", ".join(names) or "—",
+                  f"{first[0]} = {first[1]}" if first else "—",
                   " → ".join(str(h.src) if h is not None else "*" for h in hops) or "—")
     con.print(t)
     return 0
