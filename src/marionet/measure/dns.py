@@ -53,12 +53,15 @@ from dns import reversename as _reversename
 
 from marionet.client.errors import ConnectionLost, EndpointError
 from marionet.client.packet import NotificationStream, PacketSession
+from marionet.measure.params import NS as _NS
+from marionet.measure.params import boolean as _bool
+from marionet.measure.params import integer as _int
+from marionet.measure.params import seconds as _seconds
 from marionet.results.dns import (DnsMX, DnsQuery, DnsResult, DnsRR, DnsSOA,
                                   DnsStop, header_flag_names)
 
 __all__ = ["dns", "plan_dns", "DnsPlan", "DnsExchange", "ParsedReply", "parse_reply"]
 
-_NS = 1_000_000_000
 _EDNS_PAYLOAD = 1232  # the 2020 DNS flag day's safe UDP size
 _TX_GRACE_S = 2.0     # how long after a reply its transmit stamp is awaited
 _MAX_ATTEMPTS = 20
@@ -102,32 +105,6 @@ class DnsPlan:
     @property
     def edns(self) -> bool:
         return self.nsid or self.ecs_option is not None
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _int(name: str, value: Any, lo: int, hi: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be within {lo} - {hi}, got {value}")
-    return value
-
-
-def _seconds(name: str, value: Any, lo: float, hi: float) -> int:
-    if isinstance(value, _dt.timedelta):
-        secs = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        secs = float(value)
-    else:
-        raise ValueError(f"{name} must be seconds (float) or a timedelta, got {value!r}")
-    if not lo <= secs <= hi:
-        raise ValueError(f"{name} must be within {lo:g} s - {hi:g} s, got {secs:g} s")
-    return int(round(secs * _NS))
 
 
 def _rdtype(value: Any) -> int:

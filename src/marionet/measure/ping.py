@@ -38,15 +38,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import ipaddress
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from marionet.client.errors import ConnectionLost, EndpointError
 from marionet.client.packet import PacketSession
 from marionet.measure import probes as P
+from marionet.measure.params import NS as _NS
+from marionet.measure.params import integer as _int
+from marionet.measure.params import method as check_method
+from marionet.measure.params import seconds as _seconds
+from marionet.measure.params import target as check_target
+from marionet.measure.rawio import ProbeSockets, close_sockets, open_probe_sockets, route_source
 from marionet.results import Ping, PingReply, PingStop
 
 __all__ = ["ping", "plan_ping", "PingPlan", "PingProbing", "SUPPORTED_METHODS"]
@@ -56,44 +61,17 @@ _KNOWN_METHODS = ("icmp-echo", "icmp-time", "udp", "udp-dport", "udp-sport", "tc
                   "tcp-syn-sport", "tcp-synack", "tcp-ack", "tcp-ack-sport", "tcp-rst")
 _DEFAULT_PAYLOAD = {"icmp-echo": 56, "udp": 12, "tcp-syn": 0}  # scamper's defaults
 _TRANSPORT_HDR = {"icmp-echo": 8, "udp": 8, "tcp-syn": 20}
+_PROBE_IPPROTO = {  # family -> method -> IP protocol of the probe socket
+    4: {"icmp-echo": P.IPPROTO_ICMP, "udp": P.IPPROTO_UDP, "tcp-syn": P.IPPROTO_TCP},
+    6: {"icmp-echo": P.IPPROTO_ICMPV6, "udp": P.IPPROTO_UDP, "tcp-syn": P.IPPROTO_TCP},
+}
 _MAX_PAYLOAD_GIVEN = 1000  # scamper's limit on an explicit payload
 _TX_GRACE_NS = 10_000_000_000  # how long past its wait a probe's transmit stamp is awaited
-_NS = 1_000_000_000
 
 
 # ---------------------------------------------------------------------------
 # Parameters
 # ---------------------------------------------------------------------------
-
-
-def _seconds(name: str, value: Any, lo: float, hi: float) -> int:
-    """Float seconds or timedelta → ns, within scamper's bounds."""
-    if isinstance(value, _dt.timedelta):
-        secs = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        secs = float(value)
-    else:
-        raise ValueError(f"{name} must be seconds (float) or a timedelta, got {value!r}")
-    if not lo <= secs <= hi:
-        raise ValueError(f"{name} must be within {lo:g} s - {hi:g} s, got {secs:g} s")
-    return int(round(secs * _NS))
-
-
-def _int(name: str, value: Any, lo: int, hi: int, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be within {lo} - {hi}, got {value}")
-    return value
-
-
-def _addr(name: str, value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(str(value) if value is not None else "")
-    except ValueError:
-        raise ValueError(f"{name} {value!r} is not an IPv4 or IPv6 address") from None
 
 
 @dataclass(frozen=True)
@@ -138,24 +116,8 @@ def plan_ping(dst: Any, *, method: str = "icmp-echo", attempts: int = 4, wait_pr
     ``size`` must equal headers + payload.
     """
     rng = rng or random.SystemRandom()
-    if not isinstance(method, str):
-        raise ValueError(f"method must be a string, got {method!r}")
-    method = method.lower()
-    if method not in SUPPORTED_METHODS:
-        if method in _KNOWN_METHODS:
-            raise ValueError(f"ping method {method!r} is not implemented yet "
-                             f"(supported: {', '.join(SUPPORTED_METHODS)})")
-        raise ValueError(f"unknown ping method {method!r} (supported: {', '.join(SUPPORTED_METHODS)})")
-    d = _addr("destination", dst)
-    if d.is_multicast or d.is_unspecified:
-        raise ValueError(f"destination {d} is a multicast or unspecified address")
-    family = d.version
-    s = None
-    if src is not None:
-        sa = _addr("source", src)
-        if sa.version != family:
-            raise ValueError(f"source {sa} is IPv{sa.version} but destination {d} is IPv{family}")
-        s = str(sa)
+    method = check_method("ping", method, SUPPORTED_METHODS, _KNOWN_METHODS)
+    d, family, s = check_target(dst, src)
     attempts = _int("attempts", attempts, 1, 65535)  # type: ignore[assignment]
     wp = _seconds("wait_probe", wait_probe, 0.001, 20)
     wt = _seconds("wait_timeout", wait_timeout, 0.001, 255)
@@ -216,7 +178,7 @@ def plan_ping(dst: Any, *, method: str = "icmp-echo", attempts: int = 4, wait_pr
         if tcp_seq is not None:
             raise ValueError(f"tcp_seq is for tcp methods, not {method}")
         tseq = 0
-    return PingPlan(dst=str(d), family=family, method=method, attempts=attempts, wait_probe_ns=wp,
+    return PingPlan(dst=d, family=family, method=method, attempts=attempts, wait_probe_ns=wp,
                     wait_timeout_ns=wt, stop_count=sc, ttl=ttl, tos=tos, size=size, payload=payload,
                     payload_given=payload_given, src=s, sport=sp, dport=dp,  # type: ignore[arg-type]
                     icmp_id=icmp_id, icmp_seq=icmp_seq, tcp_seq=tseq, userid=userid)
@@ -446,62 +408,6 @@ class PingProbing:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class _Sockets:
-    send: int = 0
-    capture: dict[int, str] = field(default_factory=dict)  # sock -> role
-    opened: list[int] = field(default_factory=list)
-
-
-async def _route_source(io: PacketSession, plan: PingPlan) -> str:
-    """The endpoint's source address toward ``dst``: a connected UDP
-    socket's local address is the kernel's route lookup."""
-    sid = await io.nopen("udp", family=plan.family, raddr=plan.dst, rport=plan.dport or 33435)
-    try:
-        laddr = io.sockets[sid].laddr
-    finally:
-        await io.nclose(sid)
-    if not laddr or ipaddress.ip_address(laddr).is_unspecified:
-        raise ValueError(f"the endpoint has no source address toward {plan.dst}")
-    return laddr
-
-
-async def _open(io: PacketSession, plan: PingPlan, run: PingProbing, stream: Any) -> _Sockets:
-    socks = _Sockets()
-    filters = run.filters()
-    if plan.family == 4:
-        proto = {"icmp-echo": P.IPPROTO_ICMP, "udp": P.IPPROTO_UDP, "tcp-syn": P.IPPROTO_TCP}[plan.method]
-        # Bound to our source address: the kernel then hands these raw
-        # sockets only packets addressed to us, instead of cloning every
-        # ICMP/TCP packet to every raw socket on the host (which makes
-        # thousands of concurrent pings quadratic).
-        socks.send = await io.nopen("raw", family=4, ipproto=proto, hdrincl=True, laddr=run.src,
-                                    stream=stream)
-        socks.opened.append(socks.send)
-        socks.capture[socks.send] = "probe"
-        if "icmp" in filters:
-            c = await io.nopen("raw", family=4, ipproto=P.IPPROTO_ICMP, laddr=run.src, stream=stream)
-            socks.opened.append(c)
-            socks.capture[c] = "icmp"
-    else:
-        proto = {"icmp-echo": P.IPPROTO_ICMPV6, "udp": P.IPPROTO_UDP, "tcp-syn": P.IPPROTO_TCP}[plan.method]
-        socks.send = await io.nopen("raw", family=6, ipproto=proto, laddr=run.src, stream=stream,
-                                    ttl=plan.ttl, tos=plan.tos)
-        socks.opened.append(socks.send)
-        socks.capture[socks.send] = "probe"
-    for sid, role in socks.capture.items():
-        await io.ncap(sid, filters[role])
-    return socks
-
-
-async def _close(io: PacketSession, socks: _Sockets) -> None:
-    for sid in socks.opened:
-        try:
-            await io.nclose(sid)
-        except (EndpointError, ConnectionLost):
-            pass
-
-
 def _now() -> int:
     return time.time_ns()
 
@@ -523,20 +429,22 @@ async def ping(io: PacketSession, dst: Any, *, method: str = "icmp-echo", attemp
                      wait_timeout=wait_timeout, stop_count=stop_count, ttl=ttl, tos=tos, size=size,
                      payload=payload, src=src, sport=sport, dport=dport, icmp_id=icmp_id,
                      icmp_seq=icmp_seq, tcp_seq=tcp_seq, userid=userid)
-    source = plan.src or await _route_source(io, plan)
+    source = plan.src or await route_source(io, plan.family, plan.dst, plan.dport or 33435)
     run = PingProbing(plan, source)
-    socks = _Sockets()
+    socks = ProbeSockets()
+    proto = _PROBE_IPPROTO[plan.family][plan.method]
     # Our own notification stream: other measurements on this session
     # neither see our packets nor lose theirs to us.
     with io.stream() as stream:
         try:
-            socks = await _open(io, plan, run, stream)
+            await open_probe_sockets(io, socks, family=plan.family, proto=proto, src=run.src,
+                                     filters=run.filters(), stream=stream, ttl=plan.ttl, tos=plan.tos)
             return await _drive(io, plan, run, socks, halt, stream)
         finally:
-            await _close(io, socks)
+            await close_sockets(io, socks)
 
 
-async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: _Sockets,
+async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: ProbeSockets,
                  halt: asyncio.Event | None, stream: Any) -> Ping:
     off = await io.clock_offset(samples=3)
     offset, ctl_rtt = off.offset_ns, off.rtt_ns

@@ -48,13 +48,18 @@ import ipaddress
 import random
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from marionet.client.errors import ConnectionLost, EndpointError
 from marionet.client.packet import PacketSession
 from marionet.measure import probes as P
-from marionet.measure.ping import _addr, _int, _seconds
+from marionet.measure.params import boolean as _bool
+from marionet.measure.params import integer as _int
+from marionet.measure.params import method as check_method
+from marionet.measure.params import seconds as _seconds
+from marionet.measure.params import target as check_target
+from marionet.measure.rawio import ProbeSockets, close_sockets, open_probe_sockets, route_source
 from marionet.results import IcmpExt, MplsLabel, Trace, TraceHop, TraceStop
 
 __all__ = ["trace", "plan_trace", "TracePlan", "TraceProbing", "SUPPORTED_METHODS",
@@ -123,12 +128,6 @@ class TracePlan:
         return self.method in ("icmp", "icmp-paris")
 
 
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
 def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_attempts: bool = False,
                firsthop: int = 1, hoplimit: int = 0, gaplimit: int = 5, loops: int = 1,
                wait_timeout: Any = 5.0, wait_probe: Any = 0.0, sport: int | None = None,
@@ -145,24 +144,8 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
     payload needs at least two bytes.
     """
     rng = rng or random.SystemRandom()
-    if not isinstance(method, str):
-        raise ValueError(f"method must be a string, got {method!r}")
-    method = _ALIASES.get(method.lower(), method.lower())
-    if method not in SUPPORTED_METHODS:
-        if method in _NOT_YET:
-            raise ValueError(f"trace method {method!r} is not implemented yet "
-                             f"(supported: {', '.join(SUPPORTED_METHODS)})")
-        raise ValueError(f"unknown trace method {method!r} (supported: {', '.join(SUPPORTED_METHODS)})")
-    d = _addr("destination", dst)
-    if d.is_multicast or d.is_unspecified:
-        raise ValueError(f"destination {d} is a multicast or unspecified address")
-    family = d.version
-    s = None
-    if src is not None:
-        sa = _addr("source", src)
-        if sa.version != family:
-            raise ValueError(f"source {sa} is IPv{sa.version} but destination {d} is IPv{family}")
-        s = str(sa)
+    method = check_method("trace", method, SUPPORTED_METHODS, _NOT_YET, _ALIASES)
+    d, family, s = check_target(dst, src)
     attempts = _int("attempts", attempts, 1, 20)  # type: ignore[assignment]
     all_attempts = _bool("all_attempts", all_attempts)
     firsthop = _int("firsthop", firsthop, 1, 255)  # type: ignore[assignment]
@@ -234,7 +217,7 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
         if icmp_sum is not None:
             raise ValueError(f"icmp_sum is for icmp-paris, not {method}")
         isum = 0
-    return TracePlan(dst=str(d), family=family, method=method, attempts=attempts, all_attempts=all_attempts,
+    return TracePlan(dst=d, family=family, method=method, attempts=attempts, all_attempts=all_attempts,
                      firsthop=firsthop, hoplimit=hoplimit, gaplimit=gaplimit, loops=loops,
                      wait_timeout_ns=wt, wait_probe_ns=wp, sport=sp, dport=dp,  # type: ignore[arg-type]
                      icmp_id=icmp_id, icmp_sum=isum, tos=tos, size=size, payload=payload,  # type: ignore[arg-type]
@@ -670,57 +653,6 @@ class TraceProbing:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class _Sockets:
-    send: int = 0
-    capture: dict[int, str] = field(default_factory=dict)  # sock -> role
-    opened: list[int] = field(default_factory=list)
-
-
-async def _route_source(io: PacketSession, plan: TracePlan) -> str:
-    """The endpoint's source address toward ``dst`` (a connected UDP
-    socket's local address is the kernel's route lookup)."""
-    sid = await io.nopen("udp", family=plan.family, raddr=plan.dst, rport=plan.dport or 33435)
-    try:
-        laddr = io.sockets[sid].laddr
-    finally:
-        await io.nclose(sid)
-    if not laddr or ipaddress.ip_address(laddr).is_unspecified:
-        raise ValueError(f"the endpoint has no source address toward {plan.dst}")
-    return laddr
-
-
-async def _open(io: PacketSession, plan: TracePlan, run: TraceProbing, stream: Any,
-                socks: _Sockets) -> None:
-    """Raw sockets bound to the source (no kernel fan-out of every ICMP
-    packet to every raw socket on the host), capture filters first."""
-    filters = run.filters()
-    if plan.family == 4:
-        socks.send = await io.nopen("raw", family=4, ipproto=plan.proto, hdrincl=True, laddr=run.src,
-                                    stream=stream)
-        socks.opened.append(socks.send)
-        socks.capture[socks.send] = "probe"
-        if "icmp" in filters:
-            c = await io.nopen("raw", family=4, ipproto=P.IPPROTO_ICMP, laddr=run.src, stream=stream)
-            socks.opened.append(c)
-            socks.capture[c] = "icmp"
-    else:
-        socks.send = await io.nopen("raw", family=6, ipproto=plan.proto, laddr=run.src, stream=stream,
-                                    tos=plan.tos)
-        socks.opened.append(socks.send)
-        socks.capture[socks.send] = "probe"
-    for sid, role in socks.capture.items():
-        await io.ncap(sid, filters[role])
-
-
-async def _close(io: PacketSession, socks: _Sockets) -> None:
-    for sid in socks.opened:
-        try:
-            await io.nclose(sid)
-        except (EndpointError, ConnectionLost):
-            pass
-
-
 def _now() -> int:
     return time.time_ns()
 
@@ -742,15 +674,16 @@ async def trace(io: PacketSession, dst: Any, *, method: str = "udp-paris", attem
                       hoplimit=hoplimit, gaplimit=gaplimit, loops=loops, wait_timeout=wait_timeout,
                       wait_probe=wait_probe, sport=sport, dport=dport, icmp_id=icmp_id, icmp_sum=icmp_sum,
                       size=size, payload=payload, src=src, tos=tos, userid=userid)
-    source = plan.src or await _route_source(io, plan)
+    source = plan.src or await route_source(io, plan.family, plan.dst, plan.dport or 33435)
     run = TraceProbing(plan, source)
-    socks = _Sockets()
+    socks = ProbeSockets()
     with io.stream() as stream:
         try:
-            await _open(io, plan, run, stream, socks)
+            await open_probe_sockets(io, socks, family=plan.family, proto=plan.proto, src=run.src,
+                                     filters=run.filters(), stream=stream, tos=plan.tos)
             return await _drive(io, plan, run, socks, halt, stream)
         finally:
-            await _close(io, socks)
+            await close_sockets(io, socks)
 
 
 async def _next_note(stream: Any, timeout: float, halt: asyncio.Event | None,
@@ -772,7 +705,7 @@ async def _next_note(stream: Any, timeout: float, halt: asyncio.Event | None,
     return nt.result()
 
 
-async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: _Sockets,
+async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: ProbeSockets,
                  halt: asyncio.Event | None, stream: Any) -> Trace:
     off = await io.clock_offset(samples=3)
     offset, ctl_rtt = off.offset_ns, off.rtt_ns

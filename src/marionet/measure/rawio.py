@@ -1,0 +1,75 @@
+"""Packet-interface plumbing shared by the raw-socket primitives (ping, trace)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from marionet.client.errors import ConnectionLost, EndpointError
+from marionet.client.packet import PacketSession
+from marionet.measure import probes as P
+
+
+@dataclass
+class ProbeSockets:
+    """The sockets one measurement opened: ``send`` probes, ``capture``
+    maps socket → filter role ("probe" or "icmp")."""
+
+    send: int = 0
+    capture: dict[int, str] = field(default_factory=dict)
+    opened: list[int] = field(default_factory=list)
+
+
+async def route_source(io: PacketSession, family: int, dst: str, port: int) -> str:
+    """The endpoint's source address toward ``dst``: a connected UDP
+    socket's local address is the kernel's route lookup."""
+    sid = await io.nopen("udp", family=family, raddr=dst, rport=port)
+    try:
+        laddr = io.sockets[sid].laddr
+    finally:
+        await io.nclose(sid)
+    if not laddr or ipaddress.ip_address(laddr).is_unspecified:
+        raise ValueError(f"the endpoint has no source address toward {dst}")
+    return laddr
+
+
+async def open_probe_sockets(io: PacketSession, socks: ProbeSockets, *, family: int, proto: int,
+                             src: str, filters: dict[str, str], stream: Any,
+                             ttl: int | None = None, tos: int | None = None) -> None:
+    """Raw sockets for probes of IP protocol ``proto``, capture filters set.
+
+    IPv4 probes carry our own header (``hdrincl``: the probe's IP-ID is
+    known), and ICMP errors are captured on a second raw ICMP socket when
+    ``filters`` has an "icmp" role. IPv6 captures on the probe socket (the
+    endpoint captures full IPv6 packets there). Every socket is bound to
+    ``src``: the kernel then hands it only packets addressed to us, instead
+    of cloning every packet of that protocol to every raw socket on the
+    host (which makes thousands of concurrent measurements quadratic).
+    ``socks`` is filled as sockets open, so a failure part-way still closes
+    what was opened.
+    """
+    if family == 4:
+        socks.send = await io.nopen("raw", family=4, ipproto=proto, hdrincl=True, laddr=src, stream=stream)
+        socks.opened.append(socks.send)
+        socks.capture[socks.send] = "probe"
+        if "icmp" in filters:
+            c = await io.nopen("raw", family=4, ipproto=P.IPPROTO_ICMP, laddr=src, stream=stream)
+            socks.opened.append(c)
+            socks.capture[c] = "icmp"
+    else:
+        socks.send = await io.nopen("raw", family=6, ipproto=proto, laddr=src, stream=stream,
+                                    ttl=ttl, tos=tos)
+        socks.opened.append(socks.send)
+        socks.capture[socks.send] = "probe"
+    for sid, role in socks.capture.items():
+        await io.ncap(sid, filters[role])
+
+
+async def close_sockets(io: PacketSession, socks: ProbeSockets) -> None:
+    """Close what was opened; a session already gone has closed them."""
+    for sid in socks.opened:
+        try:
+            await io.nclose(sid)
+        except (EndpointError, ConnectionLost):
+            pass
