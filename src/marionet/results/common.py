@@ -262,3 +262,30 @@ def ns_to_ms_str(ns: int) -> str:
     sign = "-" if us < 0 else ""
     us = abs(us)
     return f"{sign}{us // 1000}.{us % 1000:03d}"
+
+
+def coerce_stop(enum_cls: type, value: Any) -> Any:
+    """A stop reason: known reasons become ``enum_cls``; unknown strings are
+    kept verbatim, so a newer writer's reason survives a read instead of
+    failing it. None stays None."""
+    if value is None or isinstance(value, enum_cls):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"stop_reason must be a string, got {value!r}")
+    try:
+        return enum_cls(value.lower())
+    except ValueError:
+        return value
+
+
+def complete_times(obj: Any, what: str) -> None:
+    """Fill a reply's ``rtt_ns`` / ``rx_ns`` from the others (tx + rtt = rx),
+    checking they are integers; a reply needs rtt, or both tx and rx."""
+    for name in ("tx_ns", "rx_ns", "rtt_ns"):
+        check_int(name, getattr(obj, name), optional=True)
+    if obj.rtt_ns is None:
+        if obj.tx_ns is None or obj.rx_ns is None:
+            raise ValueError(f"{what} needs rtt_ns, or both tx_ns and rx_ns")
+        obj.rtt_ns = obj.rx_ns - obj.tx_ns
+    if obj.rx_ns is None and obj.tx_ns is not None:
+        obj.rx_ns = obj.tx_ns + obj.rtt_ns

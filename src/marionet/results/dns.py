@@ -30,7 +30,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .common import (Addr, NS_PER_US, check_int, ns_to_datetime,
+from .common import (Addr, coerce_stop, NS_PER_US, check_int, ns_to_datetime,
                      ns_to_timedelta, ns_to_timeval, to_addr)
 from .jsonfmt import EXT_KEY, _exact, _Fields, _source, register
 
@@ -90,20 +90,8 @@ class DnsStop(str, enum.Enum):
         return self.value
 
 
-def _stop(value: "DnsStop | str | None") -> "DnsStop | str | None":
-    if value is None or isinstance(value, DnsStop):
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"stop_reason must be a string, got {value!r}")
-    try:
-        return DnsStop(value.lower())
-    except ValueError:
-        return value  # a newer writer's reason survives a read
-
-
-# ---------------------------------------------------------------------------
-# Records
-# ---------------------------------------------------------------------------
+def _stop(value: Any) -> Any:
+    return coerce_stop(DnsStop, value)
 
 
 @dataclass(frozen=True, slots=True)

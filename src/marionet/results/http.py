@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from .common import (Addr, check_int, ns_to_datetime, ns_to_timedelta,
+from .common import (Addr, coerce_stop, check_int, ns_to_datetime, ns_to_timedelta,
                      ns_to_timeval, seconds_to_ns, timeval_to_ns, to_addr)
 from .errors import FormatError
 from .jsonfmt import EXT_KEY, _ms, register
@@ -73,15 +73,8 @@ class HttpStop(str, enum.Enum):
         return self.value
 
 
-def _stop(value: "HttpStop | str") -> "HttpStop | str":
-    if isinstance(value, HttpStop):
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"stop_reason must be a string, got {value!r}")
-    try:
-        return HttpStop(value.lower())
-    except ValueError:
-        return value  # a newer writer's reason survives a read
+def _stop(value: Any) -> Any:
+    return coerce_stop(HttpStop, value)
 
 
 class HttpHeaders(Mapping[str, str]):

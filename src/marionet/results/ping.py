@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .common import (Addr, check_int, ns_to_datetime,
+from .common import (Addr, coerce_stop, complete_times, check_int, ns_to_datetime,
                      ns_to_timedelta, seconds_to_ns, to_addr)
 
 __all__ = ["Ping", "PingReply", "PingStop", "PING_METHODS"]
@@ -50,17 +50,8 @@ class PingStop(str, enum.Enum):
         return self.value
 
 
-def _stop(value: "PingStop | str | None") -> "PingStop | str | None":
-    """Known reasons become the enum; unknown strings are kept verbatim so a
-    newer writer's reason survives a read instead of failing it."""
-    if value is None or isinstance(value, PingStop):
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"stop_reason must be a string, got {value!r}")
-    try:
-        return PingStop(value.lower())
-    except ValueError:
-        return value
+def _stop(value: Any) -> Any:
+    return coerce_stop(PingStop, value)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -101,14 +92,7 @@ class PingReply:
             raise ValueError("PingReply.src is required")
         self.src = src
         check_int("attempt", self.attempt, minimum=0)
-        for name in ("tx_ns", "rx_ns", "rtt_ns"):
-            check_int(name, getattr(self, name), optional=True)
-        if self.rtt_ns is None:
-            if self.tx_ns is None or self.rx_ns is None:
-                raise ValueError("PingReply needs rtt_ns, or both tx_ns and rx_ns")
-            self.rtt_ns = self.rx_ns - self.tx_ns
-        if self.rx_ns is None and self.tx_ns is not None:
-            self.rx_ns = self.tx_ns + self.rtt_ns
+        complete_times(self, "PingReply")
         for name in ("probe_ipid", "reply_ipid", "reply_ttl", "reply_tos",
                      "reply_size", "icmp_type", "icmp_code", "tcp_flags"):
             check_int(name, getattr(self, name), optional=True, minimum=0)

@@ -14,7 +14,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .common import (Addr, check_int, ns_to_datetime, ns_to_timedelta,
+from .common import (Addr, coerce_stop, complete_times, check_int, ns_to_datetime, ns_to_timedelta,
                      seconds_to_ns, to_addr)
 
 __all__ = ["Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel",
@@ -42,15 +42,8 @@ class TraceStop(str, enum.Enum):
         return self.value
 
 
-def _stop(value: "TraceStop | str | None") -> "TraceStop | str | None":
-    if value is None or isinstance(value, TraceStop):
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"stop_reason must be a string, got {value!r}")
-    try:
-        return TraceStop(value.lower())
-    except ValueError:
-        return value  # a newer writer's reason: keep it rather than fail
+def _stop(value: Any) -> Any:
+    return coerce_stop(TraceStop, value)
 
 
 @dataclass(slots=True, frozen=True)
@@ -117,14 +110,7 @@ class TraceHop:
         self.src = src
         check_int("probe_ttl", self.probe_ttl, minimum=0)
         check_int("probe_id", self.probe_id, minimum=0)
-        for name in ("tx_ns", "rx_ns", "rtt_ns"):
-            check_int(name, getattr(self, name), optional=True)
-        if self.rtt_ns is None:
-            if self.tx_ns is None or self.rx_ns is None:
-                raise ValueError("TraceHop needs rtt_ns, or both tx_ns and rx_ns")
-            self.rtt_ns = self.rx_ns - self.tx_ns
-        if self.rx_ns is None and self.tx_ns is not None:
-            self.rx_ns = self.tx_ns + self.rtt_ns
+        complete_times(self, "TraceHop")
         for name in ("probe_size", "reply_ttl", "reply_tos", "reply_ipid",
                      "reply_size", "icmp_type", "icmp_code", "icmp_q_ttl",
                      "icmp_q_ipl", "icmp_q_tos", "icmp_nhmtu", "tcp_flags"):
