@@ -493,22 +493,26 @@ class TcpSocket(EpSocket):
             item: m.SendItem = arg
             if not item.data:
                 continue
+            key = ts.tcp_key_after(self._bytes, len(item.data))
+            stamped = item.tag is not None and self._stamps
+            if stamped:
+                # Registered before the write: the kernel's stamp can reach
+                # the error queue (and our reader) before sock_sendall returns.
+                self._tags[key] = PendingTag(item.tag, len(item.data), item.at, time.time_ns())
             try:
                 await self.loop.sock_sendall(self.sock, item.data)
             except OSError as exc:
+                if stamped:
+                    self._tags.pop(key, None)
                 if item.tag is not None:
                     self.notify(m.NTag(sock=self.sid, tag=item.tag, time_ns=None, ts_source=None,
                                        error=errno_text(exc.errno or 0), at=item.at))
                 self.state("error", errno_text(exc.errno or 0))
                 continue
-            key = ts.tcp_key_after(self._bytes, len(item.data))
             self._bytes += len(item.data)
-            if item.tag is not None:
-                if self._stamps:
-                    self._tags[key] = PendingTag(item.tag, len(item.data), item.at, time.time_ns())
-                else:
-                    self.notify(m.NTag(sock=self.sid, tag=item.tag, time_ns=time.time_ns(),
-                                       ts_source="user", nbytes=len(item.data), at=item.at))
+            if item.tag is not None and not self._stamps:
+                self.notify(m.NTag(sock=self.sid, tag=item.tag, time_ns=time.time_ns(),
+                                   ts_source="user", nbytes=len(item.data), at=item.at))
 
     def _on_readable(self) -> None:
         if self.closed:
