@@ -67,6 +67,7 @@ class Endpoint:
         self.sessions: set[Session] = set()
         self.primitives: Any = __import__("marionet.endpoint.primitives", fromlist=["PrimitiveRunner"]).PrimitiveRunner(self)
         self.engine: Any = None
+        self._stamp_anchor: socket.socket | None = None
         self._caps: dict[str, bool] | None = None
         self.servers: list[asyncio.base_events.Server] = []
         self.audit_log: list[str] = []
@@ -76,6 +77,23 @@ class Endpoint:
         loop = asyncio.get_running_loop()
         if self.engine is not None:
             return
+        # The kernel turns receive timestamping on lazily (a static key
+        # flipped from a workqueue) when the first socket asks, so packets
+        # in the first moments after that are not stamped. One socket that
+        # asks for stamps for the endpoint's whole life keeps it on, so the
+        # first measurement on a fresh endpoint gets kernel times too.
+        from marionet.endpoint.timestamps import enable_rx_timestamps, recv_stamped
+
+        anchor = self._stamp_anchor = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        enable_rx_timestamps(anchor)
+        anchor.bind(("127.0.0.1", 0))
+        anchor.setblocking(False)
+        for _ in range(100):  # until a packet to ourselves comes back kernel-stamped
+            anchor.sendto(b"t", anchor.getsockname())
+            await asyncio.sleep(0.002)
+            got = recv_stamped(anchor)
+            if got is not None and got.ts_source == "kernel":
+                break
         if self.config.engine == "process":
             try:
                 from marionet.endpoint.procengine import ProcessEngine
@@ -95,6 +113,8 @@ class Endpoint:
             s.close()
         if self.engine is not None:
             self.engine.close()
+        if self._stamp_anchor is not None:
+            self._stamp_anchor.close()
         for srv in self.servers:
             try:
                 await asyncio.wait_for(srv.wait_closed(), 2)
