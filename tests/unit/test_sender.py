@@ -154,6 +154,45 @@ def test_stale_icmp_error_does_not_fail_next_send(sender):
     assert any(isinstance(i, IcmpError) for i in read_errqueue(tx))
 
 
+def test_sendmsg_past_stale_errors_back_to_back():
+    """Each send to a closed port leaves a pending error that plain sendmsg
+    would return on the next call; the helper sends every packet."""
+    from marionet.endpoint.sender import sendmsg_past_stale_errors
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    closed = probe.getsockname()
+    probe.close()
+    plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    enable_recverr(plain)
+    plain.sendto(b"a", closed)
+    with pytest.raises(ConnectionRefusedError):  # the stale error, what the helper steps over
+        plain.sendto(b"b", closed)
+    plain.close()
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    enable_recverr(tx)
+    assert [sendmsg_past_stale_errors(tx, b"x%d" % i, [], closed) for i in range(10)] == [2] * 10
+    icmp = [i for i in read_errqueue(tx) if isinstance(i, IcmpError)]
+    assert len(icmp) == 10
+    tx.close()
+
+
+def test_sendmsg_past_stale_errors_gives_up_on_a_persistent_error():
+    from marionet.endpoint.sender import STALE_ERROR_RETRIES, sendmsg_past_stale_errors
+
+    calls = []
+
+    class Unreachable:
+        def sendmsg(self, *args):
+            calls.append(args)
+            raise OSError(errno.EHOSTUNREACH, "No route to host")
+
+    with pytest.raises(OSError) as exc:
+        sendmsg_past_stale_errors(Unreachable(), b"x", [], ("192.0.2.1", 9))  # type: ignore[arg-type]
+    assert exc.value.errno == errno.EHOSTUNREACH
+    assert len(calls) == STALE_ERROR_RETRIES + 1
+
+
 def test_remove_socket_cancels_queued_jobs(sender):
     rx, tx = _udp()
     sid = sender.add_socket(tx)

@@ -18,6 +18,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from marionet.endpoint.sender import sendmsg_past_stale_errors
+
 if TYPE_CHECKING:
     from marionet.endpoint.sockets import DatagramJob, DatagramSocket
 
@@ -31,8 +33,7 @@ def send_job_now(job: "DatagramJob") -> tuple[int, int, int]:
         esock.apply_df(job.df)
         cmsgs = esock.cmsgs(job)
         now = time.time_ns()
-        n = esock.sock.sendmsg([job.data], cmsgs, 0, job.addr) if job.addr else \
-            esock.sock.sendmsg([job.data], cmsgs)
+        n = sendmsg_past_stale_errors(esock.sock, job.data, cmsgs, job.addr or None)
         return n, 0, now
     except BlockingIOError:
         return 0, errno.EAGAIN, time.time_ns()

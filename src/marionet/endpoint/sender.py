@@ -32,7 +32,8 @@ refuses them).
 
 A pending asynchronous socket error (an ICMP error for an *earlier* packet,
 with IP_RECVERR) makes the kernel fail the next ``sendmsg`` once without
-sending; the sender retries once on those errnos so one probe's error does not
+sending; both engines step over those errnos
+(:func:`sendmsg_past_stale_errors`) so one probe's error does not
 cost the next probe.  The child exits when the parent dies
 (PR_SET_PDEATHSIG, bound to the thread that called :meth:`Sender.start` —
 call it from the main thread) or when the channel reaches EOF.
@@ -625,7 +626,6 @@ def _send_one(entry: _Sock, job: SendJob) -> SendResult:
     sock = entry.sock
     cmsgs = _cmsgs(entry.family, job) if (job.ttl is not None or job.tos is not None or job.ts_key is not None) else []
     addr = tuple(job.addr) if job.addr is not None else None
-    retries = 0  # a send failing on a stale async error transmitted nothing
     if job.df is not None:
         try:
             _apply_df(entry, job.df)
@@ -636,10 +636,7 @@ def _send_one(entry: _Sock, job: SendJob) -> SendResult:
     while True:
         t = time.time_ns()
         try:
-            if addr is None:
-                n = sock.sendmsg((job.data,), cmsgs)
-            else:
-                n = sock.sendmsg((job.data,), cmsgs, 0, addr)
+            n = sendmsg_past_stale_errors(sock, job.data, cmsgs, addr)
             return SendResult(job.sock_id, job.job_id, n, 0, t)
         except (BlockingIOError, InterruptedError) as exc:
             err = exc.errno or errno.EAGAIN
@@ -652,12 +649,37 @@ def _send_one(entry: _Sock, job: SendJob) -> SendResult:
                 return SendResult(job.sock_id, job.job_id, 0, err, t)
             select.select([], [sock], [], deadline - now)
         except OSError as exc:
-            if exc.errno in so.ASYNC_SOCK_ERRNOS and retries < 8:
-                retries += 1
-                continue
             return SendResult(job.sock_id, job.job_id, 0, exc.errno or errno.EIO, t)
         except (TypeError, ValueError, OverflowError):
             return SendResult(job.sock_id, job.job_id, 0, errno.EINVAL, t)
+
+
+#: How often one send steps over a stale error before reporting it.
+STALE_ERROR_RETRIES = 8
+
+
+def sendmsg_past_stale_errors(sock: socket.socket, data: bytes, cmsgs: list, addr: Optional[Addr]) -> int:
+    """``sendmsg`` that steps over an error an *earlier* probe's ICMP left behind.
+
+    Why: with IP_RECVERR an ICMP error (time exceeded, port unreachable)
+    also sets the socket's pending error, and the next ``sendmsg`` fails
+    with it, transmitting nothing.  On a veth path a TTL-limited probe's
+    answer is back before ``sendmsg`` returns, so a burst of probes would
+    lose every second one.  The error's details are in the error queue
+    anyway; retrying sends the packet.  A persistent error (no route) is
+    raised after ``STALE_ERROR_RETRIES`` attempts.
+    """
+    for attempt in range(STALE_ERROR_RETRIES + 1):
+        try:
+            if addr is None:
+                return sock.sendmsg((data,), cmsgs)
+            return sock.sendmsg((data,), cmsgs, 0, addr)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            if exc.errno not in so.ASYNC_SOCK_ERRNOS or attempt == STALE_ERROR_RETRIES:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _child_setup(parent_pid: int, realtime: bool, cpu: int) -> bool:
