@@ -96,6 +96,48 @@ class NativeUdp:
                     rx = it.time_ns
         return None if tx is None or rx is None else (rx - tx) / 1000
 
+    def burst(self, target: str, hops: int = 4) -> dict[int, tuple[float, float]]:
+        """TTL 1..hops back to back, as traceroute sends; for each answered hop
+        (user time before sendmsg → kernel RX, kernel TX → kernel RX) in µs.
+
+        The first is how Butskoy times a probe, the second the same packet
+        with both stamps in the kernel: their gap is what user-space send
+        times add on this machine, the only part a better tool can remove."""
+        import select
+        import socket
+
+        from marionet.endpoint.sockopt import ASYNC_SOCK_ERRNOS
+
+        ts = self.ts
+        user: dict[int, int] = {}
+        for ttl in range(1, hops + 1):
+            self.key += 1
+            cm = [ts.ts_opt_id_cmsg(self.key), (socket.IPPROTO_IP, socket.IP_TTL, ttl.to_bytes(4, "little"))]
+            dst = (target, 33434 + 6000 + self.key % 1000)
+            while True:  # the previous hop's answer left a pending error: that attempt sent nothing
+                user[self.key] = time.time_ns()
+                try:
+                    self.sock.sendmsg([b"native%08d" % self.key], cm, 0, dst)
+                    break
+                except OSError as exc:
+                    if exc.errno not in ASYNC_SOCK_ERRNOS:
+                        raise
+        first = self.key - hops + 1
+        tx: dict[int, int] = {}
+        rx: dict[int, int] = {}
+        deadline = time.monotonic() + 1.0
+        while (len(tx) < hops or len(rx) < hops) and time.monotonic() < deadline:
+            select.select([self.sock], [], [], 0.05)
+            for it in ts.read_errqueue(self.sock):
+                if isinstance(it, ts.TxStamp) and it.key in user:
+                    tx[it.key] = it.time_ns
+                elif isinstance(it, ts.IcmpError) and it.ts_source == "kernel" and it.payload.startswith(b"native"):
+                    k = int(it.payload[6:14])
+                    if k in user:
+                        rx[k] = it.time_ns
+        return {k - first + 1: ((rx[k] - user[k]) / 1000, (rx[k] - tx[k]) / 1000)
+                for k in user if k in rx and k in tx}
+
 
 async def inner(args: argparse.Namespace) -> dict:
     from marionet import aio
@@ -103,7 +145,8 @@ async def inner(args: argparse.Namespace) -> dict:
 
     out: dict[str, list[float]] = {"butskoy_h3": [], "butskoy_h4": [], "udp_h3": [], "udp_h4": [],
                                    "icmp_echo": [], "native_h4": [],
-                                   "burst_h3": [], "burst_h4": []}
+                                   "burst_h3": [], "burst_h4": [],
+                                   "native_burst_user_h4": [], "native_burst_kernel_h4": []}
     sources: dict[str, int] = {}
     lost = 0
     native = NativeUdp()
@@ -190,8 +233,12 @@ async def inner(args: argparse.Namespace) -> dict:
                 e = await probe(echo_send, echo_want)
                 nat = native.probe(args.target, 4)
                 bu = await burst()
+                nb = native.burst(args.target)
                 if i < 5:
                     continue
+                if 4 in nb:
+                    out["native_burst_user_h4"].append(nb[4][0])
+                    out["native_burst_kernel_h4"].append(nb[4][1])
                 if 3 in b:
                     out["butskoy_h3"].append(b[3])
                 if 4 in b:
@@ -236,7 +283,12 @@ def outer(args: argparse.Namespace) -> int:
     print(fmt_us(rtt["burst_h4"], "packet interface UDP ttl 1-4 burst, hop 4", 40))
     print(fmt_us(rtt["icmp_echo"], "packet interface raw ICMP echo+ncap", 40))
     print(fmt_us(rtt["native_h4"], "native Python UDP ttl=4, kernel stamps", 40))
+    print(fmt_us(rtt["native_burst_user_h4"], "native burst hop 4, user TX → kernel RX", 40))
+    print(fmt_us(rtt["native_burst_kernel_h4"], "native burst hop 4, kernel TX → kernel RX", 40))
     print(f"timestamp sources {res['sources']}, probes without an answer {res['lost']}")
+    nu, nk = summary(rtt["native_burst_user_h4"])["median"], summary(rtt["native_burst_kernel_h4"])["median"]
+    print(f"what user-space send times add here: {nu - nk:.1f} µs of {nu:.1f} µs; a perfect tool (kernel "
+          f"stamps on both ends of the same packet) reaches {nk / nu:.2f} of a user-space-stamped one")
     print()
     b3, b4 = summary(rtt["butskoy_h3"])["median"], summary(rtt["butskoy_h4"])["median"]
     for label, key, ref in (("UDP hop 3 / Butskoy hop 3", "udp_h3", b3),

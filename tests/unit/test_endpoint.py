@@ -505,3 +505,114 @@ async def test_tcp_nodelay_option(endpoint, session):
     assert opt(c) and not opt(plain)
     with pytest.raises(EndpointError):
         await session.nopen("udp", nodelay=True)
+
+
+# ---- sockets stay unwatched while the sender process sends (DatagramSocket._go_quiet)
+
+
+def _esock(endpoint, sid):
+    (sess,) = endpoint.sessions
+    return sess.sockets[sid]
+
+
+async def _collect(session, want, timeout=5.0):
+    got = []
+    deadline = time.monotonic() + timeout
+    while not want(got) and time.monotonic() < deadline:
+        n = await session.next_notification(timeout=max(0.0, deadline - time.monotonic()))
+        if n is None:
+            break
+        got.append(n)
+    return got
+
+
+async def test_quiet_socket_delivers_what_arrived_while_sending(endpoint, session):
+    """Tagged sends to the socket's own address: every datagram arrives while
+    the sender is still sending (loopback delivers inside sendmsg) and the
+    socket is unwatched; all of them are read afterwards, with kernel stamps,
+    and every ntag carries its byte count."""
+    assert (await session.info()).capabilities["sender_process"]
+    u = await session.nopen("udp", laddr="127.0.0.1")
+    port = _esock(endpoint, u).sock.getsockname()[1]
+    n = 300
+    await session.nsendv([m.SendItem(sock=u, data=b"q%05d" % i, dst="127.0.0.1", port=port, tag=i)
+                          for i in range(n)])
+    got = await _collect(session, lambda g: sum(x.kind in ("ntag", "ndata") for x in g) >= 2 * n)
+    tags = {x.tag: x for x in got if x.kind == "ntag"}
+    data = [x for x in got if x.kind == "ndata"]
+    assert sorted(tags) == list(range(n))
+    assert all(t.error is None and t.nbytes == 6 and t.ts_source == "kernel" for t in tags.values())
+    assert sorted(d.data for d in data) == [b"q%05d" % i for i in range(n)]
+    assert all(d.ts_source == "kernel" for d in data)
+    for d in data:
+        assert d.time_ns >= tags[int(d.data[1:])].time_ns
+    es = _esock(endpoint, u)
+    assert not es._quiet and es._queued == 0
+
+
+async def test_quiet_window_is_bounded_when_sends_do_not_complete(endpoint, session):
+    """The sender process stopped mid-way: the socket must not stay unwatched
+    (QUIET_MAX_S); data sent to it meanwhile is delivered, and the send goes
+    out once the sender runs again."""
+    import os
+    import signal
+
+    u = await session.nopen("udp", laddr="127.0.0.1")
+    es = _esock(endpoint, u)
+    port = es.sock.getsockname()[1]
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    pid = endpoint.engine.sender.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await session.nsend(u, b"held", dst="127.0.0.1", port=peer.getsockname()[1], tag=7)
+        assert es._quiet
+        peer.sendto(b"meanwhile", ("127.0.0.1", port))
+        got = await _collect(session, lambda g: any(x.kind == "ndata" for x in g), timeout=3.0)
+        assert [x.data for x in got if x.kind == "ndata"] == [b"meanwhile"]
+        assert not es._quiet
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    got = await _collect(session, lambda g: any(x.kind == "ntag" for x in g))
+    (tag,) = [x for x in got if x.kind == "ntag"]
+    assert tag.tag == 7 and tag.error is None
+    assert peer.recv(100) == b"held"
+    peer.close()
+
+
+async def test_far_scheduled_send_keeps_socket_watched(endpoint, session):
+    """A send scheduled seconds ahead must not stop receiving on its socket."""
+    u = await session.nopen("udp", laddr="127.0.0.1")
+    es = _esock(endpoint, u)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    await session.nsend(u, b"later", dst="127.0.0.1", port=peer.getsockname()[1],
+                        at=time.time_ns() + 30 * 10**9, tag=1)
+    assert not es._quiet and es._queued_later == 1
+    # an immediate send behind the far one waits for it (per-socket order): still watched
+    await session.nsend(u, b"now", dst="127.0.0.1", port=peer.getsockname()[1], tag=2)
+    assert not es._quiet
+    peer.sendto(b"hello", es.sock.getsockname())
+    got = await _collect(session, lambda g: any(x.kind == "ndata" for x in g), timeout=3.0)
+    assert [x.data for x in got if x.kind == "ndata"] == [b"hello"]
+    await session.nclose(u)
+    peer.close()
+
+
+async def test_socket_closed_while_quiet(endpoint, session):
+    import os
+    import signal
+
+    u = await session.nopen("udp", laddr="127.0.0.1")
+    es = _esock(endpoint, u)
+    pid = endpoint.engine.sender.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await session.nsend(u, b"x", dst="127.0.0.1", port=9, tag=1)
+        assert es._quiet
+        await session.nclose(u)
+        assert es.closed and not es._quiet and es._quiet_timer is None
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    u2 = await session.nopen("udp", laddr="127.0.0.1")  # the endpoint carries on
+    assert u2 != u

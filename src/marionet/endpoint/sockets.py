@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 #: A tagged send whose kernel stamp has not arrived after this long is
 #: reported with its user-space send time instead (never silently lost).
 STAMP_GRACE_NS = 2_000_000_000
+#: Sends due within this when handed to the sender process keep the socket
+#: unwatched until they are out (see ``DatagramSocket._go_quiet``).
+QUIET_HORIZON_NS = 5_000_000
+#: Longest a socket stays unwatched that way.
+QUIET_MAX_S = 0.002
 
 
 @dataclass(slots=True)
@@ -61,6 +66,7 @@ class DatagramJob:
     ttl: int | None
     tos: int | None
     df: bool | None
+    later: bool = False  # due beyond QUIET_HORIZON_NS when handed to the engine
 
 
 RCVBUF_BYTES = 8 * 1024 * 1024
@@ -156,6 +162,9 @@ class DatagramSocket(EpSocket):
         self._next_key = 0
         self._tags: dict[int, PendingTag] = {}
         self._queued = 0  # jobs handed to the engine and not yet reported
+        self._queued_later = 0  # of those, due beyond QUIET_HORIZON_NS when handed over
+        self._quiet = False  # reader off while another process sends on this socket
+        self._quiet_timer: asyncio.TimerHandle | None = None
         self._df_state: bool | None = None
         self.sent_packets = 0
         self.sent_bytes = 0
@@ -185,7 +194,42 @@ class DatagramSocket(EpSocket):
         if item.tag is not None:
             self._tags[key] = PendingTag(item.tag, len(item.data), item.at, 0)
         self._queued += 1
-        self.session.endpoint.engine.submit(job)
+        engine = self.session.endpoint.engine
+        if item.at is not None and item.at - time.time_ns() > QUIET_HORIZON_NS:
+            self._queued_later += 1
+            job.later = True
+        elif engine.name == "process" and not self._queued_later and not self._quiet:
+            self._go_quiet()
+        engine.submit(job)
+
+    def _go_quiet(self) -> None:
+        """Stop watching the socket until the sender has sent what is due now.
+
+        Why: a tagged send's kernel TX stamp is queued on this socket at the
+        driver, *before* the packet travels on; if the event loop sleeps in
+        epoll on the socket, the kernel wakes it right there (an IPI on
+        another CPU), and the loop then reads the socket while the probe is
+        still in flight.  Both slow the probe down by microseconds on a VM.
+        Everything received meanwhile waits in the socket buffer with its
+        kernel stamp and is read when the sender reports the sends done.
+        """
+        self._quiet = True
+        self.loop.remove_reader(self.sock.fileno())
+        self._quiet_timer = self.loop.call_later(QUIET_MAX_S, self._end_quiet)
+
+    def _end_quiet(self) -> None:
+        """Watch the socket again and read what came meanwhile; also after
+        QUIET_MAX_S, so a client that keeps sends flowing cannot starve
+        this socket's receiving."""
+        if not self._quiet:
+            return
+        self._quiet = False
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
+            self._on_readable()
 
     def cmsgs(self, job: DatagramJob) -> list[tuple[int, int, bytes]]:
         out = [ts.ts_opt_id_cmsg(job.key), ts.TX_STAMP_REQUEST] if job.tag is not None else []
@@ -216,18 +260,22 @@ class DatagramSocket(EpSocket):
     def on_sent(self, job: DatagramJob, nbytes: int, err: int, user_ns: int) -> None:
         """The engine's report for one job (err 0 = sent)."""
         self._queued -= 1
+        if job.later:
+            self._queued_later -= 1
         if err:
             pending = self._tags.pop(job.key, None)
             if pending is not None:
                 self.notify(m.NTag(sock=self.sid, tag=pending.tag, time_ns=None, ts_source=None,
                                    nbytes=0, error=errno_text(err), at=job.at))
-            return
-        self.sent_packets += 1
-        self.sent_bytes += nbytes
-        pending = self._tags.get(job.key)
-        if pending is not None:
-            pending.nbytes = nbytes
-            pending.user_ns = user_ns
+        else:
+            self.sent_packets += 1
+            self.sent_bytes += nbytes
+            pending = self._tags.get(job.key)
+            if pending is not None:
+                pending.nbytes = nbytes
+                pending.user_ns = user_ns
+        if self._quiet and self._queued == self._queued_later:
+            self._end_quiet()
 
     # -- receiving -------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -264,6 +312,13 @@ class DatagramSocket(EpSocket):
             self.notify(m.NIcmp(sock=self.sid, time_ns=time.time_ns(), ts_source="user",
                                 peer=None, icmp_type=-1, icmp_code=-1, errno=item.errno,
                                 data=item.payload, info=item.info))
+
+    def close(self) -> None:
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
+        self._quiet = False
+        super().close()
 
     def sweep_stamps(self, now_ns: int) -> None:
         """Report tagged sends whose kernel stamp never came, with user time."""
