@@ -21,6 +21,8 @@ def _add_endpoint(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--client-ca", help="require client certificates signed by this CA (with --listen)")
     p.add_argument("--buffer-limit", type=int, default=16 * 1024 * 1024, metavar="BYTES",
                    help="notification buffer per session (default 16 MiB)")
+    p.add_argument("--resolv-conf", default="/etc/resolv.conf", metavar="FILE",
+                   help="where info() and dns() without a server find this host's resolvers")
     p.add_argument("--engine", choices=("process", "inline"), default="process",
                    help="send engine: a dedicated sender process (default) or the event loop")
 

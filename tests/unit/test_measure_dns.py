@@ -174,7 +174,6 @@ def names(rrs) -> set[str]:
 
 # ----------------------------------------------------------- parameters
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(qname="www.example"), "server is required"),
     (dict(qname="www.example", server="dns.example"), "not an IPv4 or IPv6"),
     (dict(qname="www.example", server="224.0.0.251"), "multicast"),
     (dict(qname="", server="::1"), "non-empty"),
@@ -210,20 +209,76 @@ def test_plan_defaults_and_names():
     assert plan_dns("x", server="::1", ecs="192.0.2.77/24").ecs == "192.0.2.0/24"
 
 
-async def test_bad_input_sends_nothing():
-    async with native_session() as s:
-        for kw in (dict(qname="www.example"), dict(qname="x", server="::1", qtype="nope"),
-                   dict(qname="x", server="::1", attempts=99)):
+def _resolv_conf(tmp_path, text: str) -> str:
+    path = tmp_path / "resolv.conf"
+    path.write_text(text)
+    return str(path)
+
+
+async def test_bad_input_sends_nothing(tmp_path):
+    from marionet.endpoint.daemon import EndpointConfig
+
+    # no server, and the endpoint's resolv.conf names none usable
+    config = EndpointConfig(name="t", resolv_conf=_resolv_conf(tmp_path, "nameserver bogus\nsearch x\n"))
+    async with native_session(config) as s:
+        with pytest.raises(ValueError, match="endpoint reports no resolvers"):
+            await dns_lookup(s, "www.example")
+        for kw in (dict(qname="x", server="::1", qtype="nope"), dict(qname="x", server="::1", attempts=99)):
             with pytest.raises(ValueError):
                 await dns_lookup(s, **kw)
         assert s.sockets == {}
 
 
+def test_plan_without_server_leaves_it_to_the_endpoint():
+    p = plan_dns("www.example")
+    assert p.server is None and p.family == 0
+
+
+@pytest.mark.parametrize("host", SERVERS)
+async def test_no_server_asks_the_endpoints_resolver(tmp_path, host):
+    """scamper's do_dns without a server asks the VP's resolver: the first
+    one in the *endpoint's* resolv.conf, which info() reports."""
+    from marionet.endpoint.daemon import EndpointConfig
+
+    conf = _resolv_conf(tmp_path, f"# test\nsearch example\nnameserver {host}\nnameserver 192.0.2.99\n")
+    async with serve(host) as srv, native_session(EndpointConfig(name="t", resolv_conf=conf)) as s:
+        assert (await s.info()).resolvers == [host, "192.0.2.99"]
+        r = await dns_lookup(s, "www.example", port=srv.port, wait_timeout=2)
+        assert r.stop_reason == DnsStop.DONE and r.dst == host
+        assert sorted(map(str, r.ans_addrs())) == ["192.0.2.10", "192.0.2.11"]
+        assert len(srv.queries) == 1
+
+
+async def test_no_server_through_a_task(tmp_path):
+    """The endpoint placement: the task runs at the endpoint and finds its resolver there."""
+    from marionet import aio
+    from marionet.endpoint.daemon import Endpoint, EndpointConfig
+
+    ep = Endpoint(EndpointConfig(name="t", resolv_conf=_resolv_conf(tmp_path, "nameserver 127.0.0.1\n")))
+    try:
+        srv_ep = await ep.serve("127.0.0.1", 0, None)
+        async with serve("127.0.0.1") as srv:
+            s = await aio.connect(f"127.0.0.1:{srv_ep.sockets[0].getsockname()[1]}", insecure=True)
+            try:
+                tid = await s.task("dns", {"qname": "www.example", "port": srv.port, "wait_timeout": 2})
+                note = None
+                while note is None or note.kind != "taskres":
+                    note = await s.next_notification(timeout=10)
+                    assert note is not None, "no task result"
+            finally:
+                await s.close()
+        assert note.task == tid and note.error is None, note.error
+        r = from_json(note.result)
+        assert r.stop_reason == DnsStop.DONE and r.dst == "127.0.0.1" and len(r.ans_addrs()) == 2
+    finally:
+        await ep.close()
+
+
 async def test_task_refuses_bad_params_before_running(session):
     from marionet.client.errors import EndpointError
 
-    with pytest.raises(EndpointError, match="bad-params.*server is required"):
-        await session.task("dns", {"qname": "www.example"})
+    with pytest.raises(EndpointError, match="bad-params.*server"):
+        await session.task("dns", {"qname": "www.example", "server": "not-an-address"})
     with pytest.raises(EndpointError, match="bad-params.*unknown dns parameter.*qtyp"):
         await session.task("dns", {"qname": "www.example", "server": "::1", "qtyp": "A"})
 

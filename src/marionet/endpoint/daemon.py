@@ -26,6 +26,7 @@ from typing import Any
 
 from marionet import __version__
 from marionet.endpoint.engine import InlineEngine
+from marionet.endpoint.resolvconf import read_resolvers
 from marionet.endpoint.session import Session
 from marionet.guard import Guard, GuardDenied, Principal
 from marionet.wire import messages as m
@@ -52,6 +53,7 @@ class EndpointConfig:
     max_sockets: int = 256
     connect_timeout_ns: int = 10_000_000_000
     engine: str = "process"  # "process" (dedicated sender) or "inline"
+    resolv_conf: str = "/etc/resolv.conf"  # where info() finds the host's DNS resolvers
     write_high_water: int = 1024 * 1024
     tags: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -147,6 +149,9 @@ class Endpoint:
 
     def addresses(self) -> list[str]:
         return local_addresses()
+
+    def resolvers(self) -> list[str]:
+        return read_resolvers(self.config.resolv_conf)
 
     def device_of(self, _esock: Any) -> str | None:
         return None

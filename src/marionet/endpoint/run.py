@@ -82,7 +82,8 @@ def main_endpoint(args: object) -> int:
             print(f"marionet endpoint: --tag {t!r} is not KEY=VALUE", file=sys.stderr)
             return 2
         tags[k] = v
-    config = EndpointConfig(buffer_limit=a.buffer_limit, engine=a.engine, tags=tags)  # type: ignore[attr-defined]
+    config = EndpointConfig(buffer_limit=a.buffer_limit, engine=a.engine, tags=tags,  # type: ignore[attr-defined]
+                            resolv_conf=a.resolv_conf)  # type: ignore[attr-defined]
     if a.name:  # type: ignore[attr-defined]
         config.name = a.name  # type: ignore[attr-defined]
     try:

@@ -217,6 +217,7 @@ class Session:
             protocol=m.PROTOCOL_VERSION, addresses=ep.addresses(), capabilities=ep.capabilities(),
             buffer_limit=self.buffer_limit, buffer_used=self._held_bytes,
             limits={"max_sockets": ep.config.max_sockets, "max_frame": ep.config.max_frame},
+            resolvers=ep.resolvers(),
         ))
 
     def _h_ping(self, msg: m.Ping) -> None:

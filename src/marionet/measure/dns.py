@@ -25,14 +25,16 @@ Why it is shaped this way (the same shape as ``ping``):
   Retries are new queries with new ids; a late reply to an earlier attempt
   still counts (it answers that query), as in scamper.
 
-The server is required: a marionet endpoint does not (yet) tell a client
-which resolver its host uses, and reading the *caller's* resolv.conf would
-silently measure from the wrong place in the remote placement.
+Without ``server`` the question goes to the endpoint host's first resolver
+(``info().resolvers``, from *its* resolv.conf), as scamper asks its VP's
+resolver; reading the *caller's* resolv.conf would silently measure from the
+wrong place in the remote placement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import ipaddress
 import random
@@ -80,7 +82,7 @@ class DnsPlan:
 
     qname: _name.Name
     qname_text: str
-    server: str
+    server: str | None  # None: the endpoint's resolver, looked up when the measurement runs
     family: int
     port: int
     qtype: int
@@ -168,6 +170,26 @@ def _ecs(value: Any) -> tuple[str | None, Any]:
     return text, _edns.ECSOption(str(net.network_address), net.prefixlen)
 
 
+def _server(server: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        addr = ipaddress.ip_address(str(server).strip())
+    except ValueError:
+        raise ValueError(f"server {server!r} is not an IPv4 or IPv6 address") from None
+    if addr.is_multicast or addr.is_unspecified:
+        raise ValueError(f"server {addr} is a multicast or unspecified address")
+    return addr
+
+
+async def _endpoint_resolver(io: PacketSession, plan: DnsPlan) -> DnsPlan:
+    """``plan`` aimed at the endpoint host's first resolver."""
+    resolvers = list(getattr(await io.info(), "resolvers", None) or [])
+    if not resolvers:
+        raise ValueError("no server given and the endpoint reports no resolvers "
+                         "(its resolv.conf names none): give server=")
+    addr = _server(resolvers[0])
+    return dataclasses.replace(plan, server=str(addr), family=addr.version)
+
+
 def plan_dns(qname: Any, *, server: Any = None, port: int = 53, qclass: Any = "IN",
              qtype: Any = "A", attempts: int = 2, rd: bool = True, wait_timeout: Any = 5.0,
              tcp: bool = False, nsid: bool = False, ecs: Any = None, userid: int = 0) -> DnsPlan:
@@ -181,18 +203,11 @@ def plan_dns(qname: Any, *, server: Any = None, port: int = 53, qclass: Any = "I
     t = _rdtype(qtype)
     c = _rdclass(qclass)
     name, text = _qname(qname, t)
-    if server is None:
-        raise ValueError("server is required: give the address of the DNS server to ask "
-                         "(marionet endpoints do not expose their host's resolver)")
-    try:
-        addr = ipaddress.ip_address(str(server).strip())
-    except ValueError:
-        raise ValueError(f"server {server!r} is not an IPv4 or IPv6 address") from None
-    if addr.is_multicast or addr.is_unspecified:
-        raise ValueError(f"server {addr} is a multicast or unspecified address")
+    addr = None if server is None else _server(server)
     ecs_text, ecs_opt = _ecs(ecs)
     return DnsPlan(
-        qname=name, qname_text=text, server=str(addr), family=addr.version,
+        qname=name, qname_text=text, server=None if addr is None else str(addr),
+        family=0 if addr is None else addr.version,
         port=_int("port", port, 1, 65535), qtype=t, qclass=c,
         attempts=_int("attempts", attempts, 1, _MAX_ATTEMPTS), rd=_bool("rd", rd),
         wait_timeout_ns=_seconds("wait_timeout", wait_timeout, 0.001, 60.0),
@@ -574,7 +589,8 @@ async def dns(io: PacketSession, qname: Any, *, server: Any = None, port: int = 
               qclass: Any = "IN", qtype: Any = "A", attempts: int = 2, rd: bool = True,
               wait_timeout: Any = 5.0, tcp: bool = False, nsid: bool = False, ecs: Any = None,
               userid: int = 0, halt: asyncio.Event | None = None) -> DnsResult:
-    """Ask ``server`` for ``qname``/``qtype`` from the endpoint behind ``io``.
+    """Ask ``server`` (default: the endpoint host's first resolver) for
+    ``qname``/``qtype`` from the endpoint behind ``io``.
 
     Parameters are scamper's ``do_dns`` (plus ``port``); the result is a
     ``DnsResult`` whose stop reason is ``done`` (a reply, whatever its
@@ -584,6 +600,8 @@ async def dns(io: PacketSession, qname: Any, *, server: Any = None, port: int = 
     """
     plan = plan_dns(qname, server=server, port=port, qclass=qclass, qtype=qtype, attempts=attempts,
                     rd=rd, wait_timeout=wait_timeout, tcp=tcp, nsid=nsid, ecs=ecs, userid=userid)
+    if plan.server is None:
+        plan = await _endpoint_resolver(io, plan)
     run = DnsExchange(plan)
     start_local = time.time_ns()
     stop = DnsStop.NONE

@@ -214,6 +214,7 @@ class InfoReply(Message, tag="inforeply"):
     buffer_limit: int
     buffer_used: int
     limits: dict[str, int] = {}
+    resolvers: list[str] = []  # the host's DNS resolvers (resolv.conf), for dns() without a server
 
 
 class Pong(Message, tag="pong"):
