@@ -23,6 +23,7 @@ Conventions (documented once here, relied on everywhere):
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import functools
 import ipaddress
 from typing import Any, Union
@@ -264,18 +265,25 @@ def ns_to_ms_str(ns: int) -> str:
     return f"{sign}{us // 1000}.{us % 1000:03d}"
 
 
-def coerce_stop(enum_cls: type, value: Any) -> Any:
-    """A stop reason: known reasons become ``enum_cls``; unknown strings are
-    kept verbatim, so a newer writer's reason survives a read instead of
-    failing it. None stays None."""
-    if value is None or isinstance(value, enum_cls):
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"stop_reason must be a string, got {value!r}")
-    try:
-        return enum_cls(value.lower())
-    except ValueError:
-        return value
+class StopReason(str, enum.Enum):
+    """Base of the per-measurement stop reasons: prints as scamper spells it."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def coerce(cls, value: Any) -> Any:
+        """Known reasons become this enum; unknown strings are kept verbatim,
+        so a newer writer's reason survives a read instead of failing it.
+        None stays None."""
+        if value is None or isinstance(value, cls):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(f"stop_reason must be a string, got {value!r}")
+        try:
+            return cls(value.lower())
+        except ValueError:
+            return value
 
 
 def complete_times(obj: Any, what: str) -> None:

@@ -26,11 +26,10 @@ scamper's layout is the reference.
 from __future__ import annotations
 
 import datetime as _dt
-import enum
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .common import (Addr, coerce_stop, NS_PER_US, check_int, ns_to_datetime,
+from .common import (Addr, StopReason, NS_PER_US, check_int, ns_to_datetime,
                      ns_to_timedelta, ns_to_timeval, to_addr)
 from .jsonfmt import EXT_KEY, _exact, _Fields, _source, register
 
@@ -78,20 +77,13 @@ def header_flag_names(flags: int) -> list[str]:
     return [n for n, bit in _FLAG_BITS if flags & bit]
 
 
-class DnsStop(str, enum.Enum):
+class DnsStop(StopReason):
     """Why a DNS measurement stopped (scamper's host stop reasons)."""
     NONE = "none"
     DONE = "done"
     TIMEOUT = "timeout"
     HALTED = "halted"
     ERROR = "error"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-def _stop(value: Any) -> Any:
-    return coerce_stop(DnsStop, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +278,7 @@ class DnsResult:
             raise TypeError(f"wait_timeout must be a timedelta, got {self.wait_timeout!r}")
         self.qtype = str(self.qtype).upper()
         self.qclass = str(self.qclass).upper()
-        self.stop_reason = _stop(self.stop_reason)
+        self.stop_reason = DnsStop.coerce(self.stop_reason)
 
     # -- scamper's names --------------------------------------------------
     @property

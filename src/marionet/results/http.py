@@ -39,7 +39,6 @@ Timings (ns; ``timing_sources`` says which clock):
 from __future__ import annotations
 
 import datetime as _dt
-import enum
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
@@ -47,7 +46,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from .common import (Addr, coerce_stop, check_int, ns_to_datetime, ns_to_timedelta,
+from .common import (Addr, StopReason, check_int, ns_to_datetime, ns_to_timedelta,
                      ns_to_timeval, seconds_to_ns, timeval_to_ns, to_addr)
 from .errors import FormatError
 from .jsonfmt import EXT_KEY, _ms, register
@@ -58,7 +57,7 @@ HTTP_VERSION = "0.1"
 _HDR_LIMIT = 1 << 20  # header blocks larger than this are a protocol error
 
 
-class HttpStop(str, enum.Enum):
+class HttpStop(StopReason):
     """Why an HTTP measurement stopped (scamper's reasons, plus "limit")."""
     NONE = "none"
     HALTED = "halted"
@@ -68,13 +67,6 @@ class HttpStop(str, enum.Enum):
     TIMEOUT = "timeout"    # limit_time passed (connect or response)
     INSECURE = "insecure"  # the server's certificate failed verification
     LIMIT = "limit"        # more than limit_size body bytes (marionet)
-
-    def __str__(self) -> str:
-        return self.value
-
-
-def _stop(value: Any) -> Any:
-    return coerce_stop(HttpStop, value)
 
 
 class HttpHeaders(Mapping[str, str]):
@@ -284,7 +276,7 @@ class Http:
             check_int(name, getattr(self, name), optional=True)
         if not isinstance(self.limit_time, _dt.timedelta):
             self.limit_time = _dt.timedelta(microseconds=seconds_to_ns(self.limit_time) // 1000)
-        self.stop_reason = _stop(self.stop_reason)
+        self.stop_reason = HttpStop.coerce(self.stop_reason)
         self.request_headers = [(str(k), str(v)) for k, v in self.request_headers]
         self.reparse()
 

@@ -21,12 +21,11 @@ The statistics follow scamper's definitions (``scamper_ping_stats``):
 from __future__ import annotations
 
 import datetime as _dt
-import enum
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .common import (Addr, coerce_stop, complete_times, check_int, ns_to_datetime,
+from .common import (Addr, StopReason, complete_times, check_int, ns_to_datetime,
                      ns_to_timedelta, seconds_to_ns, to_addr)
 
 __all__ = ["Ping", "PingReply", "PingStop", "PING_METHODS"]
@@ -39,19 +38,12 @@ PING_METHODS = (
 TS_SOURCES = ("kernel", "user")
 
 
-class PingStop(str, enum.Enum):
+class PingStop(StopReason):
     """Why a ping stopped (scamper's ping stop reasons)."""
     NONE = "none"
     DONE = "done"
     ERROR = "error"
     HALTED = "halted"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-def _stop(value: Any) -> Any:
-    return coerce_stop(PingStop, value)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -240,7 +232,7 @@ class Ping:
             v = getattr(self, name)
             if not isinstance(v, _dt.timedelta):
                 setattr(self, name, _dt.timedelta(microseconds=seconds_to_ns(v) // 1000))
-        self.stop_reason = _stop(self.stop_reason)
+        self.stop_reason = PingStop.coerce(self.stop_reason)
         if self.vp is not None and not isinstance(self.vp, str):
             raise TypeError(f"Ping.vp must be a string, got {self.vp!r}")
         self.replies = list(self.replies)

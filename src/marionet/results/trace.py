@@ -10,11 +10,10 @@ None for silence" path for everything else.
 from __future__ import annotations
 
 import datetime as _dt
-import enum
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .common import (Addr, coerce_stop, complete_times, check_int, ns_to_datetime, ns_to_timedelta,
+from .common import (Addr, StopReason, complete_times, check_int, ns_to_datetime, ns_to_timedelta,
                      seconds_to_ns, to_addr)
 
 __all__ = ["Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel",
@@ -24,7 +23,7 @@ TRACE_METHODS = ("udp-paris", "icmp-paris", "icmp-echo-paris", "udp",
                  "icmp", "icmp-echo", "tcp", "tcp-ack")
 
 
-class TraceStop(str, enum.Enum):
+class TraceStop(StopReason):
     """Why a traceroute stopped.  Values are lower case; scamper's JSON
     writes them upper case ("COMPLETED"), which the JSON layer maps."""
     NONE = "none"
@@ -37,13 +36,6 @@ class TraceStop(str, enum.Enum):
     HOPLIMIT = "hoplimit"
     GSS = "gss"
     HALTED = "halted"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-def _stop(value: Any) -> Any:
-    return coerce_stop(TraceStop, value)
 
 
 @dataclass(slots=True, frozen=True)
@@ -222,7 +214,7 @@ class Trace:
             v = getattr(self, name)
             if not isinstance(v, _dt.timedelta):
                 setattr(self, name, _dt.timedelta(microseconds=seconds_to_ns(v) // 1000))
-        self.stop_reason = _stop(self.stop_reason)
+        self.stop_reason = TraceStop.coerce(self.stop_reason)
         self.hop_records = list(self.hop_records)
         for h in self.hop_records:
             if not isinstance(h, TraceHop):
