@@ -26,7 +26,7 @@ from typing import Any
 
 from marionet.controller.registry import MetaError, Registry, VpRecord
 from marionet.wire import messages as m
-from marionet.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode
+from marionet.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, bye_and_close, encode
 
 log = logging.getLogger("marionet.controller")
 
@@ -89,12 +89,7 @@ class Link(asyncio.Protocol):
 
     def fail(self, code: str, reason: str) -> None:
         log.info("closing %s link %s: %s: %s", self.role_expected, self.peer, code, reason)
-        if self.transport is not None and not self.transport.is_closing():
-            try:
-                self.transport.write(encode(m.Bye(code=code, reason=reason[:500])))
-            except Exception:  # noqa: BLE001
-                pass
-            self.transport.close()
+        bye_and_close(self.transport, code, reason)
         self.on_closed()
 
     def data_received(self, data: bytes) -> None:

@@ -30,7 +30,7 @@ from marionet.endpoint.resolvconf import read_resolvers
 from marionet.endpoint.session import Session
 from marionet.guard import Guard, GuardDenied, Principal
 from marionet.wire import messages as m
-from marionet.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode
+from marionet.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, bye_and_close, encode
 
 log = logging.getLogger("marionet.endpoint")
 
@@ -253,12 +253,7 @@ class ClientConnection(asyncio.Protocol):
     def fail(self, code: str, reason: str) -> None:
         """End this connection with a ``Bye`` naming the problem."""
         log.info("closing connection from %s: %s: %s", self.peer, code, reason)
-        if self.transport is not None and not self.transport.is_closing():
-            try:
-                self.transport.write(encode(m.Bye(code=code, reason=reason[:500])))
-            except Exception:  # noqa: BLE001
-                pass
-            self.transport.close()
+        bye_and_close(self.transport, code, reason)
         self._end()
 
     def pause_writing(self) -> None:

@@ -43,6 +43,18 @@ def encode(msg: m.Message) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def bye_and_close(transport: object, code: str, reason: str) -> None:
+    """Tell the peer why with a ``Bye``, then close: a connection is never
+    ended without its reason.  A transport already closing is left alone."""
+    if transport is None or transport.is_closing():  # type: ignore[attr-defined]
+        return
+    try:
+        transport.write(encode(m.Bye(code=code, reason=reason[:500])))  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - the close below is what matters
+        pass
+    transport.close()  # type: ignore[attr-defined]
+
+
 def encode_body(msg: m.Message) -> bytes:
     return _encoder.encode(msg)
 
