@@ -273,6 +273,24 @@ def _require_ed25519_public(key: Any) -> ed25519.Ed25519PublicKey:
     return key
 
 
+def _builder(subject: x509.Name, issuer: x509.Name, public: Any, not_before: Any, not_after: Any,
+             *, ca: bool, path_length: int | None = None) -> x509.CertificateBuilder:
+    """What every marionet certificate has: names, key, a random serial,
+    validity, basic constraints, key usage and the subject key identifier."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
+        .add_extension(_key_usage(ca), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+    )
+
+
 def make_root(
     name: str = "marionet operator", days: float = 3650
 ) -> tuple[ed25519.Ed25519PrivateKey, x509.Certificate]:
@@ -281,19 +299,8 @@ def make_root(
     subject = _name(name)
     not_before, not_after = _validity(days, None)
     public = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_key_usage(True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(_unrecognized(ROLE_OID, "operator"), critical=False)
-    )
+    builder = _builder(subject, subject, public, not_before, not_after, ca=True).add_extension(
+        _unrecognized(ROLE_OID, "operator"), critical=False)
     return key, builder.sign(key, None)
 
 
@@ -357,18 +364,8 @@ def issue(
 
     ca_public = ca_cert.public_key()
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject_name))
-        .issuer_name(ca_cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(
-            x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None), critical=True
-        )
-        .add_extension(_key_usage(is_ca), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        _builder(_name(subject_name), ca_cert.subject, public_key, start, end,
+                 ca=is_ca, path_length=0 if is_ca else None)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public),  # type: ignore[arg-type]
             critical=False,
@@ -407,19 +404,8 @@ def make_self_signed(
     not_before, not_after = _validity(days, None)
     public = key.public_key()
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        _builder(subject, subject, public, not_before, not_after, ca=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(_unrecognized(ROLE_OID, role), critical=False)
     )
     sans = _sans(hostnames, ips)
