@@ -131,13 +131,7 @@ def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 # ------------------------------------------------------------------ packets
 
 
-def inet_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
+from marionet.measure.probes import checksum as inet_checksum  # noqa: E402
 
 
 def icmp_echo(ident: int, seq: int, payload: bytes = b"marionet-bench") -> bytes:

@@ -20,13 +20,14 @@ RTT = receive time − ntag time > 0.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import struct
 import time
 
 import pytest
+
+from tests.packets import checksum
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -38,18 +39,9 @@ IDENT = 0x6D74
 # ------------------------------------------------------------------ packets
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
 def icmp_echo(seq: int, payload: bytes = b"marionet-path") -> bytes:
     hdr = struct.pack("!BBHHH", 8, 0, 0, IDENT, seq)
-    return struct.pack("!BBHHH", 8, 0, _csum(hdr + payload), IDENT, seq) + payload
+    return struct.pack("!BBHHH", 8, 0, checksum(hdr + payload), IDENT, seq) + payload
 
 
 def icmp6_echo(seq: int, payload: bytes = b"marionet-path") -> bytes:
@@ -60,7 +52,7 @@ def ipv4_udp(src: str, dst: str, sport: int, dport: int, ttl: int, payload: byte
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0, ttl, 17, 0,
                       socket.inet_aton(src), socket.inet_aton(dst))
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + udp
+    return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + udp
 
 
 # ------------------------------------------------------------------ fixtures
