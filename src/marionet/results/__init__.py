@@ -4,7 +4,9 @@ Result classes carry what a researcher analyses (``Ping``, ``Trace`` and
 their replies/hops) with nanosecond integers inside and scamper-style
 ``datetime``/``timedelta`` views outside.  ``File`` reads and writes them as
 scamper JSON lines (compressed or not), so scamper-era analysis code keeps
-working on marionet data.
+working on marionet data.  ``to_frame``/``to_parquet``/``read_parquet``
+(module ``frames``) export them to pandas and Parquet; they are loaded on
+first use, so the endpoint never loads the analysis code.
 """
 
 from .common import Addr, ns_to_datetime, ns_to_timedelta
@@ -26,4 +28,15 @@ __all__ = [
     "Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel", "TRACE_METHODS",
     "Http", "HttpBuf", "HttpHeaders", "HttpStop",
     "DnsResult", "DnsQuery", "DnsRR", "DnsMX", "DnsSOA", "DnsStop",
+    "to_frame", "to_parquet", "read_parquet",
 ]
+
+_FRAMES = ("to_frame", "to_parquet", "read_parquet")
+
+
+def __getattr__(name: str) -> object:
+    """Load ``frames`` only when its functions are asked for (PEP 562)."""
+    if name in _FRAMES:
+        from . import frames
+        return getattr(frames, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
