@@ -129,8 +129,8 @@ def test_mode_and_kind_errors(tmp_path):
         File(tmp_path / "x.json", "rw")
     with pytest.raises(ValueError, match="kind"):
         File(tmp_path / "x.json", "w", kind="txt")
-    with pytest.raises(ValueError, match="warts"):
-        File(tmp_path / "x.warts", "w")
+    with pytest.raises(ValueError, match="appending to a warts file"):
+        File(tmp_path / "x.warts", "a")
     with pytest.raises(FileNotFoundError):
         File(tmp_path / "missing.json")
     f = File(tmp_path / "x.json", "w")

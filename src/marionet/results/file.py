@@ -88,7 +88,8 @@ class File:
     """A result file: ``File(path, mode='r'|'w'|'a', kind=None,
     filter_types=None, cycles=True)``.
 
-    * ``kind``: ``"json"`` or ``"warts"`` (warts: read only); None means
+    * ``kind``: ``"json"`` or ``"warts"`` (warts holds ping and trace
+      results; not in append mode); None means
       from the suffix, and when reading, from the content if the suffix
       says nothing.
     * ``filter_types``: when reading, only return these types; give classes
@@ -143,8 +144,9 @@ class File:
                 raise
         else:
             self.kind = kind or suffix_kind or "json"
-            if self.kind != "json":
-                raise ValueError(f"writing {self.kind} files is not supported; use .json")
+            if self.kind == "warts" and mode == "a":
+                raise ValueError("appending to a warts file is not supported (its list and cycle "
+                                 "ids are numbered per file); write a new file")
             self.compression = comp
             bmode = mode + "b"
             fh: IO[bytes]
@@ -158,6 +160,9 @@ class File:
                 fh = open(self.filename, bmode)
             self._fh = fh
             self._raw = fh
+            if self.kind == "warts":
+                from .warts_writer import WartsWriter
+                self._warts = WartsWriter(fh)
             if cycles:
                 self.write(CycleStart(start_time=int(time.time()),
                                       list_name=list_name, cycle_id=cycle_id,
@@ -242,8 +247,11 @@ class File:
             raise OSError("file not open for writing")
         if self._closed:
             raise ValueError("I/O on a closed File")
-        line = jsonfmt.dumps(jsonfmt.to_json(obj)) + "\n"
-        self._fh.write(line.encode("utf-8"))
+        if self._warts is not None:
+            self._warts.write(obj)
+        else:
+            line = jsonfmt.dumps(jsonfmt.to_json(obj)) + "\n"
+            self._fh.write(line.encode("utf-8"))
         if isinstance(obj, CycleStart):
             self._cycle_open = True
         elif isinstance(obj, CycleStop):

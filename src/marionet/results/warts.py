@@ -1,9 +1,8 @@
 """Reader for scamper's binary warts format (ping and trace records).
 
-Why only a reader: warts is for interchange with existing scamper data
-sets; marionet writes JSON lines.  Records we do not decode (tracelb,
-dealias, ...) come back as ``UnknownResult`` with their raw body, so mixed
-files still read.
+Warts is for interchange with existing scamper data sets (``warts_writer``
+writes it).  Records we do not decode (tracelb, dealias, ...) come back as
+``UnknownResult`` with their raw body, so mixed files still read.
 
 Format, as scamper writes it: each record is ``uint16 magic 0x1205,
 uint16 type, uint32 length`` and a body.  A body's optional fields are
