@@ -103,8 +103,10 @@ def test_unsupported_is_said_clearly(remote_dir, tmp_path):
     with pytest.raises(AttributeError, match="ScamperTracelb.*not implemented"):
         sc.ScamperTracelb  # noqa: B018
     assert sc.ScamperHost.__name__ == "DnsResult"  # DNS results exist now
-    with pytest.raises(ValueError, match="warts"):
-        sc.ScamperFile(str(tmp_path / "x.warts"), "w")
+    with pytest.raises(ValueError, match="appending to a warts file"):
+        sc.ScamperFile(str(tmp_path / "x.warts"), "a")
+    with sc.ScamperFile(str(tmp_path / "x.warts"), "w") as wf:  # warts writing exists now
+        assert wf.kind == "warts"
     with sc.ScamperCtrl(remote_dir=str(remote_dir)) as ctrl:
         with pytest.raises(sc.ScamperInstError, match="unknown primitive 'tracelb'"):
             ctrl._do("tracelb", {"dst": "127.0.0.1"}, inst=ctrl.instances()[0])
