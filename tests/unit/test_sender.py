@@ -241,3 +241,39 @@ def test_child_exits_when_parent_dies():
         time.sleep(0.05)
     os.kill(pid, 9)
     pytest.fail("sender child outlived its parent")
+
+
+def test_thread_cpu_reads_proc():
+    import threading
+
+    from marionet.endpoint.sender import _thread_cpu
+
+    cpu = _thread_cpu(os.getpid(), threading.get_native_id())
+    assert cpu is not None and 0 <= cpu < os.cpu_count()
+    assert _thread_cpu(os.getpid(), 2**22 + 12345) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: SCHED_FIFO for the sender process")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_boosted_sender_steps_off_the_parent_cpu(sender):
+    """While a timed send waits, the SCHED_FIFO sender keeps off one CPU (the
+    one the parent's loop thread was on), so its spin cannot starve the
+    loop; afterwards it may run anywhere again."""
+    assert sender.realtime
+    allowed = os.sched_getaffinity(0)
+    rx, tx = _udp()
+    sid = sender.add_socket(tx)
+    sender.submit([SendJob(sid, 1, b"x", at=time.time_ns() + 400_000_000, addr=rx.getsockname())])
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and os.sched_getaffinity(sender.pid) == allowed:
+        time.sleep(0.005)
+    during = os.sched_getaffinity(sender.pid)
+    assert len(during) == len(allowed) - 1 and during < allowed
+    assert os.sched_getscheduler(sender.pid) == os.SCHED_FIFO
+    (r,) = _results(sender, 1)
+    assert r.ok
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and os.sched_getaffinity(sender.pid) != allowed:
+        time.sleep(0.005)
+    assert os.sched_getaffinity(sender.pid) == allowed
+    assert os.sched_getscheduler(sender.pid) == os.SCHED_OTHER

@@ -59,6 +59,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from typing import Callable, Optional, Union
@@ -203,6 +204,7 @@ class Sender:
             sys.executable, "-m", "marionet.endpoint.sender", "--child",
             str(child.fileno()), str(os.getpid()), str(int(self._want_realtime)),
             "-1" if self._cpu is None else str(self._cpu), str(self._spin_ns),
+            str(threading.get_native_id()),  # the loop thread: stay off its CPU when spinning
         ]
         try:
             self._proc = subprocess.Popen(argv, pass_fds=(child.fileno(),), close_fds=True)
@@ -414,9 +416,12 @@ def _apply_df(entry: _Sock, df: Optional[bool]) -> None:
 class _Child:
     """The sender process's loop (see the module docstring)."""
 
-    def __init__(self, chan: socket.socket, spin_ns: int, realtime: bool = False) -> None:
+    def __init__(self, chan: socket.socket, spin_ns: int, realtime: bool = False,
+                 parent_tid: int | None = None) -> None:
         self.realtime = realtime
         self.boosted = False
+        self.parent_tid = parent_tid  # None: pinned by the caller, or unknown
+        self.cpus = os.sched_getaffinity(0)
         self.chan = chan
         self.spin_ns = spin_ns
         self.socks: dict[int, _Sock] = {}
@@ -551,12 +556,29 @@ class _Child:
             return
         try:
             if on:
+                self._avoid_parent_cpu()
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
             else:
                 os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                if self.parent_tid is not None:
+                    os.sched_setaffinity(0, self.cpus)
             self.boosted = on
         except OSError:
             self.realtime = False
+
+    def _avoid_parent_cpu(self) -> None:
+        """Leave the CPU the parent's event loop runs on before spinning there.
+
+        Measured: the parent's write wakes us on its own CPU; a SCHED_FIFO
+        spin there starves the loop (the other CPU sits idle until the load
+        balancer moves it), so an ``nsend`` due 2 ms ahead waited 2.2 ms for
+        its reply.  With two or more CPUs we step aside instead.
+        """
+        if self.parent_tid is None or len(self.cpus) < 2:
+            return
+        cpu = _thread_cpu(os.getppid(), self.parent_tid)
+        if cpu is not None and cpu in self.cpus:
+            os.sched_setaffinity(0, self.cpus - {cpu})
 
     def run(self) -> None:
         spin = self.spin_ns
@@ -580,7 +602,9 @@ class _Child:
             self.boost(True)
             wait = heap[0][0] - now - spin
             if wait > 0:
-                self.read_channel(wait // 1_000_000)
+                # Round up: a 0 ms poll here would be a busy loop at FIFO
+                # priority; waking up to 1 ms later only shortens the spin.
+                self.read_channel(-(-wait // 1_000_000))
                 continue
             due = heap[0][0]
             while time.time_ns() < due:
@@ -682,6 +706,16 @@ def sendmsg_past_stale_errors(sock: socket.socket, data: bytes, cmsgs: list, add
     raise AssertionError("unreachable")
 
 
+def _thread_cpu(pid: int, tid: int) -> int | None:
+    """The CPU a thread last ran on (field 39 of /proc/PID/task/TID/stat)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _child_setup(parent_pid: int, realtime: bool, cpu: int) -> bool:
     """Die with the parent, ignore Ctrl-C, tighten timers; maybe SCHED_FIFO."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -709,11 +743,11 @@ def _child_setup(parent_pid: int, realtime: bool, cpu: int) -> bool:
 
 
 def _child_main(argv: list[str]) -> None:
-    fd, parent_pid, realtime, cpu, spin_ns = (int(a) for a in argv)
+    fd, parent_pid, realtime, cpu, spin_ns, parent_tid = (int(a) for a in argv)
     rt = _child_setup(parent_pid, bool(realtime), cpu)
     chan = socket.socket(fileno=fd)
     chan.setblocking(False)
-    child = _Child(chan, spin_ns, rt)
+    child = _Child(chan, spin_ns, rt, parent_tid=None if cpu >= 0 else parent_tid)
     chan.send(child.enc.encode(_Ready(os.getpid(), rt)))
     try:
         child.run()
@@ -724,7 +758,7 @@ def _child_main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--child":
+    if len(sys.argv) == 8 and sys.argv[1] == "--child":
         _child_main(sys.argv[2:])
     else:
         sys.exit("marionet.endpoint.sender is started by Sender.start(), not by hand")
