@@ -7,15 +7,17 @@ interleaved so both see the same conditions:
 
   * ``trace()`` through a session to that endpoint (remote placement over
     loopback TCP) and through a native session, method udp-paris, one
-    probe in flight: RTT = kernel RX stamp − kernel TX stamp (``ntag``)
+    probe in flight (``--squeries N``: N TTLs at once, 16 as Butskoy): RTT
+    = kernel RX stamp − kernel TX stamp (``ntag``)
   * Debian's Butskoy ``traceroute -n -q 1 TARGET`` (UDP, user-space send
     time, kernel receive time; it sends all hops at once, -N 16)
 
-Prints the per-hop medians and the ratio of medians ours/Butskoy, plus the
+Prints the per-hop medians and the ratio of medians ours/Butskoy, the median
+time one whole trace takes (Butskoy's includes starting the process), plus the
 paths (they must agree: C3 Jaccard of (hop, address) pairs).  Figures only;
 never fails on them.  Needs root and ``apt-get install traceroute``.
 
-Usage: python bench/trace_vs_native.py [--rounds 50] [--method udp-paris] [--family 4]
+Usage: python bench/trace_vs_native.py [--rounds 50] [--method udp-paris] [--family 4] [--squeries 1]
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ async def run(args: argparse.Namespace) -> None:
         netns = lab.netns("client")
         ours: dict[str, dict[int, list[float]]] = {"remote": {}, "native": {}}
         theirs: dict[int, list[float]] = {}
+        took: dict[str, list[float]] = {"remote": [], "native": [], "butskoy": []}
         paths: dict[str, set[tuple[int, str]]] = {"remote": set(), "native": set(), "butskoy": set()}
         with pathlab.inside(netns):
             ep = Endpoint(EndpointConfig(name="trace-bench"))
@@ -66,19 +69,25 @@ async def run(args: argparse.Namespace) -> None:
                     t0 = time.monotonic()
                     for _ in range(args.rounds):
                         for name, sess in (("remote", s), ("native", ns)):
-                            t = await trace(sess, dst, method=args.method, wait_timeout=1.0)
+                            t1 = time.monotonic()
+                            t = await trace(sess, dst, method=args.method, wait_timeout=1.0,
+                                            squeries=args.squeries)
+                            took[name].append((time.monotonic() - t1) * 1000)
                             for h in t.hop_records:
                                 ours[name].setdefault(h.probe_ttl, []).append(h.rtt_ns / 1000)
                                 paths[name].add((h.probe_ttl, str(h.src)))
-                        for ttl, (addr, rtt) in (await asyncio.to_thread(butskoy, netns, dst, args.family)).items():
+                        t1 = time.monotonic()
+                        hops = await asyncio.to_thread(butskoy, netns, dst, args.family)
+                        took["butskoy"].append((time.monotonic() - t1) * 1000)
+                        for ttl, (addr, rtt) in hops.items():
                             theirs.setdefault(ttl, []).append(rtt)
                             paths["butskoy"].add((ttl, addr))
                     elapsed = time.monotonic() - t0
             finally:
                 await s.close()
                 await ep.close()
-    print(f"trace_vs_native: {args.rounds} rounds, IPv{args.family} {args.method}, 3-router lab path, "
-          f"{elapsed:.1f} s")
+    print(f"trace_vs_native: {args.rounds} rounds, IPv{args.family} {args.method}, squeries={args.squeries}, "
+          f"3-router lab path, {elapsed:.1f} s")
     print(f"{'hop':>3}  {'remote median':>14}  {'native median':>14}  {'Butskoy median':>15}  "
           f"{'remote/Butskoy':>15}  {'native/Butskoy':>15}")
     for ttl in sorted(set(theirs) | set(ours["remote"])):
@@ -86,6 +95,8 @@ async def run(args: argparse.Namespace) -> None:
         n = statistics.median(ours["native"].get(ttl, [float("nan")]))
         b = statistics.median(theirs.get(ttl, [float("nan")]))
         print(f"{ttl:>3}  {r:11.1f} µs  {n:11.1f} µs  {b:12.1f} µs  {r / b:15.2f}  {n / b:15.2f}")
+    print("one whole trace, median: " + ", ".join(
+        f"{name} {statistics.median(v):.1f} ms" for name, v in took.items()))
     for name in ("remote", "native"):
         a, b2 = paths[name], paths["butskoy"]
         j = len(a & b2) / len(a | b2) if a | b2 else 1.0
@@ -97,6 +108,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--method", default="udp-paris")
     ap.add_argument("--family", type=int, choices=(4, 6), default=4)
+    ap.add_argument("--squeries", type=int, default=1)
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (namespaces, raw sockets)")

@@ -184,3 +184,35 @@ async def test_gaplimit_past_the_target_network(lab_factory):
         t = await trace(session, lab.addr("target", 4), firsthop=1, hoplimit=2, gaplimit=2, attempts=1,
                         wait_timeout=0.2)
         assert t.stop_reason == TraceStop.GAPLIMIT and path_of(t) == [None, None]
+
+
+async def test_squeries_finds_the_same_path_with_probes_overlapping(lab_factory):
+    """16 TTLs may be out at once (Butskoy's default): on a path with 10 ms
+    per link the path is the truth, the TTL 2..4 probes left before the TTL 1
+    answer came back, and probes sent past the target are not in the result."""
+    lab = lab_factory(linear_path(3, delay="10ms", name="trsqd"))
+    async with client_endpoint(lab) as (session, native):
+        for family, io in ((4, session), (6, session), (4, native)):
+            want = truth_path(lab, family)
+            t = await trace(io, lab.addr("target", family), squeries=16, wait_timeout=1.0)
+            assert t.is_completed() and path_of(t) == want, t.extra
+            assert t.hop_count == 4 and t.extra["squeries"] == 16
+            assert t.probe_count >= 4 and all(h.probe_ttl <= 4 for h in t.hop_records)
+            h1 = t.hop(1)
+            rx1 = h1.tx_ns + h1.rtt_ns
+            assert all(t.hop(k).tx_ns < rx1 for k in (2, 3, 4)), "probes went out one at a time"
+            for h in t.hops():
+                assert h.tx_ts_source == "kernel" and h.rx_ts_source == "kernel"
+        task = await task_trace(session, {"dst": lab.addr("target", 6), "squeries": 4,
+                                          "wait_timeout": 1.0})
+        assert task.is_completed() and path_of(task) == truth_path(lab, 6)
+
+
+async def test_squeries_with_a_silent_router(lab_factory):
+    lab = lab_factory(linear_path(3, unresponsive=(2,), name="trsq"))
+    async with client_endpoint(lab) as (session, _native):
+        want = truth_path(lab, 4)
+        t = await trace(session, lab.addr("target", 4), squeries=8, attempts=2, wait_timeout=0.3)
+        assert t.is_completed() and path_of(t) == want
+        assert [h.probe_ttl for h in t.hop_records].count(2) == 0
+        assert sum(1 for pr in t.hop_records if pr.probe_ttl == 4) >= 1

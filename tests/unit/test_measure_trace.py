@@ -526,3 +526,86 @@ async def test_cancel_closes_sockets(session, silent_udp_port):
     assert session.sockets == {}
     t = await trace(session, "::1")  # the session is still usable
     assert t.is_completed()
+
+
+# ---------------------------------------------------------------- squeries
+def _unreach_port(data: bytes) -> P.IPPacket:
+    return _v4(DST4, SRC4, P.icmp_message(3, 3, 0, data[:28]), ttl=61, ipid=77)
+
+
+def test_squeries_bounds_checked():
+    assert plan_trace(DST4).squeries == 1
+    assert plan_trace(DST4, squeries=16).squeries == 16
+    for bad in (0, 256, "4", 2.5):
+        with pytest.raises(ValueError, match="squeries"):
+            plan_trace(DST4, squeries=bad)
+
+
+def test_squeries_keeps_a_window_of_ttls_in_flight():
+    run = _run(squeries=3, attempts=1)
+    sent = [_send(run, 0) for _ in range(3)]
+    assert [ttl for _, ttl, _ in sent] == [1, 2, 3]
+    assert not run.wants_probe()  # the window is full
+    assert run.inflight_pids() == [0, 1, 2] and run.inflight == 0
+    # TTL 2 answers first: nothing is decided until TTL 1 is
+    assert run.received(_te4(R[1], sent[1][2]), 100)
+    assert run.ttl == 1 and not run.wants_probe()
+    assert run.received(_te4(R[0], sent[0][2]), 200)
+    assert run.ttl == 3 and run.inflight_pids() == [2]  # 1 and 2 decided, in order
+    assert [ttl for _, ttl, _ in (_send(run, 0), _send(run, 0))] == [4, 5]
+    assert not run.wants_probe()
+
+
+def test_squeries_stops_at_the_destination_and_drops_replies_past_it():
+    run = _run(squeries=4, attempts=1)
+    sent = [_send(run, 0) for _ in range(4)]
+    # the destination is 3 hops away: TTL 3 and TTL 4 both reach it
+    assert run.received(_unreach_port(sent[3][2]), 100)
+    assert run.received(_unreach_port(sent[2][2]), 110)
+    assert not run.done  # TTLs 1 and 2 still out
+    run.received(_te4(R[0], sent[0][2]), 120)
+    run.expired(sent[1][0])  # hop 2 silent
+    assert run.done and run.stop_reason == TraceStop.COMPLETED and run.ttl == 3
+    res = run.result(start_ns=0)
+    assert [None if h is None else str(h.src) for h in res.hops()] == [R[0], None, DST4]
+    assert res.hop_count == 3 and res.probe_count == 4
+    assert res.extra["replies_past_stop"] == 1 and res.extra["squeries"] == 4
+
+
+def test_squeries_retries_a_silent_ttl_while_later_ones_are_out():
+    run = _run(squeries=2, attempts=2, gaplimit=5)
+    p1, t1, d1 = _send(run, 0)
+    p2, t2, d2 = _send(run, 0)
+    assert (t1, t2) == (1, 2)
+    run.expired(p1)  # TTL 1's first attempt times out: its second goes out next
+    p3, t3, d3 = _send(run, 0)
+    assert t3 == 1 and run.probes[p3].attempt == 2
+    run.received(_te4(R[1], d2), 50)
+    run.received(_te4(R[0], d3), 60)
+    assert run.ttl == 3 and not run.done
+    res = run.result(start_ns=0)
+    assert [(h.probe_ttl, h.probe_id, str(h.src)) for h in res.hop_records] == [(1, 2, R[0]), (2, 1, R[1])]
+
+
+def test_squeries_gaplimit_counts_silent_ttls_in_order():
+    run = _run(squeries=5, attempts=1, gaplimit=3)
+    sent = [_send(run, 0) for _ in range(5)]
+    for pid, _, _ in reversed(sent):  # expiries arrive highest TTL first
+        run.expired(pid)
+    assert run.done and run.stop_reason == TraceStop.GAPLIMIT and run.ttl == 3
+    res = run.result(start_ns=0)
+    assert res.hop_count == 3 and list(res.hops()) == [None, None, None] and res.probe_count == 5
+
+
+@pytest.mark.parametrize("squeries", [1, 4])
+async def test_loopback_trace_with_squeries(squeries):
+    from marionet.endpoint.local import native_session
+
+    async with native_session() as s:
+        res = await trace(s, "127.0.0.1", squeries=squeries, wait_timeout=1)
+    assert res.is_completed() and [str(h.src) for h in res.hops()] == ["127.0.0.1"]
+    assert res.hop_count == 1 and res.probe_count == squeries
+    # the probes queued past TTL 1 were sent; how many answers came back before
+    # the sockets closed depends on timing, and those are left out
+    assert 0 <= res.extra.get("replies_past_stop", 0) <= squeries - 1
+    assert res.extra.get("squeries", 1) == squeries

@@ -17,9 +17,13 @@ It is built exactly like ``ping`` (read that module's docstring first):
   hop-by-hop state machine and the stop reasons know nothing of sockets;
   ``trace`` is the thin driver that feeds it notifications and timeouts.
 
-Probing is sequential, one probe in flight (scamper's default): send the
-probe for (TTL, attempt), wait up to ``wait_timeout`` from its kernel
-transmit time, then decide.  Simple, and each hop's answer is unambiguous.
+By default probing is sequential, one probe in flight (scamper's default):
+send the probe for (TTL, attempt), wait up to ``wait_timeout`` from its
+kernel transmit time, then decide.  With ``squeries`` = n, the next n TTLs
+may each have a probe out at once (as Butskoy's traceroute sends its
+probes); decisions (stop reasons, gap and loop limits) are still taken TTL
+by TTL in order, and replies from probes past the TTL where the trace
+stopped are left out of the result (counted in ``extra``).
 
 How probes are told apart (what a router's ICMP error quotes):
 
@@ -48,7 +52,7 @@ import ipaddress
 import random
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from marionet.client.errors import ConnectionLost, EndpointError
@@ -110,6 +114,7 @@ class TracePlan:
     payload_given: bool
     src: str | None
     userid: int
+    squeries: int = 1  # consecutive TTLs that may have a probe out at once
 
     @property
     def max_ttl(self) -> int:
@@ -133,12 +138,15 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
                wait_timeout: Any = 5.0, wait_probe: Any = 0.0, sport: int | None = None,
                dport: int | None = None, icmp_id: int | None = None, icmp_sum: int | None = None,
                size: int | None = None, payload: bytes | str | None = None, src: Any = None,
-               tos: int = 0, userid: int = 0, rng: random.Random | None = None) -> TracePlan:
+               tos: int = 0, userid: int = 0, squeries: int = 1,
+               rng: random.Random | None = None) -> TracePlan:
     """Check every parameter (``ValueError`` with the reason) and fill defaults.
 
     ``hoplimit`` 0 means scamper's default: probe up to TTL 255, relying on
     ``gaplimit`` (consecutive silent hops) to stop.  ``loops`` 0 never stops
-    on a loop.  ``size`` is the whole IP packet (default 44 for IPv4, 60 for
+    on a loop.  ``squeries``: how many consecutive TTLs may have a probe out
+    at once (scamper's option; 1 = one probe in flight, as scamper does by
+    default; Butskoy's traceroute uses 16).  ``size`` is the whole IP packet (default 44 for IPv4, 60 for
     IPv6, as scamper; tcp probes are headers only).  With a paris method the
     first two payload bytes are ours (they set the checksum), so a given
     payload needs at least two bytes.
@@ -158,6 +166,7 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
     wp = _seconds("wait_probe", wait_probe, 0, 20)
     tos = _int("tos", tos, 0, 255)  # type: ignore[assignment]
     userid = _int("userid", userid, 0, 2**32 - 1)  # type: ignore[assignment]
+    squeries = _int("squeries", squeries, 1, 255)  # type: ignore[assignment]
     hdr = (20 if family == 4 else 40) + _TRANSPORT_HDR[method]
     paris = method in ("udp-paris", "icmp-paris")
     if payload is not None:
@@ -221,7 +230,8 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
                      firsthop=firsthop, hoplimit=hoplimit, gaplimit=gaplimit, loops=loops,
                      wait_timeout_ns=wt, wait_probe_ns=wp, sport=sp, dport=dp,  # type: ignore[arg-type]
                      icmp_id=icmp_id, icmp_sum=isum, tos=tos, size=size, payload=payload,  # type: ignore[arg-type]
-                     payload_given=payload_given, src=s, userid=userid)
+                     payload_given=payload_given, src=s, userid=userid,
+                     squeries=squeries)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------
@@ -313,6 +323,14 @@ class _Probe:
 
 
 @dataclass(slots=True)
+class _TtlState:
+    """Probing at one TTL: attempts sent, the probe out, replies so far."""
+    attempts: int = 0
+    inflight: int | None = None
+    replies: list["_Got"] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Got:
     pid: int
     pkt: P.IPPacket
@@ -343,10 +361,8 @@ class TraceProbing:
         self.got: list[_Got] = []
         self._by_ipid: dict[int, int] = {}
         self._by_key: dict[int, int] = {}
-        self.ttl = plan.firsthop
-        self.attempt = 0  # attempts sent at the current TTL
-        self.inflight: int | None = None
-        self._hop: list[_Got] = []  # replies at the current TTL
+        self.ttl = plan.firsthop  # the lowest TTL not yet decided on
+        self._ttls: dict[int, _TtlState] = {}
         self._gap = 0
         self._loopc = 0
         self._te_addrs: dict[str, int] = {}  # time-exceeded source -> first TTL
@@ -384,8 +400,33 @@ class TraceProbing:
         return {"probe": f"({err6} and ip6[88:2] = {p.sport}) or ({direct})"}
 
     # -- probes ---------------------------------------------------------------
+    @property
+    def inflight(self) -> int | None:
+        """The probe out at the lowest TTL (the only one when squeries is 1)."""
+        pids = self.inflight_pids()
+        return pids[0] if pids else None
+
+    def inflight_pids(self) -> list[int]:
+        """Probes sent and waiting for a reply or their timeout, lowest TTL first."""
+        return [st.inflight for _, st in sorted(self._ttls.items()) if st.inflight is not None]
+
+    def _more(self, st: _TtlState) -> bool:
+        """Another attempt is due at this TTL (once the one out is resolved)."""
+        return st.attempts < self.plan.attempts and (self.plan.all_attempts or not st.replies)
+
+    def _next_ttl(self) -> int | None:
+        """The lowest TTL in the window that can take a probe now."""
+        if self.done:
+            return None
+        last = min(self.ttl + self.plan.squeries - 1, self.plan.max_ttl)
+        for t in range(self.ttl, last + 1):
+            st = self._ttls.get(t)
+            if st is None or (st.inflight is None and self._more(st)):
+                return t
+        return None
+
     def wants_probe(self) -> bool:
-        return not self.done and self.inflight is None
+        return self._next_ttl() is not None
 
     def _key(self, pid: int) -> int:
         """The per-probe transport value (see the module docstring)."""
@@ -426,8 +467,10 @@ class TraceProbing:
         """(pid, ttl, bytes) of the next probe, recorded as scheduled at
         ``at_ns``; IPv4 bytes include our IP header (TTL inside), IPv6 bytes
         are the transport only (the driver sets the hop limit per send)."""
-        if not self.wants_probe():
-            raise RuntimeError("no probe is due (one is in flight or the trace is done)")
+        ttl = self._next_ttl()
+        if ttl is None:
+            raise RuntimeError("no probe is due (the window is full or the trace is done)")
+        st = self._ttls.setdefault(ttl, _TtlState())
         p = self.plan
         pid = len(self.probes)
         body = self._transport(pid)
@@ -435,13 +478,13 @@ class TraceProbing:
         if p.family == 4:
             ipid = (self._ipid_base + pid) % 0xFFFF + 1  # never 0: the kernel would replace it
             self._by_ipid[ipid] = pid
-            body = P.ipv4_header(self.src, p.dst, p.proto, len(body), ttl=self.ttl, tos=p.tos, ipid=ipid) + body
+            body = P.ipv4_header(self.src, p.dst, p.proto, len(body), ttl=ttl, tos=p.tos, ipid=ipid) + body
         key = self._key(pid)
         self._by_key[key] = pid
-        self.attempt += 1
-        self.probes.append(_Probe(pid, self.ttl, self.attempt, ipid, key, at_ns))
-        self.inflight = pid
-        return pid, self.ttl, body
+        st.attempts += 1
+        st.inflight = pid
+        self.probes.append(_Probe(pid, ttl, st.attempts, ipid, key, at_ns))
+        return pid, ttl, body
 
     def sent(self, pid: int, tx_ns: int | None, ts_source: str | None, error: str | None = None) -> None:
         pr = self.probes[pid]
@@ -526,20 +569,26 @@ class TraceProbing:
         pr.answered = True
         g = _Got(pid, pkt, rx_ns, ts_source, kind)
         self.got.append(g)
-        if pr.ttl == self.ttl and not self.done:
-            self._hop.append(g)
-            if pid == self.inflight:
-                self._resolve(answered=True)
+        st = self._ttls.get(pr.ttl)
+        if st is not None and pr.ttl >= self.ttl and not self.done:
+            st.replies.append(g)
+            if st.inflight == pid:
+                st.inflight = None
+            self._advance()
         return True
 
     def expired(self, pid: int) -> None:
         """The wait for probe ``pid`` ended without a reply."""
-        if pid == self.inflight and not self.done:
-            self._resolve(answered=False)
+        st = self._ttls.get(self.probes[pid].ttl)
+        if st is not None and st.inflight == pid and not self.done:
+            st.inflight = None
+            self._advance()
 
     def missing_tx(self) -> list[int]:
-        """Answered probes whose transmit stamp has not arrived yet."""
-        return [g.pid for g in self.got if self.probes[g.pid].tx_ns is None and self.probes[g.pid].error is None]
+        """Probes whose transmit stamp (or send error) has not arrived yet:
+        answered ones need it for their RTT; with squeries > 1, probes still
+        queued when the trace stopped are counted only once really sent."""
+        return [pr.pid for pr in self.probes if pr.tx_ns is None and pr.error is None]
 
     def halt(self) -> None:
         self._stop(TraceStop.HALTED)
@@ -555,19 +604,21 @@ class TraceProbing:
     def _stop(self, reason: TraceStop, data: int = 0) -> None:
         if not self.done:
             self.done, self.stop_reason, self.stop_data = True, reason, data
-            self.inflight = None
+            for st in self._ttls.values():
+                st.inflight = None
 
-    def _resolve(self, answered: bool) -> None:
-        self.inflight = None
-        p = self.plan
-        more = self.attempt < p.attempts and (p.all_attempts or not answered)
-        if not more:
-            self._hop_done()
+    def _advance(self) -> None:
+        """Decide on TTLs in order, from the lowest, while their probing is over
+        (with squeries > 1 a higher TTL may finish first: it waits its turn)."""
+        while not self.done:
+            st = self._ttls.get(self.ttl)
+            if st is None or st.inflight is not None or self._more(st):
+                return
+            self._hop_done(st.replies)
 
-    def _hop_done(self) -> None:
+    def _hop_done(self, hop: list[_Got]) -> None:
         """Decide after a TTL's probes: stop (with scamper's reason) or move on."""
         p = self.plan
-        hop = self._hop
         if any(g.kind == "done" for g in hop):
             return self._stop(TraceStop.COMPLETED)
         for g in hop:
@@ -594,8 +645,6 @@ class TraceProbing:
         if self.ttl >= p.max_ttl:
             return self._stop(TraceStop.HOPLIMIT)
         self.ttl += 1
-        self.attempt = 0
-        self._hop = []
 
     # -- result ---------------------------------------------------------------
     def _hop_record(self, g: _Got) -> TraceHop | None:
@@ -631,17 +680,29 @@ class TraceProbing:
         p = self.plan
         sent = [pr for pr in self.probes if pr.error is None]
         hops = [h for h in (self._hop_record(g) for g in self.got if self.probes[g.pid].error is None) if h]
-        hops.sort(key=lambda h: (h.probe_ttl, h.probe_id))
         extra = dict(extra or {})
+        if self.stop_reason not in (TraceStop.HALTED, TraceStop.ERROR, TraceStop.NONE):
+            # With squeries > 1, probes past the deciding TTL were already out;
+            # the path ends where the trace stopped, as in sequential probing.
+            past = [h for h in hops if h.probe_ttl > self.ttl]
+            if past:
+                extra["replies_past_stop"] = len(past)
+                hops = [h for h in hops if h.probe_ttl <= self.ttl]
+            hop_count = min(max((pr.ttl for pr in sent), default=0), self.ttl)
+        else:
+            hop_count = max((pr.ttl for pr in sent), default=0)
+        hops.sort(key=lambda h: (h.probe_ttl, h.probe_id))
         if self.dups:
             extra["dups"] = self.dups
+        if p.squeries > 1:
+            extra["squeries"] = p.squeries
         udp_tcp = not p.is_icmp
         return Trace(
             dst=p.dst, src=self.src, start_ns=start_ns, method=_SCAMPER_NAME[p.method],
             sport=p.sport if udp_tcp else None, dport=p.dport if udp_tcp else None,
             icmp_sum=p.icmp_sum if p.method == "icmp-paris" else None,
             stop_reason=self.stop_reason, stop_data=self.stop_data,
-            hop_count=max((pr.ttl for pr in sent), default=0), attempts=p.attempts, hoplimit=p.hoplimit,
+            hop_count=hop_count, attempts=p.attempts, hoplimit=p.hoplimit,
             firsthop=p.firsthop, wait_timeout=_dt.timedelta(microseconds=p.wait_timeout_ns // 1000),
             wait_probe=_dt.timedelta(microseconds=p.wait_probe_ns // 1000), tos=p.tos,
             probe_size=p.size, probe_count=len(sent), userid=p.userid, hop_records=hops,
@@ -662,7 +723,7 @@ async def trace(io: PacketSession, dst: Any, *, method: str = "udp-paris", attem
                 loops: int = 1, wait_timeout: Any = 5.0, wait_probe: Any = 0.0, sport: int | None = None,
                 dport: int | None = None, icmp_id: int | None = None, icmp_sum: int | None = None,
                 size: int | None = None, payload: bytes | str | None = None, src: Any = None, tos: int = 0,
-                userid: int = 0, halt: asyncio.Event | None = None) -> Trace:
+                userid: int = 0, squeries: int = 1, halt: asyncio.Event | None = None) -> Trace:
     """Traceroute toward ``dst`` from the endpoint behind ``io``; returns a ``Trace``.
 
     Parameters are scamper's ``do_trace`` (times as float seconds or
@@ -673,7 +734,7 @@ async def trace(io: PacketSession, dst: Any, *, method: str = "udp-paris", attem
     plan = plan_trace(dst, method=method, attempts=attempts, all_attempts=all_attempts, firsthop=firsthop,
                       hoplimit=hoplimit, gaplimit=gaplimit, loops=loops, wait_timeout=wait_timeout,
                       wait_probe=wait_probe, sport=sport, dport=dport, icmp_id=icmp_id, icmp_sum=icmp_sum,
-                      size=size, payload=payload, src=src, tos=tos, userid=userid)
+                      size=size, payload=payload, src=src, tos=tos, userid=userid, squeries=squeries)
     source = plan.src or await route_source(io, plan.family, plan.dst, plan.dport or 33435)
     run = TraceProbing(plan, source)
     socks = ProbeSockets()
@@ -718,15 +779,14 @@ async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: P
     extra: dict[str, Any] = {}
     last_at: int | None = None
     holder: list[asyncio.Future] = []
-    barrier_for: int | None = None  # pid whose deadline barrier has been run
+    barriers: set[int] = set()  # probes whose deadline barrier has been run
 
-    def handle(note: Any, cutoff_ep: int | None = None) -> None:
+    def handle(note: Any) -> None:
         kind = note.kind
         if kind == "ndata" and note.sock in socks.capture:
-            if cutoff_ep is not None and note.time_ns > cutoff_ep:
-                return
             pkt = P.parse_packet(note.data)
             if pkt is not None:
+                # run.received refuses a reply later than its probe's wait
                 run.received(pkt, note.time_ns, note.ts_source)
         elif kind == "ntag" and note.sock == socks.send and note.tag in tags:
             pid = tags[note.tag]
@@ -738,6 +798,47 @@ async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: P
         elif kind == "ndrop":
             extra["ndrop"] = extra.get("ndrop", 0) + note.count
 
+    async def send_probe(at: int) -> None:
+        nonlocal last_at
+        pid, ttl, data = run.probe(at)
+        tag = tag_base + pid
+        tags[tag] = pid
+        last_at = at
+        try:
+            if plan.family == 4:
+                await io.nsend(socks.send, data, dst=plan.dst, at=at, tag=tag)
+            else:
+                await io.nsend(socks.send, data, dst=plan.dst, at=at, tag=tag, ttl=ttl)
+        except EndpointError as exc:
+            extra["error"] = f"probe {pid} (ttl {ttl}): {exc}"
+            run.sent(pid, None, None, error=str(exc))
+
+    async def expire_due(local: int) -> int | None:
+        """Give up on probes whose wait is over; the next deadline (local
+        clock) otherwise, None when nothing is out."""
+        nearest = None
+        for pid in run.inflight_pids():
+            pr = run.probes[pid]
+            end = run.deadline_ns(pid) - offset
+            if pr.tx_ns is None and local < end + _TX_GRACE_NS:
+                # The wait runs from the kernel's transmit time: hold on
+                # until the stamp of a probe the endpoint sent late arrives.
+                end = max(end, local + 20_000_000)
+            if local < end:
+                nearest = end if nearest is None else min(nearest, end)
+                continue
+            # Replies the kernel received in time may still be on their way
+            # (a loaded client or endpoint): one control round trip lets the
+            # endpoint flush them, then take what is queued and give up.
+            if pid not in barriers:
+                barriers.add(pid)
+                await io.ping()
+            while (note := stream.poll()) is not None:
+                handle(note)
+            run.expired(pid)
+            return local  # the state moved on: look again at once
+        return nearest
+
     try:
         while not run.done:
             if halt is not None and halt.is_set():
@@ -745,55 +846,29 @@ async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: P
                 run.unsend_after(_now() + offset)
                 break
             local = _now()
+            wake: int | None = None
             if run.wants_probe():
                 at = max(local + offset + lead, start)
                 if last_at is not None:
                     at = max(at, last_at + plan.wait_probe_ns)
                 if at - lead <= local + offset:
-                    pid, ttl, data = run.probe(at)
-                    tag = tag_base + pid
-                    tags[tag] = pid
-                    last_at = at
-                    try:
-                        if plan.family == 4:
-                            await io.nsend(socks.send, data, dst=plan.dst, at=at, tag=tag)
-                        else:
-                            await io.nsend(socks.send, data, dst=plan.dst, at=at, tag=tag, ttl=ttl)
-                    except EndpointError as exc:
-                        extra["error"] = f"probe {pid} (ttl {ttl}): {exc}"
-                        run.sent(pid, None, None, error=str(exc))
+                    await send_probe(at)
                     continue
                 wake = at - lead - offset
-            else:
-                pid = run.inflight
-                assert pid is not None
-                pr = run.probes[pid]
-                end = run.deadline_ns(pid) - offset
-                if pr.tx_ns is None and local < end + _TX_GRACE_NS:
-                    # The wait runs from the kernel's transmit time: hold on
-                    # until the stamp of a probe the endpoint sent late arrives.
-                    end = max(end, local + 20_000_000)
-                if local >= end:
-                    # Replies the kernel received in time may still be on
-                    # their way (a loaded client or endpoint): one control
-                    # round trip lets the endpoint flush them, then take
-                    # what is queued and give up on this probe.
-                    if barrier_for != pid:
-                        barrier_for = pid
-                        await io.ping()
-                    cutoff = run.deadline_ns(pid)
-                    while (note := stream.poll()) is not None:
-                        handle(note, cutoff)
-                    run.expired(pid)
-                    continue
-                wake = end
+            deadline = await expire_due(local)
+            if deadline == local:
+                continue
+            if deadline is not None:
+                wake = deadline if wake is None else min(wake, deadline)
+            if wake is None:  # nothing to send and nothing out: cannot happen while not done
+                raise AssertionError("trace stalled with no probe out")
             note = stream.poll()
             if note is None:
                 note = await _next_note(stream, max(0.0, (wake - local) / _NS), halt, holder)
                 if note is None:
                     continue
             handle(note)
-        # Every answered probe also needs its kernel transmit stamp.
+        # Every probe's kernel transmit stamp (answered ones need it for the RTT).
         until = _now() + _TX_GRACE_NS
         while run.missing_tx() and _now() < until:
             note = stream.poll() or await stream.next(max(0.0, (until - _now()) / _NS))
