@@ -772,7 +772,7 @@ async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: P
     offset, ctl_rtt = off.offset_ns, off.rtt_ns
     # Queue each probe this far ahead: enough for the request to reach the
     # endpoint, so its scheduler (not our loop) sets the send time.
-    lead = max(2_000_000, 2 * ctl_rtt + 1_000_000)
+    lead = max(700_000, 2 * ctl_rtt + 500_000)
     start = _now() + offset + lead
     tags: dict[int, int] = {}  # tag -> pid
     tag_base = random.SystemRandom().randrange(1, 2**31)
