@@ -177,6 +177,59 @@ def test_garbage_gives_format_error(line):
         loads(line)
 
 
+# Found by the atheris fuzzer (tests/fuzz): lines that crashed the reader or
+# read into objects that could not be written back.
+_FUZZ_PING = (
+    '{"type":"ping", "version":"0.4", "method":"udp", "src":"2001:db8::1", "dst":"2001:db8::9", '
+    '"start":{"sec":1700000000, "usec":0}, "ping_sent":1, "userid":0, "wait":1, "timeout":1, '
+    '"sport":40000, "dport":33434, "responses":[{"from":"2001:db8::9", "seq":0, "reply_size":48, '
+    '"reply_ttl":60, "reply_proto":"icmp", "tx":{"sec":1700000000, "usec":0}, '
+    '"rx":{"sec":1700000000, "usec":1000}, "rtt":1.000, "icmp_type":1, "icmp_code":4}]}')
+FUZZ_FOUND = {
+    # an unknown key holding a number beyond a float: read as inf, dumps refused it
+    "overflowing float kept in extra": _FUZZ_PING.replace('"dport":33434', '"dporT":3e3434'),
+    "NaN kept in extra": _FUZZ_PING.replace('"dport":33434', '"x":NaN'),
+    "Infinity in an unknown record": '{"type":"tracelb","x":-Infinity}',
+    # timedelta(microseconds=…) overflowed: OverflowError instead of FormatError
+    "wait beyond a timedelta": _FUZZ_PING.replace('"wait":1', '"wait":118446744073709551616'),
+    "timeout_us beyond a timedelta": _FUZZ_PING.replace('"timeout":1', '"timeout_us":10' + "0" * 22),
+    "trace wait_probe_us beyond a timedelta":
+        '{"type":"trace","dst":"127.0.0.1","start":{"sec":1,"usec":0},'
+        '"marionet":{"wait_probe_us":10000000000000000000000}}',
+    "host wait beyond a timedelta":
+        '{"type":"host","dst":"192.0.2.53","start":{"sec":1,"usec":0},"wait":10000000000000000000}',
+    # round(rtt * 1000) of a finite but huge float: OverflowError
+    "rtt whose microseconds overflow a float": _FUZZ_PING.replace('"rtt":1.000', '"rtt":1e306'),
+    # a start in the year 39 million read fine, then to_json could not format it
+    "trace start beyond the year 9999":
+        '{"type":"trace", "version":"1.1", "userid":99, "method":"t.0.2.1", "dst":"192.0.2.53", '
+        '"userid":0, "start":{"sec":1700000000, "usec":1234567777777777777777}, '
+        '"flags":["norecurse"], "wsthop":1, "wait":2, "wait_probet":3, "hops":[{"addr":"192.0.2.1", '
+        '"probe_ttl":3, "p_ieodrb":1, "probe_size":44, "tx":{"sec":170000, "usec":300000}, '
+        '"rtt":3.000, "re":5, "rAplyze":40, "tcp_flags":20}]}',
+    # rx = tx + rtt, written back as "rx", fell in a year the reader refuses
+    "reply rtt putting rx beyond the year 9999":
+        _FUZZ_PING.replace('"rx":{"sec":1700000000, "usec":1000}, "rtt":1.000',
+                           '"bx":{"sec":1700000000, "usec":1000}, "rtt":66666666666666666661.000'),
+    "reply tx before the year 1": _FUZZ_PING.replace('"tx":{"sec":1700000000',
+                                                      '"tx":{"sec":-99999999999999'),
+}
+
+
+@pytest.mark.parametrize("line", FUZZ_FOUND.values(), ids=FUZZ_FOUND.keys())
+def test_fuzz_found_lines_give_format_error(line):
+    with pytest.raises(FormatError):
+        loads(line)
+
+
+def test_times_at_the_ends_of_datetime_still_read_and_write():
+    for sec, usec in ((-62135596800, 0), (253402300799, 999999)):
+        p = loads(_FUZZ_PING.replace('"sec":1700000000, "usec":0}, "ping_sent"',
+                                     f'"sec":{sec}, "usec":{usec}}}, "ping_sent"'))
+        assert p.start.year in (1, 9999)
+        assert dumps(loads(dumps(p))) == dumps(p)
+
+
 @given(st.text(max_size=200))
 def test_random_text_never_crashes(text):
     try:

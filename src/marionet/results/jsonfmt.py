@@ -36,8 +36,8 @@ import json
 import math
 from typing import Any, Callable
 
-from .common import (Addr, NS_PER_US, ns_to_ms_str, ns_to_timeval,
-                     timeval_to_ns)
+from .common import (Addr, NS_PER_US, datetime_to_ns, ns_to_ms_str,
+                     ns_to_timeval, timeval_to_ns)
 from .cycle import CycleStart, CycleStop, UnknownResult
 from .errors import FormatError
 from .ping import Ping, PingReply
@@ -394,6 +394,10 @@ def register(type_name: str, cls: type, writer: Callable[[Any], dict[str, Any]],
 
 # -- decoding --------------------------------------------------------------
 
+_MIN_NS = datetime_to_ns(_dt.datetime.min.replace(tzinfo=_dt.timezone.utc))
+_MAX_NS = datetime_to_ns(_dt.datetime.max.replace(tzinfo=_dt.timezone.utc)) + NS_PER_US - 1
+
+
 class _Fields:
     """Typed access to one JSON object with errors that name the field."""
 
@@ -442,7 +446,10 @@ class _Fields:
                 raise self.fail(key, "is missing")
             return None
         tv = _Fields(v, f"{self.what}.{key}")
-        return timeval_to_ns(tv.int("sec", True), tv.int("usec", True))
+        ns = timeval_to_ns(tv.int("sec", True), tv.int("usec", True))
+        if not _MIN_NS <= ns <= _MAX_NS:  # .start/.tx are datetimes: years 1 to 9999
+            raise self.fail(key, f"is not a time between the years 1 and 9999: {v!r}")
+        return ns
 
     def ms(self, key: str, required: bool = False) -> int | None:
         """Milliseconds (scamper's RTT) → ns, exact for 3 decimals."""
@@ -494,6 +501,8 @@ def _reply_from_json(raw: Any, i: int) -> PingReply:
     rtt = _exact(ext, "rtt_ns", f.ms("rtt"))
     if rtt is None and (tx is None or rx is None):
         raise f.fail("rtt", "is missing")
+    if rx is None and tx is not None and rtt is not None and not _MIN_NS <= tx + rtt <= _MAX_NS:
+        raise f.fail("rtt", "puts rx (tx + rtt, written back) outside the years 1 to 9999")
     proto = f.d.get("reply_proto", "icmp")
     if not isinstance(proto, (str, int)) or isinstance(proto, bool):
         raise f.fail("reply_proto", f"must be a string or integer, got {proto!r}")
@@ -652,12 +661,29 @@ def from_json(d: Any) -> Any:
         raise
     except (ValueError, TypeError) as e:
         raise FormatError(f"{kind}: {e}") from None
+    except OverflowError as e:  # a number too large for a timedelta or a float
+        raise FormatError(f"{kind}: number out of range: {e}") from None
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return v
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def loads(line: str | bytes) -> Any:
-    """One JSON line → result object (``FormatError`` on bad input)."""
+    """One JSON line → result object (``FormatError`` on bad input).
+
+    Numbers must be finite: ``NaN``/``Infinity`` (not JSON) and numbers too
+    large for a float (``1e999``) are refused here, as ``dumps`` could not
+    write them back."""
     try:
-        d = json.loads(line)
+        d = json.loads(line, parse_float=_finite_float, parse_constant=_no_constant)
     except (ValueError, RecursionError) as e:
         raise FormatError(f"not valid JSON: {e}") from None
     return from_json(d)
