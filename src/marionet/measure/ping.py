@@ -51,7 +51,8 @@ from marionet.measure.params import integer as _int
 from marionet.measure.params import method as check_method
 from marionet.measure.params import seconds as _seconds
 from marionet.measure.params import target as check_target
-from marionet.measure.rawio import ProbeSockets, close_sockets, open_probe_sockets, route_source
+from marionet.measure.rawio import (ProbeSockets, close_sockets, open_probe_sockets, queue_lead_ns,
+                                    route_source)
 from marionet.results import Ping, PingReply, PingStop
 
 __all__ = ["ping", "plan_ping", "PingPlan", "PingProbing", "SUPPORTED_METHODS"]
@@ -448,9 +449,7 @@ async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: Pro
                  halt: asyncio.Event | None, stream: Any) -> Ping:
     off = await io.clock_offset(samples=3)
     offset, ctl_rtt = off.offset_ns, off.rtt_ns
-    # Queue each probe this far ahead of its slot: enough for the request to
-    # reach the endpoint, so the endpoint's scheduler (not our loop) sets the time.
-    lead = max(2_000_000, 2 * ctl_rtt + 1_000_000)
+    lead = queue_lead_ns(ctl_rtt)  # the endpoint's scheduler sets send times
     start = _now() + offset + lead
     tags: dict[int, int] = {}  # tag -> attempt
     tag_base = random.SystemRandom().randrange(1, 2**31)

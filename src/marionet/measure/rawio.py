@@ -21,6 +21,17 @@ class ProbeSockets:
     opened: list[int] = field(default_factory=list)
 
 
+def queue_lead_ns(ctl_rtt_ns: int) -> int:
+    """How far ahead of its send time a probe is queued at the endpoint.
+
+    Enough for the request to arrive first (two control round trips and a
+    margin), so the endpoint's scheduler, not the client's loop, sets the
+    send time; no more, because a path left idle between probes goes cold
+    (on a 3-router veth path a 2 ms floor doubled hop RTTs and trace time).
+    """
+    return max(700_000, 2 * ctl_rtt_ns + 500_000)
+
+
 async def route_source(io: PacketSession, family: int, dst: str, port: int) -> str:
     """The endpoint's source address toward ``dst``: a connected UDP
     socket's local address is the kernel's route lookup."""

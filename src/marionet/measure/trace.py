@@ -63,7 +63,8 @@ from marionet.measure.params import integer as _int
 from marionet.measure.params import method as check_method
 from marionet.measure.params import seconds as _seconds
 from marionet.measure.params import target as check_target
-from marionet.measure.rawio import ProbeSockets, close_sockets, open_probe_sockets, route_source
+from marionet.measure.rawio import (ProbeSockets, close_sockets, open_probe_sockets, queue_lead_ns,
+                                    route_source)
 from marionet.results import IcmpExt, MplsLabel, Trace, TraceHop, TraceStop
 
 __all__ = ["trace", "plan_trace", "TracePlan", "TraceProbing", "SUPPORTED_METHODS",
@@ -770,9 +771,7 @@ async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: P
                  halt: asyncio.Event | None, stream: Any) -> Trace:
     off = await io.clock_offset(samples=3)
     offset, ctl_rtt = off.offset_ns, off.rtt_ns
-    # Queue each probe this far ahead: enough for the request to reach the
-    # endpoint, so its scheduler (not our loop) sets the send time.
-    lead = max(700_000, 2 * ctl_rtt + 500_000)
+    lead = queue_lead_ns(ctl_rtt)  # the endpoint's scheduler sets send times
     start = _now() + offset + lead
     tags: dict[int, int] = {}  # tag -> pid
     tag_base = random.SystemRandom().randrange(1, 2**31)
