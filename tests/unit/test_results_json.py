@@ -211,6 +211,11 @@ FUZZ_FOUND = {
     "reply rtt putting rx beyond the year 9999":
         _FUZZ_PING.replace('"rx":{"sec":1700000000, "usec":1000}, "rtt":1.000',
                            '"bx":{"sec":1700000000, "usec":1000}, "rtt":66666666666666666661.000'),
+    # a negative rcode was kept, written as "-58", and that text did not read back
+    "host rcode below 0":
+        '{"type":"host","dst":"192.0.2.53","start":{"sec":1,"usec":0},"queries":[{"rcode":-58}]}',
+    "host rcode beyond 12 bits":
+        '{"type":"host","dst":"192.0.2.53","start":{"sec":1,"usec":0},"queries":[{"rcode":"4096"}]}',
     "reply tx before the year 1": _FUZZ_PING.replace('"tx":{"sec":1700000000',
                                                       '"tx":{"sec":-99999999999999'),
 }
@@ -220,6 +225,15 @@ FUZZ_FOUND = {
 def test_fuzz_found_lines_give_format_error(line):
     with pytest.raises(FormatError):
         loads(line)
+
+
+def test_rcodes_that_read_write_back():
+    for rcode, text in ((0, "NoError"), (16, "BADVERS"), (12, "12"), (4095, "4095")):
+        r = loads('{"type":"host","dst":"192.0.2.53","start":{"sec":1,"usec":0},'
+                  f'"queries":[{{"rx":{{"sec":2,"usec":0}},"rcode":{rcode}}}]}}')
+        assert r.queries[0].rcode == rcode
+        assert json.loads(dumps(r))["queries"][0]["rcode"] == text
+        assert loads(dumps(r)).queries[0].rcode == rcode
 
 
 def test_times_at_the_ends_of_datetime_still_read_and_write():

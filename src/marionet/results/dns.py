@@ -58,18 +58,27 @@ def rcode_text(rcode: int) -> str:
     return str(rcode)
 
 
+#: 4 bits in the header and 8 more in EDNS (RFC 6891).
+_MAX_RCODE = 0xFFF
+
+
 def rcode_value(text: str | int) -> int:
-    """Inverse of ``rcode_text``; accepts any case and plain numbers."""
+    """Inverse of ``rcode_text``; accepts any case and plain numbers
+    (0 to ``_MAX_RCODE``: what ``rcode_text`` writes must read back)."""
     if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    if not isinstance(text, str):
+        value = text
+    elif not isinstance(text, str):
         raise ValueError(f"rcode must be a name or a number, got {text!r}")
-    for i, n in enumerate(RCODE_NAMES):
-        if n is not None and n.lower() == text.lower():
-            return i
-    if text.isdigit():
-        return int(text)
-    raise ValueError(f"unknown rcode {text!r}")
+    else:
+        for i, n in enumerate(RCODE_NAMES):
+            if n is not None and n.lower() == text.lower():
+                return i
+        if not text.isdigit():
+            raise ValueError(f"unknown rcode {text!r}")
+        value = int(text)
+    if not 0 <= value <= _MAX_RCODE:
+        raise ValueError(f"rcode {text!r} is not between 0 and {_MAX_RCODE}")
+    return value
 
 
 def header_flag_names(flags: int) -> list[str]:
