@@ -616,3 +616,20 @@ async def test_socket_closed_while_quiet(endpoint, session):
         os.kill(pid, signal.SIGCONT)
     u2 = await session.nopen("udp", laddr="127.0.0.1")  # the endpoint carries on
     assert u2 != u
+
+
+async def test_untagged_sends_keep_socket_watched(endpoint, session):
+    """No TX stamp is asked for, so nothing lands on the socket mid-flight:
+    the socket stays watched (e.g. a UDP echo exchange reads replies at once)."""
+    import os
+    import signal
+
+    u = await session.nopen("udp", laddr="127.0.0.1")
+    es = _esock(endpoint, u)
+    pid = endpoint.engine.sender.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await session.nsend(u, b"x", dst="127.0.0.1", port=9)
+        assert not es._quiet and es._queued == 1
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 #: A tagged send whose kernel stamp has not arrived after this long is
 #: reported with its user-space send time instead (never silently lost).
 STAMP_GRACE_NS = 2_000_000_000
-#: Sends due within this when handed to the sender process keep the socket
-#: unwatched until they are out (see ``DatagramSocket._go_quiet``).
+#: Tagged sends due within this when handed to the sender process keep the
+#: socket unwatched until they are out (see ``DatagramSocket._go_quiet``).
 QUIET_HORIZON_NS = 5_000_000
 #: Longest a socket stays unwatched that way.
 QUIET_MAX_S = 0.002
@@ -198,8 +198,9 @@ class DatagramSocket(EpSocket):
         if item.at is not None and item.at - time.time_ns() > QUIET_HORIZON_NS:
             self._queued_later += 1
             job.later = True
-        elif engine.name == "process" and not self._queued_later and not self._quiet:
-            self._go_quiet()
+        elif (item.tag is not None and engine.name == "process" and not self._queued_later
+              and not self._quiet):
+            self._go_quiet()  # only a tagged send puts a stamp on the socket mid-flight
         engine.submit(job)
 
     def _go_quiet(self) -> None:
