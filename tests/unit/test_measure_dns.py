@@ -569,3 +569,43 @@ def test_valid_reply_parses_and_wrong_id_or_question_does_not():
     assert run.received(_valid_reply(q.id), 6, "kernel", tcp=False) is None  # a duplicate
     assert run.malformed == 3 and q.rx_ns == 5 and [str(a) for a in run.result(
         start_ns=1, stop=DnsStop.DONE, src=None, error=None, vp=None).ans_addrs()] == ["192.0.2.1"]
+
+
+# Found by the atheris fuzzer (tests/fuzz): an A record outside class IN has
+# no address in dnspython (generic data, or a CH A's domain and number); the
+# parser read ``.address`` anyway and the whole reply was counted malformed.
+_FUZZ_CLASS17_A = bytes.fromhex(
+    "12348100000100060002000203777777076578616d706c650000010001c00c3d0500010000003c0008"
+    "05616c696173c010c00c000100110000003c0004c0000201c003797700010000003c001020010db800"
+    "0080000000000002000001c00c07f100010000003c0009000a04003c000c0500000000000000070000"
+    "0000000000000378616d00000603707472c010c010000b00010000003c0006036e7332c010c0104006"
+    "00010000003c001ec0a8056e6964c06d61100000000100001c2000000e10001275000000012cc00801"
+    "a801000000003c0004c00002350028000000000000000007000300036e7331")
+
+
+def test_fuzz_found_reply_with_a_class17_a_record_is_not_malformed():
+    run = DnsExchange(_PLAN)
+    q, _ = run.new_query(tcp=False)
+    wire = struct.pack("!H", q.id) + _FUZZ_CLASS17_A[2:]
+    assert run.received(wire, 5, "kernel", tcp=False) is q
+    a17 = [rr for rr in q.an if rr.rclass == "CLASS17"]
+    assert [(rr.rtype, rr.address, rr.rdata) for rr in a17] == [("A", None, r"\# 4 c0000201")]
+    r = run.result(start_ns=1, stop=DnsStop.DONE, src=None, error=None, vp=None)
+    assert to_json(from_json(to_json(r))) == to_json(r)
+
+
+@pytest.mark.parametrize("rdclass, rdtype, text", [
+    ("CH", "A", "chaos. 1234"),  # a domain and an octal number, not an address
+    ("CLASS17", "A", r"\# 4 c0000201"),
+    ("HS", "AAAA", r"\# 16 20010db8000000000000000000000001"),
+])
+def test_address_records_outside_class_in_keep_their_text(rdclass, rdtype, text):
+    q = dns.message.make_query("www.example", "A", id=9)
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text("www.example.", 60, "IN", "A", "192.0.2.1"))
+    r.answer.append(dns.rrset.from_text("www.example.", 60, rdclass, rdtype, text))
+    got = parse_reply(r.to_wire(), _PLAN)
+    assert got is not None
+    (inside, outside) = got.an
+    assert str(inside.address) == "192.0.2.1"
+    assert outside.rclass == rdclass and outside.address is None and outside.rdata

@@ -243,7 +243,9 @@ def _name_text(n: _name.Name) -> str:
 def _rr(name: _name.Name, rdclass: int, rdtype: int, ttl: int, rd: Any) -> DnsRR:
     """One dnspython rdata → ``DnsRR`` with scamper's typed views."""
     kw: dict[str, Any] = {}
-    if rdtype in (_rdatatype.A, _rdatatype.AAAA):
+    if rdtype in (_rdatatype.A, _rdatatype.AAAA) and rdclass == _rdataclass.IN:
+        # an address only in class IN: a CH A is a domain and a number, and
+        # other classes' A/AAAA are opaque data (rdata text below)
         kw["address"] = rd.address
     elif rdtype in (_rdatatype.NS, _rdatatype.CNAME, _rdatatype.PTR):
         kw["target"] = _name_text(rd.target)
