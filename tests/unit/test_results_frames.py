@@ -20,31 +20,8 @@ from marionet.results.dns import DnsMX
 
 T0 = 1_700_000_000_123_456_789
 
-# Lines written by Debian's scamper 20211212 (as in test_results_json.py).
-SCAMPER_PING = (
-    '{"type":"ping", "version":"0.4", "method":"icmp-echo", "src":"127.0.0.1", '
-    '"dst":"127.0.0.1", "start":{"sec":1795346032,"usec":958387}, "ping_sent":3, '
-    '"probe_size":84, "userid":0, "ttl":64, "wait":1, "timeout":1, "responses":['
-    '{"from":"127.0.0.1", "seq":0, "reply_size":84, "reply_ttl":64, "reply_proto":"icmp", '
-    '"tx":{"sec":1795346032, "usec":958533}, "rx":{"sec":1795346032, "usec":958791}, '
-    '"rtt":0.258, "probe_ipid":35090, "reply_ipid":37636, "icmp_type":0, "icmp_code":0},'
-    '{"from":"127.0.0.1", "seq":1, "reply_size":84, "reply_ttl":64, "reply_proto":"icmp", '
-    '"tx":{"sec":1795346033, "usec":959086}, "rx":{"sec":1795346033, "usec":959140}, '
-    '"rtt":0.054, "probe_ipid":41930, "reply_ipid":37840, "icmp_type":0, "icmp_code":0},'
-    '{"from":"127.0.0.1", "seq":2, "reply_size":84, "reply_ttl":64, "reply_proto":"icmp", '
-    '"tx":{"sec":1795346034, "usec":959300}, "rx":{"sec":1795346034, "usec":959354}, '
-    '"rtt":0.054, "probe_ipid":18336, "reply_ipid":37964, "icmp_type":0, "icmp_code":0}],'
-    '"statistics":{"replies":3, "loss":0, "min":0.054, "max":0.258, "avg":0.122, "stddev":0.096}}')
-
-SCAMPER_TRACE = (
-    '{"type":"trace","version":"0.1", "userid":0, "method":"udp-paris", "src":"127.0.0.1", '
-    '"dst":"127.0.0.1", "sport":36746, "dport":33435, "stop_reason":"COMPLETED", '
-    '"stop_data":0, "start":{"sec":1795346036, "usec":12850, "ftime":"2026-11-22 11:13:56"}, '
-    '"hop_count":1, "attempts":2, "hoplimit":0, "firsthop":1, "wait":5, "wait_probe":0, '
-    '"tos":0, "probe_size":44, "probe_count":1, "hops":[{"addr":"127.0.0.1", "probe_ttl":1, '
-    '"probe_id":1, "probe_size":44, "tx":{"sec":1795346036, "usec":13167}, "rtt":0.166, '
-    '"reply_ttl":64, "reply_tos":192, "reply_ipid":38178, "reply_size":72, "icmp_type":3, '
-    '"icmp_code":3, "icmp_q_ttl":1, "icmp_q_ipl":44, "icmp_q_tos":0}]}')
+# Lines written by Debian's scamper 20211212.
+from .test_results_json import SCAMPER_PING, SCAMPER_TRACE  # noqa: E402
 
 
 def scamper_ping() -> Ping:
