@@ -4,7 +4,10 @@ Each sample is one ``await session.nsend(...)`` (an untagged 16-byte UDP
 send to a local sink), measured with ``perf_counter_ns`` around the await;
 requests go one at a time, so the figure is request encode → endpoint
 decode, guard, enqueue to the send engine, reply → client decode. ``ping``
-(no socket work) is measured the same way for reference.
+(no socket work) is measured the same way for reference, and so is a timed,
+tagged ``nsend`` due 2 ms ahead (how ping and trace queue probes): the
+sender process then spins at SCHED_FIFO, and must not do so on the CPU of
+the endpoint's loop (it once stalled this reply until the send, 2.2 ms).
 
 Placements measured in one run:
   * separate process, plain TCP (``marionet endpoint --listen … --insecure``)
@@ -35,7 +38,7 @@ TARGET_US = 200.0
 
 
 async def measure(session: aio.PacketSession, sink_port: int, n: int, warmup: int = 200
-                  ) -> tuple[list[float], list[float]]:
+                  ) -> tuple[list[float], list[float], list[float]]:
     u = await session.nopen("udp", laddr="127.0.0.1")
     pc = time.perf_counter_ns
     for _ in range(warmup):
@@ -50,13 +53,21 @@ async def measure(session: aio.PacketSession, sink_port: int, n: int, warmup: in
         t0 = pc()
         await session.ping()
         ping_us.append((pc() - t0) / 1000)
+    timed_us: list[float] = []
+    for i in range(max(50, n // 20)):
+        at = time.time_ns() + 2_000_000
+        t0 = pc()
+        await session.nsend(u, b"control-rtt-0123", dst="127.0.0.1", port=sink_port, at=at, tag=i)
+        timed_us.append((pc() - t0) / 1000)
+        await asyncio.sleep(0.003)  # past the send: each request meets an idle sender
     await session.nclose(u)
-    return nsend_us, ping_us
+    return nsend_us, ping_us, timed_us
 
 
-def report(label: str, nsend_us: list[float], ping_us: list[float]) -> float:
+def report(label: str, nsend_us: list[float], ping_us: list[float], timed_us: list[float]) -> float:
     print(fmt_us(nsend_us, f"{label}: nsend→ok"))
     print(fmt_us(ping_us, f"{label}: ping→pong"))
+    print(fmt_us(timed_us, f"{label}: nsend(at=+2 ms)→ok"))
     return summary(nsend_us)["median"]
 
 
