@@ -77,3 +77,25 @@ def target(dst: Any, src: Any) -> tuple[str, int, str | None]:
             raise ValueError(f"source {sa} is IPv{sa.version} but destination {d} is IPv{d.version}")
         s = str(sa)
     return str(d), d.version, s
+
+
+#: scamper's limit on an explicit probe payload.
+MAX_PAYLOAD = 1000
+
+
+def payload(value: Any) -> bytes | None:
+    """A probe payload given as bytes or a hex string (as scamper takes it)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = bytes.fromhex(value)
+        except ValueError:
+            raise ValueError("payload must be bytes or a hex string with an even number of digits") from None
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value)
+    else:
+        raise ValueError(f"payload must be bytes or a hex string, got {type(value).__name__}")
+    if len(value) > MAX_PAYLOAD:
+        raise ValueError(f"payload limit is {MAX_PAYLOAD} bytes, got {len(value)}")
+    return value

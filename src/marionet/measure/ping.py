@@ -49,6 +49,7 @@ from marionet.measure import probes as P
 from marionet.measure.params import NS as _NS
 from marionet.measure.params import integer as _int
 from marionet.measure.params import method as check_method
+from marionet.measure.params import payload as check_payload
 from marionet.measure.params import seconds as _seconds
 from marionet.measure.params import target as check_target
 from marionet.measure.rawio import (ProbeSockets, close_sockets, open_probe_sockets, queue_lead_ns,
@@ -66,7 +67,6 @@ _PROBE_IPPROTO = {  # family -> method -> IP protocol of the probe socket
     4: {"icmp-echo": P.IPPROTO_ICMP, "udp": P.IPPROTO_UDP, "tcp-syn": P.IPPROTO_TCP},
     6: {"icmp-echo": P.IPPROTO_ICMPV6, "udp": P.IPPROTO_UDP, "tcp-syn": P.IPPROTO_TCP},
 }
-_MAX_PAYLOAD_GIVEN = 1000  # scamper's limit on an explicit payload
 _TX_GRACE_NS = 10_000_000_000  # how long past its wait a probe's transmit stamp is awaited
 
 
@@ -128,18 +128,7 @@ def plan_ping(dst: Any, *, method: str = "icmp-echo", attempts: int = 4, wait_pr
     icmp_seq = _int("icmp_seq", icmp_seq, 0, 65535)  # type: ignore[assignment]
     userid = _int("userid", userid, 0, 2**32 - 1)  # type: ignore[assignment]
     hdr = (20 if family == 4 else 40) + _TRANSPORT_HDR[method]
-    if payload is not None:
-        if isinstance(payload, str):
-            try:
-                payload = bytes.fromhex(payload)
-            except ValueError:
-                raise ValueError("payload must be bytes or a hex string with an even number of digits") from None
-        elif isinstance(payload, (bytes, bytearray, memoryview)):
-            payload = bytes(payload)
-        else:
-            raise ValueError(f"payload must be bytes or a hex string, got {type(payload).__name__}")
-        if len(payload) > _MAX_PAYLOAD_GIVEN:
-            raise ValueError(f"payload limit is {_MAX_PAYLOAD_GIVEN} bytes, got {len(payload)}")
+    payload = check_payload(payload)
     if size is not None:
         size = _int("size", size, 0, 65535)
         if size < hdr:  # type: ignore[operator]

@@ -61,6 +61,7 @@ from marionet.measure import probes as P
 from marionet.measure.params import boolean as _bool
 from marionet.measure.params import integer as _int
 from marionet.measure.params import method as check_method
+from marionet.measure.params import payload as check_payload
 from marionet.measure.params import seconds as _seconds
 from marionet.measure.params import target as check_target
 from marionet.measure.rawio import (ProbeSockets, close_sockets, open_probe_sockets, queue_lead_ns,
@@ -79,7 +80,6 @@ _SCAMPER_NAME = {"udp-paris": "udp-paris", "icmp-paris": "icmp-echo-paris", "udp
                  "icmp": "icmp-echo", "tcp": "tcp"}
 _TRANSPORT_HDR = {"udp-paris": 8, "udp": 8, "icmp-paris": 8, "icmp": 8, "tcp": 20}
 _DEFAULT_SIZE = {4: 44, 6: 60}  # scamper's probe size for udp and icmp traces (tcp: headers only)
-_MAX_PAYLOAD_GIVEN = 1000
 _MAX_TTL = 255
 _TX_GRACE_NS = 10_000_000_000  # how long past its wait a probe's transmit stamp is awaited
 _NS = 1_000_000_000
@@ -170,18 +170,8 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
     squeries = _int("squeries", squeries, 1, 255)  # type: ignore[assignment]
     hdr = (20 if family == 4 else 40) + _TRANSPORT_HDR[method]
     paris = method in ("udp-paris", "icmp-paris")
+    payload = check_payload(payload)
     if payload is not None:
-        if isinstance(payload, str):
-            try:
-                payload = bytes.fromhex(payload)
-            except ValueError:
-                raise ValueError("payload must be bytes or a hex string with an even number of digits") from None
-        elif isinstance(payload, (bytes, bytearray, memoryview)):
-            payload = bytes(payload)
-        else:
-            raise ValueError(f"payload must be bytes or a hex string, got {type(payload).__name__}")
-        if len(payload) > _MAX_PAYLOAD_GIVEN:
-            raise ValueError(f"payload limit is {_MAX_PAYLOAD_GIVEN} bytes, got {len(payload)}")
         if paris and len(payload) < 2:
             raise ValueError(f"{method} needs a payload of at least 2 bytes (they set the checksum)")
     if size is not None:

@@ -265,6 +265,29 @@ def ns_to_ms_str(ns: int) -> str:
     return f"{sign}{us // 1000}.{us % 1000:03d}"
 
 
+class TimedReply:
+    """The scamper-style time views of a reply (ping reply, trace hop), which
+    keeps ``tx_ns``/``rx_ns``/``rtt_ns`` inside."""
+
+    __slots__ = ()
+    tx_ns: int | None
+    rx_ns: int | None
+    rtt_ns: int | None
+
+    @property
+    def tx(self) -> _dt.datetime | None:
+        return None if self.tx_ns is None else ns_to_datetime(self.tx_ns)
+
+    @property
+    def rx(self) -> _dt.datetime | None:
+        return None if self.rx_ns is None else ns_to_datetime(self.rx_ns)
+
+    @property
+    def rtt(self) -> _dt.timedelta:
+        assert self.rtt_ns is not None
+        return ns_to_timedelta(self.rtt_ns)
+
+
 class StopReason(str, enum.Enum):
     """Base of the per-measurement stop reasons: prints as scamper spells it."""
 

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .common import (Addr, StopReason, complete_times, check_int, ns_to_datetime,
+from .common import (Addr, StopReason, TimedReply, complete_times, check_int, ns_to_datetime,
                      ns_to_timedelta, seconds_to_ns, to_addr)
 
 __all__ = ["Ping", "PingReply", "PingStop", "PING_METHODS"]
@@ -47,7 +47,7 @@ class PingStop(StopReason):
 
 
 @dataclass(slots=True, kw_only=True)
-class PingReply:
+class PingReply(TimedReply):
     """One reply to one ping probe.
 
     Build it from raw numbers: ``PingReply(src="127.0.0.1", attempt=0,
@@ -104,19 +104,6 @@ class PingReply:
             raise TypeError("extra must be a dict")
 
     # -- scamper-style projections --------------------------------------
-    @property
-    def tx(self) -> _dt.datetime | None:
-        return None if self.tx_ns is None else ns_to_datetime(self.tx_ns)
-
-    @property
-    def rx(self) -> _dt.datetime | None:
-        return None if self.rx_ns is None else ns_to_datetime(self.rx_ns)
-
-    @property
-    def rtt(self) -> _dt.timedelta:
-        assert self.rtt_ns is not None
-        return ns_to_timedelta(self.rtt_ns)
-
     @property
     def probe_id(self) -> int:
         """scamper's name for the probe number."""

@@ -13,7 +13,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .common import (Addr, StopReason, complete_times, check_int, ns_to_datetime, ns_to_timedelta,
+from .common import (Addr, StopReason, TimedReply, complete_times, check_int, ns_to_datetime,
                      seconds_to_ns, to_addr)
 
 __all__ = ["Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel",
@@ -63,7 +63,7 @@ class IcmpExt:
 
 
 @dataclass(slots=True, kw_only=True)
-class TraceHop:
+class TraceHop(TimedReply):
     """One reply to one traceroute probe.
 
     ``probe_id`` is the attempt number at this TTL, 1-based like scamper's.
@@ -117,19 +117,6 @@ class TraceHop:
     def addr(self) -> Addr:
         """scamper's JSON calls the responder ``addr``."""
         return self.src
-
-    @property
-    def tx(self) -> _dt.datetime | None:
-        return None if self.tx_ns is None else ns_to_datetime(self.tx_ns)
-
-    @property
-    def rx(self) -> _dt.datetime | None:
-        return None if self.rx_ns is None else ns_to_datetime(self.rx_ns)
-
-    @property
-    def rtt(self) -> _dt.timedelta:
-        assert self.rtt_ns is not None
-        return ns_to_timedelta(self.rtt_ns)
 
     @property
     def mpls_labels(self) -> list[MplsLabel]:
