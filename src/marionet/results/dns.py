@@ -29,7 +29,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .common import (Addr, StopReason, NS_PER_US, check_int, ns_to_datetime,
+from .common import (Addr, StopReason, TimedReply, NS_PER_US, check_int, ns_to_datetime,
                      ns_to_timedelta, ns_to_timeval, to_addr)
 from .jsonfmt import EXT_KEY, _exact, _Fields, _source, register
 
@@ -176,7 +176,7 @@ class DnsRR:
 
 
 @dataclass(slots=True, kw_only=True)
-class DnsQuery:
+class DnsQuery(TimedReply):
     """One query packet sent and (maybe) its reply.
 
     ``rcode``/``flags``/records are set only when a reply came; ``error``
@@ -215,17 +215,9 @@ class DnsQuery:
         return self.rx_ns - self.tx_ns
 
     @property
-    def rtt(self) -> _dt.timedelta | None:
+    def rtt(self) -> _dt.timedelta | None:  # type: ignore[override]  # None: no reply
         v = self.rtt_ns
         return None if v is None else ns_to_timedelta(v)
-
-    @property
-    def tx(self) -> _dt.datetime | None:
-        return None if self.tx_ns is None else ns_to_datetime(self.tx_ns)
-
-    @property
-    def rx(self) -> _dt.datetime | None:
-        return None if self.rx_ns is None else ns_to_datetime(self.rx_ns)
 
     @property
     def ancount(self) -> int:
