@@ -258,16 +258,20 @@ class DatagramSocket(EpSocket):
             self.sock.setsockopt(so.SOL_IPV6, 23, mode)  # IPV6_MTU_DISCOVER
         self._df_state = df
 
-    def on_sent(self, job: DatagramJob, nbytes: int, err: int, user_ns: int) -> None:
-        """The engine's report for one job (err 0 = sent)."""
+    def on_sent(self, job: DatagramJob, nbytes: int, err: int, user_ns: int,
+                reason: str | None = None) -> None:
+        """The engine's report for one job (err 0 = sent); ``reason`` says
+        why a job failed when the errno alone would not (e.g. the sender
+        process died and was restarted)."""
         self._queued -= 1
         if job.later:
             self._queued_later -= 1
         if err:
             pending = self._tags.pop(job.key, None)
             if pending is not None:
+                text = errno_text(err) if reason is None else f"{errno_text(err)} ({reason})"
                 self.notify(m.NTag(sock=self.sid, tag=pending.tag, time_ns=None, ts_source=None,
-                                   nbytes=0, error=errno_text(err), at=job.at))
+                                   nbytes=0, error=text, at=job.at))
         else:
             self.sent_packets += 1
             self.sent_bytes += nbytes
