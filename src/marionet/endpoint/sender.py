@@ -18,6 +18,12 @@ sleeps until ``spin_ns`` before the earliest due time, spins on
 per send, and the ``SCM_TS_OPT_ID`` timestamp key).  Jobs whose ``at`` is
 None or already past go out immediately, in order.
 
+The child is shared by every session, so no single job may end it: it
+sleeps in chunks of at most ``_MAX_WAIT_MS`` (a far-future ``at`` just
+waits), and a job that raises comes back as a failed result (EINVAL).
+The parent (:class:`marionet.endpoint.procengine.ProcessEngine`) still
+restarts it if it dies of anything else.
+
 Results go back in batches: per job the byte count and a user-space time
 taken just before ``sendmsg`` (a fallback only), or the errno.  The *kernel*
 TX timestamps are not read here: the parent reads them from each socket's
@@ -77,6 +83,15 @@ _CHAN_BUF = 4 * 1024 * 1024
 _RECV_BUF = 512 * 1024  # > any single channel message (jobs ≤ _MAX_MSG + one payload)
 _DEFAULT_SPIN_NS = 1_000_000
 _EAGAIN_WAIT_S = 0.1
+#: Longest single poll in the child: poll() takes an int of ms, and a job
+#: due in weeks must not overflow it; waking once a second costs nothing.
+_MAX_WAIT_MS = 1000
+#: Latest ``at`` accepted (ns since the epoch, ~year 2116): far enough for
+#: any schedule, small enough for every clock arithmetic on it.
+MAX_AT_NS = 2**62
+#: Consecutive loop iterations that raised before the child gives up and
+#: exits (so that the parent starts a fresh one instead of a spinning one).
+_MAX_LOOP_ERRORS = 10
 
 
 class SendJob(msgspec.Struct, array_like=True, frozen=True):
@@ -188,6 +203,8 @@ class Sender:
         self._dec = msgspec.msgpack.Decoder(_ToParent)
         self.realtime = False
         self.pid: int | None = None
+        #: The child's exit status once :meth:`stop` reaped it (-N: signal N).
+        self.returncode: int | None = None
         self._rbuf = bytearray(_RECV_BUF)
         self._rview = memoryview(self._rbuf)
 
@@ -239,6 +256,7 @@ class Sender:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            self.returncode = proc.returncode
         if chan is not None:
             chan.close()
 
@@ -310,6 +328,14 @@ class Sender:
         if chunk:
             self._send_jobs(chan, chunk)
 
+    def validate(self, job: SendJob) -> None:
+        """Raise ValueError/TypeError/KeyError if :meth:`submit` would refuse ``job``.
+
+        Lets a caller that batches jobs turn one bad job into one failure
+        before the batch is built, instead of failing the whole batch.
+        """
+        self._validate(job)
+
     def read_results(self, limit: int = 1024) -> list[SendResult]:
         """Drain available result batches without blocking."""
         chan = self._require()
@@ -320,8 +346,12 @@ class Sender:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
+                if out:
+                    break  # hand these over; the error repeats on the next call
                 raise SenderError(f"sender channel failed: {exc}") from None
             if not n:
+                if out:
+                    break  # EOF repeats on the next call
                 raise SenderError("sender process exited")
             msg = self._dec.decode(self._rview[:n])
             if isinstance(msg, _Results):
@@ -362,8 +392,9 @@ class Sender:
             raise KeyError(f"job {job.job_id}: unknown sender socket id {job.sock_id}")
         if not isinstance(job.data, (bytes, bytearray)) or len(job.data) > 65535:
             raise ValueError(f"job {job.job_id}: data must be bytes of at most 65535")
-        if job.at is not None and (not isinstance(job.at, int) or job.at < 0):
-            raise ValueError(f"job {job.job_id}: at must be ns since the epoch")
+        if job.at is not None and (not isinstance(job.at, int) or not 0 <= job.at <= MAX_AT_NS):
+            raise ValueError(f"job {job.job_id}: at must be ns since the epoch, "
+                             f"within 0..2**62 (got {job.at!r})")
         for name in ("ttl", "tos"):
             v = getattr(job, name)
             if v is not None:
@@ -444,9 +475,12 @@ class _Child:
     # -- channel --
 
     def read_channel(self, timeout_ms: int | None, max_msgs: int = 64) -> None:
-        """Wait up to ``timeout_ms`` for the channel, then handle messages."""
+        """Wait up to ``timeout_ms`` (capped at ``_MAX_WAIT_MS``; None =
+        until a message) for the channel, then handle messages."""
         want = select.POLLIN | (select.POLLOUT if self.outbox else 0)
         self._set_poll(want)
+        if timeout_ms is not None:
+            timeout_ms = max(0, min(timeout_ms, _MAX_WAIT_MS))
         events = self.poller.poll(timeout_ms)
         if not events:
             return
@@ -465,7 +499,10 @@ class _Child:
                 for fd in fds:
                     os.close(fd)
                 return
-            self.handle(raw, fds)
+            try:
+                self.handle(raw, fds)
+            except Exception:  # noqa: BLE001 - one bad message must not end the child
+                _log_exc("channel message")
 
     def handle(self, raw: bytes, fds: list[int]) -> None:
         try:
@@ -501,6 +538,10 @@ class _Child:
             entry = self.socks.get(job.sock_id)
             if entry is None:
                 self.results.append(SendResult(job.sock_id, job.job_id, 0, errno.EBADF, 0))
+                continue
+            if job.at is not None and not (isinstance(job.at, int) and 0 <= job.at <= MAX_AT_NS):
+                # the parent validates; this keeps a bad key out of the heap
+                self.results.append(SendResult(job.sock_id, job.job_id, 0, errno.EINVAL, 0))
                 continue
             if not entry.fifo:
                 self._push(job)
@@ -540,7 +581,12 @@ class _Child:
             if entry is None or not entry.fifo:
                 continue
             job = entry.fifo.popleft()
-            self.results.append(_send_one(entry, job))
+            try:
+                result = _send_one(entry, job)
+            except Exception:  # noqa: BLE001 - a job that raises fails alone
+                _log_exc(f"job {job.job_id}")
+                result = SendResult(job.sock_id, job.job_id, 0, errno.EINVAL, 0)
+            self.results.append(result)
             if entry.fifo:
                 self._push(entry.fifo[0])
             now = time.time_ns()
@@ -581,35 +627,58 @@ class _Child:
             os.sched_setaffinity(0, self.cpus - {cpu})
 
     def run(self) -> None:
-        spin = self.spin_ns
+        """Loop until told to stop; per-job errors are handled below this, so
+        an iteration that still raises is logged and retried, and only a run
+        of ``_MAX_LOOP_ERRORS`` of them ends the child (the parent restarts it)."""
+        errors = 0
         while not self.stopping:
-            heap = self.heap
-            now = time.time_ns()
-            if heap and heap[0][0] <= now:
-                if heap[0][0] == 0:
-                    self.boost(False)
-                self.send_due()
-                if len(self.results) >= 512:
-                    self.flush_results()
-                self.read_channel(0)
-                continue
-            if self.results or self.outbox:
-                self.flush_results()
-            if not heap:
-                self.boost(False)
-                self.read_channel(None if not self.outbox else 50)
-                continue
-            self.boost(True)
-            wait = heap[0][0] - now - spin
-            if wait > 0:
-                # Round up: a 0 ms poll here would be a busy loop at FIFO
-                # priority; waking up to 1 ms later only shortens the spin.
-                self.read_channel(-(-wait // 1_000_000))
-                continue
-            due = heap[0][0]
-            while time.time_ns() < due:
-                pass
+            try:
+                self.step()
+                errors = 0
+            except Exception:  # noqa: BLE001
+                errors += 1
+                _log_exc("sender loop")
+                if errors >= _MAX_LOOP_ERRORS:
+                    raise
         self.flush_results()
+
+    def step(self) -> None:
+        """One iteration: send what is due, or wait (bounded) for it or the channel."""
+        heap = self.heap
+        now = time.time_ns()
+        if heap and heap[0][0] <= now:
+            if heap[0][0] == 0:
+                self.boost(False)
+            self.send_due()
+            if len(self.results) >= 512:
+                self.flush_results()
+            self.read_channel(0)
+            return
+        if self.results or self.outbox:
+            self.flush_results()
+        if not heap:
+            self.boost(False)
+            self.read_channel(None if not self.outbox else 50)
+            return
+        self.boost(True)
+        wait = heap[0][0] - now - self.spin_ns
+        if wait > 0:
+            # Round up: a 0 ms poll here would be a busy loop at FIFO
+            # priority; waking up to 1 ms later only shortens the spin.
+            # read_channel caps it, so a job due in weeks just waits.
+            self.read_channel(-(-wait // 1_000_000))
+            return
+        due = heap[0][0]
+        while time.time_ns() < due:
+            pass
+
+
+def _log_exc(what: str) -> None:
+    """The child's stderr is the endpoint's: say what failed, and go on."""
+    import traceback
+
+    print(f"marionet sender: {what} failed:", file=sys.stderr)
+    traceback.print_exc(file=sys.stderr)
 
 
 _FDS_ANC = socket.CMSG_SPACE(4 * 4)
