@@ -210,8 +210,15 @@ class Sender:
 
     # -- lifecycle --
 
-    def start(self) -> None:
-        """Spawn the child and wait (≤ io_timeout) until it is ready."""
+    def start(self, wait: bool = True) -> None:
+        """Spawn the child; with ``wait``, block (≤ io_timeout) until it is ready.
+
+        Without ``wait``, sockets and jobs may be sent at once (they wait in
+        the channel until the child reads it), :meth:`read_results` takes the
+        greeting, and a child that fails to start shows up there as
+        SenderError.  Why: a supervisor restarting the child should not
+        stall its event loop for the interpreter's start-up (~0.2 s).
+        """
         if self._proc is not None:
             raise SenderError("sender already started")
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -229,6 +236,9 @@ class Sender:
             child.close()
         parent.setblocking(False)
         self._chan = parent
+        self.pid = self._proc.pid
+        if not wait:
+            return
         try:
             if not select.select([parent], [], [], self._io_timeout)[0]:
                 raise TimeoutError("no greeting within io_timeout")
@@ -356,6 +366,8 @@ class Sender:
             msg = self._dec.decode(self._rview[:n])
             if isinstance(msg, _Results):
                 out.extend(msg.results)
+            elif isinstance(msg, _Ready):  # after start(wait=False)
+                self.pid, self.realtime = msg.pid, msg.realtime
         return out
 
     # -- helpers --
