@@ -16,7 +16,7 @@ import asyncio
 import errno
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from marionet.endpoint.sender import sendmsg_past_stale_errors
 
@@ -39,6 +39,8 @@ def send_job_now(job: "DatagramJob") -> tuple[int, int, int]:
         return 0, errno.EAGAIN, time.time_ns()
     except OSError as exc:
         return 0, exc.errno or errno.EIO, time.time_ns()
+    except (TypeError, ValueError, OverflowError):  # a bad job fails alone, as in the sender
+        return 0, errno.EINVAL, time.time_ns()
 
 
 class InlineEngine:
@@ -80,6 +82,14 @@ class InlineEngine:
             job.esock.on_sent(job, n, err, user_ns)
         if q is not None and not q:
             del self._queues[key]
+
+    def pending(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def status(self) -> dict[str, Any]:
+        """Same keys as ``ProcessEngine.status``; nothing here can die."""
+        return {"engine": self.name, "restarts": 0, "last_failure": None,
+                "last_failure_time_ns": None, "pending": self.pending(), "fallback": False}
 
     def forget(self, esock: "DatagramSocket") -> None:
         key = id(esock)
