@@ -48,6 +48,42 @@ def start_service(lab: "Lab", svc: "Service") -> Any | None:
         raise LabError(f"service {svc.kind} on {svc.host} (spec line {svc.line}): {e}") from e
 
 
+def start_resolver(lab: "Lab", dns_handles: list[Any]) -> Any | None:
+    """Start the lab's recursive resolver (Unbound) for the zones its dns services serve.
+
+    Runs after the dns services, whose handles say which zones exist and
+    where; the resolver's own addresses go onto its host's lo only now, so
+    an NSD on the same host (which binds every address present when it
+    starts) leaves port 53 on them free.  Clients: every prefix of the lab.
+    """
+    assert lab.plan
+    res = lab.plan.resolver
+    if res is None:
+        return None
+    mod = _services_module()
+    if mod is None or "resolver" not in getattr(mod, "KINDS", ()):
+        raise LabError("the lab's resolver needs marionet.lab.services with the resolver kind")
+    zones: dict[str, list[str]] = {}
+    for h in dns_handles:
+        port = h.ports.get("dns", 53)
+        servers = [a if port == 53 else f"{a}@{port}" for a in h.addresses if not a.startswith(("127.", "::1"))]
+        for z in h.info.get("zones", []):
+            zones.setdefault(z, []).extend(a for a in servers if a not in zones.get(z, []))
+    if not zones:
+        lab.warnings.append("resolver: the lab's dns services serve no zones; no resolver started")
+        return None
+    ns = lab.netns(res.node)
+    from . import system
+    system.ip_batch(ns, [f"addr add {res.ipv4}/32 dev lo", f"addr add {res.ipv6}/128 dev lo nodad"])
+    allow = sorted({str(n) for ifs in lab.plan.ifaces.values() for i in ifs for n in (i.ipv4.network, i.ipv6.network)}
+                   | {str(n) for pair in lab.plan.stubs.values() for n in pair})
+    opts = {"name": "lab-resolver", "addresses": res.addresses, "zones": zones, "allow": allow}
+    try:
+        return mod.start_service("resolver", ns, opts, state_dir=service_dir(lab))
+    except Exception as e:
+        raise LabError(f"resolver on {res.node}: {e}") from e
+
+
 def alias_config(lab: "Lab", node: "Node") -> dict[str, Any]:
     """The emulator config for an alias-router node.
 

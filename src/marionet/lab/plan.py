@@ -42,14 +42,34 @@ class Route:
 
 
 @dataclass
+class Resolver:
+    """Where the lab's recursive resolver answers: one address per family on ``node``'s lo.
+
+    Addresses of their own (not the host's interface addresses) keep port 53
+    free for an authoritative server on the same host and give every
+    resolv.conf in the lab the same, recognisable nameserver.
+    """
+
+    node: str
+    ipv4: ipaddress.IPv4Address
+    ipv6: ipaddress.IPv6Address
+
+    @property
+    def addresses(self) -> list[str]:
+        return [str(self.ipv4), str(self.ipv6)]
+
+
+@dataclass
 class Plan:
     spec: Spec
     lab_id: str
     ifaces: dict[str, list[Iface]] = field(default_factory=dict)
     routes: dict[str, list[Route]] = field(default_factory=dict)
     link_ifaces: list[tuple[Iface, Iface]] = field(default_factory=list)
-    # virtual prefixes owned by alias-router nodes: node -> (v4 net, v6 net)
+    # virtual prefixes routed to a node (an alias router's emulated routers,
+    # the resolver's addresses): node -> (v4 net, v6 net)
     stubs: dict[str, tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]] = field(default_factory=dict)
+    resolver: Resolver | None = None
 
     @property
     def prefix(self) -> str:
@@ -126,13 +146,30 @@ def make_plan(spec: Spec, lab_id: str) -> Plan:
     for idx, n in enumerate(x for x in spec.nodes.values() if x.kind == "aliasrouter"):
         plan.stubs[n.name] = (ipaddress.IPv4Network(f"10.200.{idx}.0/24"),
                               ipaddress.IPv6Network(f"fd00:c8:0:{idx:x}::/64"))
+    host = spec.resolver_host()
+    if host is not None:
+        v4net, v6net = _resolver_nets(plan)
+        plan.stubs[host] = (v4net, v6net)
+        plan.resolver = Resolver(host, v4net.network_address + 53, v6net.network_address + 0x53)
     for node in spec.nodes:
         plan.routes[node] = _routes_for(plan, node)
     return plan
 
 
+def _resolver_nets(plan: Plan) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]:
+    """The first 10.53.k.0/24 and fd00:53:0:k::/64 that no link or stub of the lab uses."""
+    used = [n for ifs in plan.ifaces.values() for i in ifs for n in (i.ipv4.network, i.ipv6.network)]
+    used += [n for pair in plan.stubs.values() for n in pair]
+
+    def free(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+        return not any(net.version == u.version and net.overlaps(u) for u in used)
+    v4 = next(n for k in range(256) if free(n := ipaddress.IPv4Network(f"10.53.{k}.0/24")))
+    v6 = next(n for k in range(256) if free(n := ipaddress.IPv6Network(f"fd00:53:0:{k:x}::/64")))
+    return v4, v6
+
+
 def _ends(plan: Plan, k: int | str) -> tuple[str, ...]:
-    """Nodes that own destination k: a link index, or an alias-router node name (stub prefix)."""
+    """Nodes that own destination k: a link index, or the node name of a stub prefix."""
     if isinstance(k, str):
         return (k,)
     ln = plan.spec.links[k]
@@ -150,7 +187,7 @@ def _dist_to_link(plan: Plan, k: int | str) -> dict[str, int]:
         if d > dist.get(n, 1 << 30):
             continue
         if not spec.nodes[n].forwards and not (d == 0 and isinstance(k, str)):
-            continue  # hosts do not relay; an alias-router node does reach its own prefix
+            continue  # hosts do not relay; a node does reach its own stub prefix
         for ifc in plan.ifaces[n]:
             nd = d + spec.links[ifc.link].cost
             if nd < dist.get(ifc.peer, 1 << 30):
@@ -298,6 +335,9 @@ def truth(plan: Plan) -> dict[str, Any]:
                 "ipv6": [str(i.ipv6.ip) for i in plan.ifaces[n.name]],
                 **({"options": n.options} if n.options else {}),
             })
+    if plan.resolver is not None:
+        out["resolver"] = {"node": plan.resolver.node, "ipv4": str(plan.resolver.ipv4),
+                           "ipv6": str(plan.resolver.ipv6)}
     for k, ln in enumerate(spec.links):
         a, b = plan.link_ifaces[k]
         out["links"].append({

@@ -16,6 +16,10 @@ kind            server
                 the state dir.
 ``http``        nginx (Debian ``nginx-light``); static files and a JSON API.
 ``https``       nginx with a certificate from the lab CA (``labca.py``).
+``resolver``    Unbound (Debian ``unbound``): recursive, for the lab's own
+                zones only (stub zones at their authoritative servers, no
+                root hints: every other name is NXDOMAIN), for clients in
+                the lab's prefixes.
 ``bulk``        ``impl="simple"`` (default): a Python TCP source (sends N
                 random bytes) and sink (reads, discards, reports counts);
                 ``impl="iperf3"``: ``iperf3 -s`` in the foreground.
@@ -66,7 +70,7 @@ __all__ = [
     "parse_udpecho_reply",
 ]
 
-KINDS = ("dns", "http", "https", "bulk", "udpecho", "aliasrouter")
+KINDS = ("dns", "http", "https", "bulk", "udpecho", "aliasrouter", "resolver")
 
 #: Trailer a udpecho reply appends to the echoed payload: receive time then
 #: transmit time, ns since the Unix epoch (CLOCK_REALTIME), big-endian.
@@ -585,25 +589,119 @@ def _start_dns(netns: str, name: str, d: Path, options: Mapping[str, Any]) -> Se
     h = ServiceHandle("dns", name, netns, d, _public_first(addrs), {"dns": port},
                       {"zones": zone_names, "config": str(conf_path)}, proc)
 
-    def ready() -> bool:
-        import dns.exception
-        import dns.message
-        import dns.query
-        import dns.rdatatype
-
-        a = h.addresses[0]
-        fam = socket.AF_INET6 if ":" in a else socket.AF_INET
-        with netns_socket(netns, fam, socket.SOCK_DGRAM) as s:
-            s.setblocking(False)  # dnspython's timeout only works on non-blocking sockets
-            q = dns.message.make_query(zone_names[0], dns.rdatatype.SOA)
-            try:
-                r = dns.query.udp(q, a, timeout=0.1, port=port, sock=s)
-            except dns.exception.Timeout:
-                return False
-            return r.rcode() == 0 and bool(r.answer)
-
-    _wait_ready(h, ready)
+    _wait_ready(h, lambda: _dns_answers(netns, h.addresses[0], port, zone_names[0], 0.1))
     return h
+
+
+# ------------------------------------------------------------------- resolver
+
+
+def _resolver_zones(options: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``zones``: {zone: [server address, …]} — where each lab zone's authoritative servers are."""
+    zones = options.get("zones")
+    if not isinstance(zones, Mapping) or not zones:
+        raise ServiceConfigError("resolver.zones: required, a table of zone -> [authoritative server addresses]")
+    out: dict[str, list[str]] = {}
+    for zone, servers in zones.items():
+        if not isinstance(zone, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+\.?", zone) or zone.strip(".") == "":
+            raise ServiceConfigError(f"resolver.zones: bad zone name {zone!r}")
+        if isinstance(servers, str):
+            servers = [servers]
+        if not isinstance(servers, (list, tuple)) or not servers:
+            raise ServiceConfigError(f"resolver.zones[{zone!r}]: expected a non-empty list of server addresses")
+        addrs = []
+        for a in servers:
+            host, _, port = str(a).rpartition("@") if "@" in str(a) else (str(a), "", "")
+            try:
+                addrs.append(str(ipaddress.ip_address(host)) + (f"@{int(port)}" if port else ""))
+            except ValueError:
+                raise ServiceConfigError(f"resolver.zones[{zone!r}]: {a!r} is not an IP address[@port]") from None
+        out[zone.rstrip(".").lower() + "."] = addrs
+    return out
+
+
+def _start_resolver(netns: str, name: str, d: Path, options: Mapping[str, Any]) -> ServiceHandle:
+    """Unbound as the lab's recursive resolver.
+
+    Stub zones (not forward zones) because the servers behind them are
+    authoritative and must be asked without recursion, as a resolver on the
+    Internet asks them.  Every name outside those zones falls into a static
+    root zone, so nothing is ever sent towards the Internet's root servers.
+    """
+    port = _port(options, "port", 53, "resolver")
+    addrs = _addresses(netns, options, "resolver")
+    zones = _resolver_zones(options)
+    allow = options.get("allow", [])
+    if not isinstance(allow, (list, tuple)):
+        raise ServiceConfigError("resolver.allow: expected a list of client prefixes")
+    acl = ["127.0.0.0/8", "::1/128"]
+    for p in allow:
+        try:
+            acl.append(str(ipaddress.ip_network(p, strict=False)))
+        except ValueError:
+            raise ServiceConfigError(f"resolver.allow: {p!r} is not a prefix") from None
+    conf = [
+        "server:",
+        *(f"    interface: {a}@{port}" for a in addrs),
+        "    ip-freebind: yes",
+        "    do-daemonize: no",
+        "    use-systemd: no",
+        '    username: ""',  # stay root: the state dir is private to root
+        '    chroot: ""',
+        f'    directory: "{d}"',
+        f'    pidfile: "{d}/unbound.pid"',
+        '    logfile: ""',  # stderr, i.e. service.log
+        "    use-syslog: no",
+        "    log-time-ascii: yes",
+        "    verbosity: 1",
+        "    num-threads: 1",
+        "    so-reuseport: no",
+        "    outgoing-range: 256",
+        '    module-config: "iterator"',  # the lab's zones are unsigned; no trust anchor
+        "    do-not-query-localhost: no",  # an authoritative server may listen on loopback
+        "    unblock-lan-zones: yes",  # lab reverse zones (10.in-addr.arpa …) are real here
+        "    insecure-lan-zones: yes",
+        "    hide-identity: yes",
+        "    hide-version: yes",
+        "    access-control: 0.0.0.0/0 refuse",
+        "    access-control: ::/0 refuse",
+        *(f"    access-control: {p} allow" for p in acl),
+        '    local-zone: "." static',  # no root hints in use: outside the lab, NXDOMAIN
+        *(f'    local-zone: "{z}" transparent' for z in zones),
+    ]
+    for z, servers in zones.items():
+        conf += ["stub-zone:", f'    name: "{z}"', *(f"    stub-addr: {a}" for a in servers)]
+    conf += ["remote-control:", "    control-enable: no"]
+    conf_path = d / "unbound.conf"
+    conf_path.write_text("\n".join(conf) + "\n")
+    chk = subprocess.run(["unbound-checkconf", str(conf_path)], capture_output=True, text=True)
+    if chk.returncode != 0:
+        raise ServiceConfigError(f"resolver: generated unbound.conf rejected: {(chk.stderr or chk.stdout).strip()}")
+    proc = _launch("resolver", name, netns, d, ["unbound", "-d", "-c", str(conf_path)])
+    h = ServiceHandle("resolver", name, netns, d, _public_first(addrs), {"dns": port},
+                      {"zones": dict(zones), "config": str(conf_path), "allow": acl}, proc)
+    first = next(iter(zones))
+    # through the stub zone to its authoritative server: ready means resolving
+    _wait_ready(h, lambda: _dns_answers(netns, h.addresses[0], port, first, 0.2))
+    return h
+
+
+def _dns_answers(netns: str, addr: str, port: int, zone: str, timeout: float) -> bool:
+    """True once ``addr`` answers the SOA of ``zone`` with data (asked from inside ``netns``)."""
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with netns_socket(netns, fam, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)  # dnspython's timeout only works on non-blocking sockets
+        q = dns.message.make_query(zone, dns.rdatatype.SOA)
+        try:
+            r = dns.query.udp(q, addr, timeout=timeout, port=port, sock=s)
+        except dns.exception.Timeout:
+            return False
+        return r.rcode() == 0 and bool(r.answer)
 
 
 # ---------------------------------------------------------------- http/https
@@ -863,6 +961,8 @@ def start_service(kind: str, netns: str, options: Mapping[str, Any] | None = Non
         return _start_bulk(netns, name, d, options)
     if kind == "udpecho":
         return _start_udpecho(netns, name, d, options)
+    if kind == "resolver":
+        return _start_resolver(netns, name, d, options)
     return _start_aliasrouter(netns, name, d, options)
 
 

@@ -10,7 +10,11 @@ Tables (all optional except at least one node and one link)::
     [lab]        name, controller = "auto" | "HOST:PORT" | false
                  ("auto": the lab starts its own controller and PKI for its
                  VPs; "HOST:PORT": VPs dial an existing controller, "auto:PORT"
-                 meaning the management gateway; false: VPs run no endpoint)
+                 meaning the management gateway; false: VPs run no endpoint),
+                 resolver = "auto" | HOST | false (an in-lab recursive resolver
+                 for the lab's DNS zones, which every host's and VP's
+                 resolv.conf names; "auto": on the host of the first dns
+                 service, if there is one)
     [[host]]     name
     [[vp]]       name, cc, asn, loc = [lat, long], tags = {k = "v"}
     [[router]]   name, icmp_ratelimit (ms), icmp_msgs_per_sec, icmp_msgs_burst,
@@ -115,11 +119,27 @@ class Spec:
     links: list[Link] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     controller: str | bool = "auto"
+    resolver: str | bool = "auto"
     source: str | None = None
+
+    def resolver_host(self) -> str | None:
+        """The node that runs the lab's recursive resolver, or None for none.
+
+        "auto" puts it beside the first authoritative server, so any lab
+        that serves zones also resolves them for its VPs without a line of
+        spec; a host name moves it (e.g. next to the VPs, like an ISP's).
+        """
+        if self.resolver is False:
+            return None
+        if self.resolver is True or self.resolver == "auto":
+            return next((s.host for s in self.services if s.kind == "dns"), None)
+        return str(self.resolver)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict that ``parse_dict`` accepts again (for state files and dumps)."""
         out: dict[str, Any] = {"lab": {"name": self.name, "controller": self.controller}}
+        if self.resolver != "auto":
+            out["lab"]["resolver"] = self.resolver
         for n in self.nodes.values():
             d: dict[str, Any] = {"name": n.name}
             if n.kind == "vp":
@@ -309,7 +329,7 @@ def parse_loss(v: Any) -> float:
 
 
 _ALLOWED = {
-    "lab": {"name", "controller"},
+    "lab": {"name", "controller", "resolver"},
     "host": {"name"},
     "vp": {"name", "cc", "asn", "loc", "tags"},
     "router": {"name", "icmp_ratelimit", "icmp_msgs_per_sec", "icmp_msgs_burst", "unresponsive", "balancer"},
@@ -419,6 +439,7 @@ class _Parser:
             self.spec.links.extend(links)
         for i, e in enumerate(self.entries("service")):
             self.service(i, e)
+        self.resolver(lab.get("resolver", "auto"))
         self.check_global()
         return self.spec
 
@@ -585,6 +606,23 @@ class _Parser:
             raise self.err("service needs a kind", t, i)
         opts = self.typed(e, "options", dict, t, i, "a table", {})
         self.spec.services.append(Service(host=host, kind=kind, options=dict(opts), line=self.lines.table(t, i)))
+
+    def resolver(self, v: Any) -> None:
+        """``[lab] resolver``: "auto", false, or a host/vp that also needs a dns service to ask."""
+        if isinstance(v, bool) or v == "auto":
+            self.spec.resolver = v
+            return
+        if not isinstance(v, str):
+            raise self.err(f"lab.resolver must be \"auto\", a host name or false, got {v!r}", "lab", None, "resolver")
+        node = self.spec.nodes.get(v)
+        if node is None:
+            raise self.err(f"lab.resolver: unknown node {v!r}", "lab", None, "resolver")
+        if not node.is_host:
+            raise self.err(f"lab.resolver must be a host or vp, {v!r} is a {node.kind}", "lab", None, "resolver")
+        if not any(s.kind == "dns" for s in self.spec.services):
+            raise self.err("lab.resolver: the lab has no dns service whose zones it could resolve",
+                           "lab", None, "resolver")
+        self.spec.resolver = v
 
     # whole-spec checks ----------------------------------------------------
     def check_global(self) -> None:
