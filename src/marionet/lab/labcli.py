@@ -40,7 +40,8 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     up.add_argument("--pki", help="PKI directory whose CA an external --controller trusts (VP certificates are issued from it)")
     up.add_argument("--no-vps", action="store_true", help="do not start endpoints on VPs")
     up.add_argument("--foreground", action="store_true", help="stay running; Ctrl-C tears the lab down")
-    up.add_argument("--check", action="store_true", help="only validate the spec")
+    up.add_argument("--check", action="store_true",
+                    help="only validate the spec and check that the programs it needs are installed")
     st = sub.add_parser("status", help="list running labs")
     st.add_argument("--id", help="lab id (default: all)")
     st.add_argument("--json", action="store_true")
@@ -130,6 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         path = Path(args.spec) if args.spec else default_spec_path()
         spec = load_spec(path)  # validate before anything else, root or not
         if args.check:
+            from .tools import check_tools
+            check_tools(spec)  # the programs it will run, too: no root needed to know
             print(f"{path}: ok ({len(spec.nodes)} nodes, {len(spec.links)} links)")
             return 0
         system.require_root()

@@ -43,8 +43,9 @@ def run(cmd: Sequence[str], *, check: bool = True, input: str | None = None,
         timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     try:
         cp = subprocess.run(list(cmd), capture_output=True, text=True, input=input, timeout=timeout)
-    except FileNotFoundError as e:
-        raise LabError(f"{cmd[0]} not found: install iproute2/iptables ({e})") from None
+    except FileNotFoundError:
+        from .tools import missing_message, package_of
+        raise LabError(missing_message([(cmd[0], package_of(cmd[0]))])) from None
     if check and cp.returncode != 0:
         extra = f"\n  input: {input.strip()[:500]}" if input else ""
         raise LabError(f"command failed ({cp.returncode}): {shlex.join(cmd)}\n  {cp.stderr.strip()}{extra}")
