@@ -13,7 +13,7 @@ APT_PACKAGES=(
   iproute2 iptables iputils-ping util-linux     # namespaces, veth, routes, setpriv
   traceroute scamper                            # native tools compared against (Butskoy traceroute, scamper)
   iperf3 tcpdump dnsutils curl                  # lab services and checks
-  nsd nginx                                     # lab DNS and HTTP(S) servers
+  nsd nginx unbound                             # lab DNS (authoritative, recursive) and HTTP(S) servers
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -21,7 +21,7 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  # Keep package scripts from starting nginx/nsd as system services: the
+  # Keep package scripts from starting nginx/nsd/unbound as system services: the
   # lab starts its own instances inside its namespaces.
   policy_made=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then

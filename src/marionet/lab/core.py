@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import balancer, system
+from . import balancer, system, tools
 from .controller import ControllerInfo
 from .plan import Iface, Plan, make_plan, truth as plan_truth
 from .spec import Spec, _controller_ok, load_spec, parse_spec
@@ -23,6 +23,7 @@ from .state import STATE_DIR, State, all_states, teardown
 from .system import LabError
 
 MGMT_IF = "mgmt0"
+ETC_NETNS = Path("/etc/netns")  # `ip netns exec NS` bind-mounts /etc/netns/NS/* over /etc/*
 
 
 def _new_id() -> str:
@@ -32,6 +33,8 @@ def _new_id() -> str:
         lab_id = secrets.token_hex(2)
         pre = f"mn{lab_id}"
         if lab_id in existing or any(n.startswith(pre) for n in nets):
+            continue
+        if ETC_NETNS.is_dir() and any(p.name.startswith(pre) for p in ETC_NETNS.iterdir()):
             continue
         if system.run(["sh", "-c", f"ip -o link show | grep -q ': {pre}'"], check=False).returncode == 0:
             continue
@@ -154,12 +157,16 @@ class Lab:
         system.require_root()
         if self.plan is not None:
             raise LabError("lab already up")
+        tools.check_tools(self.spec)  # before anything exists: a missing program leaves nothing behind
         self.state_dir.mkdir(parents=True, exist_ok=True)
         lab_id = self._lab_id or _new_id()
-        self.plan = make_plan(self.spec, lab_id)
+        plan = make_plan(self.spec, lab_id)
         for node in self.spec.nodes:
-            if system.netns_exists(self.plan.netns(node)):
-                raise LabError(f"namespace {self.plan.netns(node)} already exists; not touching it")
+            if system.netns_exists(plan.netns(node)):
+                raise LabError(f"namespace {plan.netns(node)} already exists; not touching it")
+            if (ETC_NETNS / plan.netns(node)).exists():
+                raise LabError(f"{ETC_NETNS / plan.netns(node)} already exists; not touching it")
+        self.plan = plan
         self.state = State.new(lab_id, self.spec.name, self.state_dir)
         self.state.save()
         t0 = time.monotonic()
@@ -240,6 +247,7 @@ class Lab:
         self._warm_up()
         self._start_aliasrouters()
         self._start_services()
+        self._start_resolver()
         self._setup_vps()
         st.info = self._info()
         st.save()
@@ -284,6 +292,7 @@ class Lab:
                           **({"mgmt": self._mgmt[n]} if n in self._mgmt else {})}
                       for n, node in self.spec.nodes.items()},
             "controller": self.ctl.to_dict() if self.ctl else self.controller,
+            **({"resolver": self.resolver()} if self.resolver() else {}),
         }
 
     # -- processes ------------------------------------------------------------
@@ -329,10 +338,60 @@ class Lab:
         for s in self.spec.services:
             h = hooks.start_service(self, s)
             if h is not None:
-                self._services.append(h)
-                pid = getattr(h, "pid", None) or getattr(getattr(h, "proc", None), "pid", None)
-                if isinstance(pid, int) and self.state:
-                    self.state.add_proc(pid, f"service:{s.kind}", s.host)
+                self._add_service(h, s.kind, s.host)
+
+    def _add_service(self, h: Any, kind: str, host: str) -> None:
+        self._services.append(h)
+        pid = getattr(h, "pid", None) or getattr(getattr(h, "proc", None), "pid", None)
+        if isinstance(pid, int) and self.state:
+            self.state.add_proc(pid, f"service:{kind}", host)
+
+    def _start_resolver(self) -> None:
+        """The lab's recursive resolver, then every host's and VP's resolv.conf naming it.
+
+        Programs started with ``ip netns exec`` (VP endpoints, ``exec``,
+        ``popen``, ``lab exec``) see /etc/netns/<ns>/resolv.conf as
+        /etc/resolv.conf, so ``dig NAME``, getaddrinfo and the endpoint's
+        ``info().resolvers`` all use the lab's resolver.  A lab without one
+        still gets the file, naming no server: the machine's own resolver
+        is unreachable from the lab and must not appear as the VPs'.
+        """
+        assert self.plan and self.state
+        from . import hooks
+        h = hooks.start_resolver(self, [x for x in self._services if getattr(x, "kind", None) == "dns"])
+        if h is not None:
+            self._add_service(h, "resolver", self.plan.resolver.node if self.plan.resolver else "")
+        res = self.plan.resolver if h is not None else None
+        if res is not None:
+            text = f"# marionet lab {self.lab_id}: the lab's resolver on {res.node}\n" + "".join(
+                f"nameserver {a}\n" for a in res.addresses)
+        else:
+            text = f"# marionet lab {self.lab_id}: this lab runs no resolver\n"
+        for name, node in self.spec.nodes.items():
+            if node.is_host:
+                self._write_netns_file(self.plan.netns(name), "resolv.conf", text)
+        self.state.info = self._info()
+        self.state.save()
+
+    def _write_netns_file(self, ns: str, fname: str, text: str) -> None:
+        """Write /etc/netns/<ns>/<fname>, recorded (file, and directories made) before it is made."""
+        assert self.state
+        st = self.state
+        d = ETC_NETNS / ns
+        if not d.exists():
+            st.dirs.append(str(d))
+            st.save()
+            try:
+                d.mkdir(mode=0o755)
+            except FileNotFoundError:  # no /etc/netns yet (or another lab just removed its last entry)
+                st.dirs.insert(len(st.dirs) - 1, str(ETC_NETNS))
+                st.save()
+                ETC_NETNS.mkdir(mode=0o755, exist_ok=True)
+                d.mkdir(mode=0o755)
+        f = d / fname
+        st.files.append(str(f))
+        st.save()
+        f.write_text(text)
 
     def _controller_mode(self) -> str:
         """"managed" (the lab runs one), "external" (HOST:PORT) or "none"."""
@@ -461,10 +520,20 @@ class Lab:
         assert self.plan
         return [str(i.addr(family).ip) for i in self.plan.ifaces[node]]
 
+    def resolver(self) -> list[str]:
+        """Addresses of the lab's recursive resolver (what its VPs' resolv.conf names); [] for none."""
+        if self.plan is None or self.plan.resolver is None:
+            return []
+        if not any(getattr(h, "kind", None) == "resolver" for h in self._services):
+            return []
+        return self.plan.resolver.addresses
+
     def truth(self) -> dict[str, Any]:
         if self.plan is None:
             raise LabError("lab is not up")
         t = plan_truth(self.plan)
+        if not self.resolver():
+            t.pop("resolver", None)  # planned, but no zones to resolve: not started
         from .hooks import alias_config
         for entry in t["aliases"]:
             if entry["kind"] == "aliasrouter":

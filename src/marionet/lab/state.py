@@ -8,6 +8,7 @@ a crashed run and touches nothing that is not listed.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -33,6 +34,9 @@ class State:
     netns: list[str] = field(default_factory=list)
     root_links: list[str] = field(default_factory=list)
     procs: list[dict[str, Any]] = field(default_factory=list)
+    # files and then directories outside the state dir (/etc/netns/<ns>/resolv.conf)
+    files: list[str] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # nodes → netns, addresses; for CLI use
 
     @classmethod
@@ -48,7 +52,8 @@ class State:
         d = json.loads(path.read_text())
         return cls(lab_id=d["lab_id"], path=path, name=d.get("name", "lab"), owner_pid=d["owner_pid"],
                    owner_start=d.get("owner_start"), created=d.get("created", 0), netns=d.get("netns", []),
-                   root_links=d.get("root_links", []), procs=d.get("procs", []), info=d.get("info", {}))
+                   root_links=d.get("root_links", []), procs=d.get("procs", []), files=d.get("files", []),
+                   dirs=d.get("dirs", []), info=d.get("info", {}))
 
     @property
     def truth_path(self) -> Path:
@@ -61,7 +66,8 @@ class State:
         d = {
             "lab_id": self.lab_id, "name": self.name, "owner_pid": self.owner_pid,
             "owner_start": self.owner_start, "created": self.created, "netns": self.netns,
-            "root_links": self.root_links, "procs": self.procs, "info": self.info,
+            "root_links": self.root_links, "procs": self.procs, "files": self.files, "dirs": self.dirs,
+            "info": self.info,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(d, indent=1))
@@ -116,6 +122,22 @@ def teardown(st: State) -> list[str]:
             cp = system.run(["ip", "link", "del", "dev", name], check=False)
             if cp.returncode != 0 and system.link_exists(name):
                 problems.append(f"link {name}: {cp.stderr.strip()}")
+    for f in reversed(st.files):
+        try:
+            os.unlink(f)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            problems.append(f"file {f}: {e}")
+    for d in reversed(st.dirs):
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                continue  # not empty: what another lab or a person put there stays
+            problems.append(f"directory {d}: {e}")
     for ns in reversed(st.netns):
         if system.netns_exists(ns):
             cp = system.run(["ip", "netns", "del", ns], check=False)
