@@ -18,6 +18,10 @@ from marionet.wire import messages as m
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+#: Room a ``ChData`` envelope needs around the frames it carries (tag,
+#: channel id, bin header, flag): a chunk of whole frames at most
+#: ``max_frame - CHDATA_OVERHEAD`` long always fits in one frame itself.
+CHDATA_OVERHEAD = 64
 
 AnyMessage = Union[m.ALL_MESSAGES]  # type: ignore[valid-type]
 

@@ -215,6 +215,9 @@ class InfoReply(Message, tag="inforeply"):
     buffer_used: int
     limits: dict[str, int] = {}
     resolvers: list[str] = []  # the host's DNS resolvers (resolv.conf), for dns() without a server
+    #: Health and usage: the send engine (restarts, why), this principal's
+    #: sessions and sockets against its limits, drops so far.
+    status: dict[str, Any] = {}
 
 
 class Pong(Message, tag="pong"):
@@ -333,6 +336,10 @@ class NDrop(Notification, tag="ndrop"):
     count: int
     nbytes: int
     kinds: dict[str, int] = {}
+    #: Per socket id, where the loss is known per socket (e.g. "kernel":
+    #: datagrams the kernel dropped because the socket's receive buffer
+    #: was full).
+    socks: dict[int, int] = {}
 
 
 class NBlock(Notification, tag="nblock"):
@@ -415,6 +422,17 @@ class ChData(Message, tag="chdata"):
     note: bool = False
 
 
+class ChFlow(Message, tag="chflow"):
+    """Backpressure across a controller: ``pause`` asks the other side to
+    stop sending on channel ``ch`` (its reader is slow), until a ``ChFlow``
+    with ``pause=False``. An endpoint then holds notifications and stops
+    reading stream sockets, so TCP flow control slows the far sender,
+    instead of the controller dropping what it cannot deliver."""
+
+    ch: int
+    pause: bool
+
+
 class ChClose(Message, tag="chclose"):
     ch: int
     reason: str = ""
@@ -461,7 +479,7 @@ NOTIFICATIONS: tuple[type[Message], ...] = (
     NData, NTag, NIcmp, NStat, NDrop, NBlock, NCapEnd, TaskResult, TaskProgress,
 )
 CONTROLLER: tuple[type[Message], ...] = (
-    Register, ChOpen, ChData, ChClose, VpList, VpListReply, Attach, Attached, VpEvent,
+    Register, ChOpen, ChData, ChFlow, ChClose, VpList, VpListReply, Attach, Attached, VpEvent,
 )
 ALL_MESSAGES: tuple[type[Message], ...] = (
     (Hello, Bye) + REQUESTS + REPLIES + NOTIFICATIONS + CONTROLLER
