@@ -20,11 +20,14 @@ import socket
 import ssl
 import struct
 import time
+import resource
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from marionet import __version__
+from marionet.endpoint.addresses import BadRequest
 from marionet.endpoint.engine import InlineEngine
 from marionet.endpoint.resolvconf import read_resolvers
 from marionet.endpoint.session import Session
@@ -55,8 +58,58 @@ class EndpointConfig:
     engine: str = "process"  # "process" (dedicated sender) or "inline"
     resolv_conf: str = "/etc/resolv.conf"  # where info() finds the host's DNS resolvers
     write_high_water: int = 1024 * 1024
+    #: How far ahead a send, shutdown or capture end may be scheduled.
+    max_schedule_ahead_ns: int = 24 * 3600 * 1_000_000_000
+    #: A connection that has not said hello by then is closed.
+    hello_timeout_s: float = 5.0
+    #: Per principal (one certificate, or one unauthenticated identity):
+    #: sessions connected at once (in-process primitive sessions not
+    #: counted: they are bounded by tasks) and sockets open across them.
+    max_sessions_per_principal: int = 64
+    max_sockets_per_principal: int = 2048
+    #: File descriptors kept free of sockets, so that others can still
+    #: connect (a connection and its TLS need a few) while sockets are busy.
+    fd_reserve: int = 128
     tags: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+#: Requests handled per connection per event-loop iteration, so that one
+#: client's flood of requests interleaves with everyone else's.
+INBOX_BUDGET = 64
+#: Decoded requests waiting on one connection before we stop reading it.
+INBOX_MAX = 1024
+ADDRESS_CACHE_S = 1.0
+
+
+@dataclass
+class Usage:
+    """What one principal holds on this endpoint."""
+
+    sessions: int = 0
+    sockets: int = 0
+
+
+def principal_key(p: Principal) -> str:
+    """Limits are per certificate when there is one, else per name."""
+    return f"fp:{p.fingerprint}" if p.fingerprint else f"{p.role}:{p.name}"
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit.
+
+    Why: sockets are what an endpoint hands out; the usual soft limit of
+    1024 would make the fd table, not our limits, the first thing to run
+    out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 class Endpoint:
@@ -73,6 +126,11 @@ class Endpoint:
         self._caps: dict[str, bool] | None = None
         self.servers: list[asyncio.base_events.Server] = []
         self.audit_log: list[str] = []
+        self.usage: dict[str, Usage] = {}
+        self.open_sockets = 0
+        self.connections = 0
+        self.fd_limit = raise_fd_limit()
+        self._addr_cache: tuple[float, list[str]] | None = None
 
     async def start(self) -> None:
         """Start the send engine (call inside the running loop)."""
@@ -148,7 +206,97 @@ class Endpoint:
         return dict(self._caps)
 
     def addresses(self) -> list[str]:
-        return local_addresses()
+        """Cached for a second: an ``info`` flood must not cost an ioctl per
+        interface per request."""
+        now = time.monotonic()
+        if self._addr_cache is None or now - self._addr_cache[0] > ADDRESS_CACHE_S:
+            self._addr_cache = (now, local_addresses())
+        return list(self._addr_cache[1])
+
+    def engine_status(self) -> dict[str, Any]:
+        status = getattr(self.engine, "status", None)
+        if callable(status):
+            return dict(status())
+        return {"engine": getattr(self.engine, "name", "none")}
+
+    def limits(self) -> dict[str, int]:
+        """What a client may do here, so it can plan instead of probing."""
+        c = self.config
+        return {"max_sockets": c.max_sockets, "max_frame": c.max_frame,
+                "max_sessions_per_principal": c.max_sessions_per_principal,
+                "max_sockets_per_principal": c.max_sockets_per_principal,
+                "max_schedule_ahead_s": c.max_schedule_ahead_ns // 1_000_000_000,
+                "buffer_limit": c.buffer_limit}
+
+    def status(self, session: Session) -> dict[str, Any]:
+        """Health as one session sees it: the send engine (did it restart,
+        why), what its principal holds against the limits, what was lost."""
+        use = self.usage.get(principal_key(session.principal), Usage())
+        return {
+            "engine": self.engine_status(),
+            "principal": {"sessions": use.sessions, "sockets": use.sockets},
+            "session": {"sockets": len(session.sockets), "dropped": session.dropped_total,
+                        "kernel_drops": session.kernel_drops},
+            "endpoint": {"sessions": len(self.sessions), "sockets": self.open_sockets,
+                         "connections": self.connections, "fd_limit": self.fd_limit},
+        }
+
+    # ------------------------------------------------------------ limits
+    def admit_session(self, principal: Principal, local: bool) -> Usage:
+        """Count a new session of ``principal``; BadRequest("limit") if it has
+        too many already."""
+        use = self.usage.setdefault(principal_key(principal), Usage())
+        limit = self.config.max_sessions_per_principal
+        if not local and use.sessions >= limit:
+            raise BadRequest("limit", f"{principal.name!r} already has {use.sessions} sessions "
+                                      f"on this endpoint (at most {limit})")
+        if not local:
+            use.sessions += 1
+        return use
+
+    def session_ended(self, principal: Principal, local: bool) -> None:
+        key = principal_key(principal)
+        use = self.usage.get(key)
+        if use is None:
+            return
+        if not local:
+            use.sessions -= 1
+        if use.sessions <= 0 and use.sockets <= 0:
+            del self.usage[key]
+
+    def admit_socket(self, principal: Principal) -> None:
+        """Room for one more socket for ``principal``? BadRequest("limit") if not.
+
+        Three bounds: the principal's own, and the endpoint's file
+        descriptors less a reserve, so that one client (or many) filling
+        the table cannot keep anyone else from connecting."""
+        use = self.usage.get(principal_key(principal))
+        limit = self.config.max_sockets_per_principal
+        if use is not None and use.sockets >= limit:
+            raise BadRequest("limit", f"{principal.name!r} has {use.sockets} sockets open on this "
+                                      f"endpoint (at most {limit})")
+        room = self.fd_limit - self.config.fd_reserve - self.connections
+        if self.open_sockets >= room:
+            raise BadRequest("limit", f"the endpoint is at its file-descriptor budget "
+                                      f"({self.open_sockets} sockets open); try again later")
+
+    def socket_opened(self, principal: Principal) -> None:
+        self.open_sockets += 1
+        self.usage.setdefault(principal_key(principal), Usage()).sockets += 1
+
+    def socket_closed(self, principal: Principal) -> None:
+        self.open_sockets -= 1
+        key = principal_key(principal)
+        use = self.usage.get(key)
+        if use is not None:
+            use.sockets -= 1
+            if use.sessions <= 0 and use.sockets <= 0:
+                del self.usage[key]
+
+    def accepting_connections(self) -> bool:
+        """New connections may use half the reserve; the rest stays for
+        the sockets and TLS state of connections already admitted."""
+        return self.connections < self.fd_limit - self.config.fd_reserve // 2 - self.open_sockets
 
     def resolvers(self) -> list[str]:
         return read_resolvers(self.config.resolv_conf)
@@ -174,7 +322,15 @@ class Endpoint:
 
 
 class ClientConnection(asyncio.Protocol):
-    """One byte stream from a client to this endpoint."""
+    """One byte stream from a client to this endpoint.
+
+    Requests are decoded into an inbox and handled at most
+    ``INBOX_BUDGET`` per loop iteration, so one client's flood interleaves
+    with other clients' requests instead of starving them; while this
+    client's output is full (it does not read its replies) or the inbox is
+    long, it is not read from either, so its requests wait in its own
+    socket buffers, not in endpoint memory.
+    """
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -184,6 +340,15 @@ class ClientConnection(asyncio.Protocol):
         self._paused = False
         self.peer = "?"
         self.principal = Principal()
+        self.local = False  # an in-process session (a primitive's): not counted per principal
+        self.loop = asyncio.get_running_loop()
+        self._inbox: deque[m.Message] = deque()
+        self._work: asyncio.Handle | None = None
+        self._input_paused = False
+        self._ended = False
+        self._counted = False
+        self._hello_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            endpoint.config.hello_timeout_s, self._hello_expired)
 
     # -- outlet interface for the session
     def write(self, data: bytes, note: bool = False) -> None:
@@ -200,6 +365,11 @@ class ClientConnection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=hw, low=hw // 4)  # type: ignore[union-attr]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if not self.endpoint.accepting_connections():
+            self.fail("busy", "the endpoint is at its connection limit; try again later")
+            return
+        self.endpoint.connections += 1
+        self._counted = True
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None and sslobj.getpeercert(binary_form=True):
             try:
@@ -213,16 +383,35 @@ class ClientConnection(asyncio.Protocol):
                 self.fail("bad-identity", str(exc))
 
     def data_received(self, data: bytes) -> None:
+        if self._ended:
+            return
         try:
             msgs = self.decoder.feed(data)
         except ProtocolError as exc:
             self.fail(exc.code, exc.reason)
             return
-        for msg in msgs:
+        if not msgs:
+            return
+        self._inbox.extend(msgs)
+        if len(self._inbox) >= INBOX_MAX:
+            self._pause_input()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._work is None and self._inbox and not self._ended:
+            self._work = self.loop.call_soon(self._process)
+
+    def _process(self) -> None:
+        """Handle up to ``INBOX_BUDGET`` requests, then yield the loop."""
+        self._work = None
+        budget = INBOX_BUDGET
+        while self._inbox and budget and not self._ended:
+            if self.session is not None and not self.writable():
+                break  # replies would pile up: wait for resume_writing
+            budget -= 1
+            msg = self._inbox.popleft()
             if self.session is None:
                 self._hello(msg)
-                if self.session is None:
-                    return
                 continue
             if isinstance(msg, m.Hello):
                 self.fail("bad-message", "hello sent twice")
@@ -231,6 +420,29 @@ class ClientConnection(asyncio.Protocol):
                 self.close_stream()
                 return
             self.session.handle(msg)
+        if self._ended:
+            return
+        if self._inbox and (self.session is None or self.writable()):
+            self._schedule()
+        elif self._inbox:
+            self._pause_input()
+        elif self._input_paused and not self._paused:
+            self._resume_input()
+
+    def _pause_input(self) -> None:
+        if not self._input_paused and self.transport is not None and not self.transport.is_closing():
+            self._input_paused = True
+            self.transport.pause_reading()
+
+    def _resume_input(self) -> None:
+        if self._input_paused and self.transport is not None and not self.transport.is_closing():
+            self._input_paused = False
+            self.transport.resume_reading()
+
+    def _hello_expired(self) -> None:
+        self._hello_timer = None
+        if self.session is None and not self._ended:
+            self.fail("timeout", f"no hello within {self.endpoint.config.hello_timeout_s:g} s")
 
     def _hello(self, msg: m.Message) -> None:
         if not isinstance(msg, m.Hello):
@@ -239,6 +451,14 @@ class ClientConnection(asyncio.Protocol):
         if msg.version != m.PROTOCOL_VERSION:
             self.fail("version", f"protocol version {msg.version} not supported (this endpoint speaks {m.PROTOCOL_VERSION})")
             return
+        try:
+            self.endpoint.admit_session(self.principal, self.local)
+        except BadRequest as exc:
+            self.fail(exc.code, exc.reason)
+            return
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
         self.session = Session(self.endpoint, self, self.principal)
         self.endpoint.sessions.add(self.session)
         self.write(encode(m.Hello(id=msg.id, version=m.PROTOCOL_VERSION, role="endpoint",
@@ -260,17 +480,35 @@ class ClientConnection(asyncio.Protocol):
         self._paused = True
 
     def resume_writing(self) -> None:
+        """Replies first (the inbox), then held notifications."""
         self._paused = False
+        self._schedule()
         if self.session is not None:
             self.session.on_writable()
+        if len(self._inbox) < INBOX_MAX:
+            self._resume_input()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end()
 
     def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._inbox.clear()
+        if self._work is not None:
+            self._work.cancel()
+            self._work = None
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+        if self._counted:
+            self._counted = False
+            self.endpoint.connections -= 1
         if self.session is not None:
             self.session.close()
             self.endpoint.sessions.discard(self.session)
+            self.endpoint.session_ended(self.principal, self.local)
             self.session = None
 
 

@@ -26,6 +26,7 @@ async def local_session(endpoint: Endpoint, principal: Principal | None = None) 
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair()
     conn = ClientConnection(endpoint)
+    conn.local = True  # bounded by the task limit, not the per-principal session limit
     if principal is not None:
         conn.principal = principal
     await loop.connect_accepted_socket(lambda: conn, sock=a)

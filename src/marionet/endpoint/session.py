@@ -34,12 +34,44 @@ from marionet.endpoint.sockets import (
 )
 from marionet.guard import GuardDenied, Principal
 from marionet.wire import messages as m
-from marionet.wire.codec import encode
+from marionet.wire.codec import CHDATA_OVERHEAD, encode
 
 if TYPE_CHECKING:
     from marionet.endpoint.daemon import Endpoint
 
 log = logging.getLogger("marionet.endpoint")
+
+#: Longest TCP connect timeout a client may ask for.
+MAX_CONNECT_TIMEOUT_NS = 600 * 1_000_000_000
+
+
+#: Notifications never dropped: how a connection, capture or task ended,
+#: and what was lost. (TCP stream data is precious too; its sockets pass
+#: ``precious=True``.)
+PRECIOUS: frozenset[type] = frozenset({m.NStat, m.NCapEnd, m.TaskResult, m.NDrop})
+
+
+class DropMarker:
+    """Notifications dropped at one place in the held stream."""
+
+    __slots__ = ("count", "nbytes", "kinds", "socks")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.nbytes = 0
+        self.kinds: dict[str, int] = {}
+        self.socks: dict[int, int] = {}
+
+    def add(self, kind: str, nbytes: int, count: int = 1, sock: int | None = None) -> None:
+        self.count += count
+        self.nbytes += nbytes
+        self.kinds[kind] = self.kinds.get(kind, 0) + count
+        if sock is not None:
+            self.socks[sock] = self.socks.get(sock, 0) + count
+
+    def ndrop(self) -> m.NDrop:
+        return m.NDrop(time_ns=time.time_ns(), count=self.count, nbytes=self.nbytes,
+                       kinds=dict(self.kinds), socks=dict(self.socks))
 
 
 class Outlet(Protocol):
@@ -62,64 +94,100 @@ class Session:
         self.tasks: dict[int, asyncio.Task] = {}
         self._next_sid = 1
         self.closed = False
-        # outgoing frames coalesced into one write per loop iteration
-        self._out: list[bytes] = []
-        self._out_notes: list[bytes] = []
+        # outgoing frames, in order, coalesced into few writes per loop iteration
+        self._out: list[tuple[bytes, bool]] = []  # (frame, droppable)
+        self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
-        # notification buffer
+        self.chunk_limit = endpoint.config.max_frame - CHDATA_OVERHEAD
+        # notification buffer: frames held while the outlet is slow or
+        # delivery is suppressed, and markers where some were dropped
         self.buffer_limit = endpoint.config.buffer_limit
-        self._held: deque[tuple[str, bytes]] = deque()
+        self._held: deque[tuple[bytes, bool] | DropMarker] = deque()
         self._held_bytes = 0
+        self._stalled: set[EpSocket] = set()  # stream sockets waiting for room
         self.suppressed = False
-        self._drop_count = 0
-        self._drop_bytes = 0
-        self._drop_kinds: dict[str, int] = {}
         self.dropped_total = 0
+        self.kernel_drops = 0
+        self._release_handle: asyncio.Handle | None = None
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     # ------------------------------------------------------------------ output
-    def _queue_frame(self, frame: bytes, note: bool = False) -> None:
-        (self._out_notes if note else self._out).append(frame)
-        if self._flush_handle is None:
+    def _queue_frame(self, frame: bytes, droppable: bool = False) -> None:
+        self._out.append((frame, droppable))
+        self._out_bytes += len(frame)
+        if self._out_bytes >= self.chunk_limit:
+            self._flush()  # write through: the outlet's backpressure must see it
+        elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """One write for replies, then one for notifications: an outlet
-        through a controller may drop (and count) notification chunks for a
-        slow client, but never replies."""
-        self._flush_handle = None
-        if self.closed:
+        """Write what is queued, in order, as chunks of whole frames.
+
+        A chunk is at most ``chunk_limit`` bytes, so a channel through a
+        controller never carries a frame the controller must refuse (which
+        would cost every session on the VP its link). Consecutive droppable
+        notifications form chunks of their own (``note=True``): a controller
+        may drop those for a slow client and count them, never the others.
+        """
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self.closed or not self._out:
             return
-        for frames, note in ((self._out, False), (self._out_notes, True)):
-            if frames:
-                data = b"".join(frames) if len(frames) > 1 else frames[0]
-                frames.clear()
-                self.outlet.write(data, note)
+        out, self._out = self._out, []
+        self._out_bytes = 0
+        limit = self.chunk_limit
+        parts: list[bytes] = []
+        size = 0
+        kind = out[0][1]
+        for frame, droppable in out:
+            if parts and (droppable != kind or size + len(frame) > limit):
+                self.outlet.write(b"".join(parts), kind)
+                parts, size = [], 0
+            kind = droppable
+            parts.append(frame)
+            size += len(frame)
+        if parts:
+            self.outlet.write(b"".join(parts), kind)
 
     def reply(self, msg: m.Message) -> None:
-        """Replies bypass suppression: control must work during a transfer."""
+        """Replies bypass suppression (control must work during a transfer)
+        and are never dropped; a client that does not read them is not
+        read from either (see ``ClientConnection``)."""
         if not self.closed:
             self._queue_frame(encode(msg))
 
     def error(self, rid: int, code: str, reason: str, rule: str | None = None) -> None:
         self.reply(m.Error(id=rid, code=code, reason=reason, rule=rule))
 
-    def notify(self, msg: m.Message) -> None:
+    def notify(self, msg: m.Message, precious: bool | None = None) -> None:
+        """Queue a notification, or hold it while the outlet is slow or the
+        client suppressed delivery.
+
+        ``precious`` notifications (state changes, task results, capture
+        ends, drop reports, TCP stream data) are never dropped: a client
+        must always learn how a connection or task ended, and stream data is
+        slowed by backpressure instead (``stream_room``). Others (datagrams,
+        stamps, ICMP errors) are dropped past the buffer limit and counted.
+        """
         if self.closed:
             return
+        if precious is None:
+            precious = type(msg) in PRECIOUS
         frame = encode(msg)
-        if len(frame) - 4 > self.endpoint.config.max_frame:
+        if len(frame) > self.chunk_limit:
             frame = self._too_big(msg, len(frame) - 4)
-        if self._held or self.suppressed or self._drop_count or not self.outlet.writable():
-            self._hold(msg, frame)
+            precious = True
+        if self._held or self.suppressed or not self.outlet.writable():
+            self._hold(msg, frame, precious)
         else:
-            self._queue_frame(frame, True)
+            self._queue_frame(frame, not precious)
 
     def _too_big(self, msg: m.Message, size: int) -> bytes:
         """A frame the client would refuse (and drop the session for) is
         never sent: a task's oversized result becomes a task error, and any
         other oversized notification an ``NDrop`` saying what was lost."""
-        limit = self.endpoint.config.max_frame
+        limit = self.chunk_limit - 4
         log.warning("%s of %d bytes exceeds the %d-byte frame limit", type(msg).__name__, size, limit)
         if isinstance(msg, m.TaskResult):
             return encode(m.TaskResult(task=msg.task, time_ns=msg.time_ns,
@@ -128,31 +196,55 @@ class Session:
         kind = type(msg).__struct_config__.tag
         return encode(m.NDrop(time_ns=time.time_ns(), count=1, nbytes=size, kinds={str(kind): 1}))
 
-    def _hold(self, msg: m.Message, frame: bytes) -> None:
-        kind = type(msg).__struct_config__.tag
-        if self._held_bytes + len(frame) > self.buffer_limit:
-            self._drop_count += 1
-            self._drop_bytes += len(frame)
-            self._drop_kinds[kind] = self._drop_kinds.get(kind, 0) + 1  # type: ignore[index]
-            self.dropped_total += 1
+    def _hold(self, msg: m.Message, frame: bytes, precious: bool) -> None:
+        if not precious and self._held_bytes + len(frame) > self.buffer_limit:
+            self.record_drop(type(msg).__struct_config__.tag, len(frame))  # type: ignore[arg-type]
             return
-        self._held.append((kind, frame))  # type: ignore[arg-type]
+        self._held.append((frame, not precious))
         self._held_bytes += len(frame)
 
+    def record_drop(self, kind: str, nbytes: int, count: int = 1, sock: int | None = None) -> None:
+        """Count a loss where it happened in the stream: consecutive losses
+        share one marker, which becomes one ``NDrop`` at that place."""
+        if self.closed:
+            return
+        last = self._held[-1] if self._held else None
+        if not isinstance(last, DropMarker):
+            last = DropMarker()
+            self._held.append(last)
+        last.add(kind, nbytes, count, sock)
+        self.dropped_total += count
+        if kind == "kernel":
+            self.kernel_drops += count
+        if self._release_handle is None and not self.suppressed:
+            # A marker alone in the queue would otherwise wait for the next
+            # notification or writable event to be delivered.
+            self._release_handle = self.loop.call_soon(self.release)
+
     def release(self) -> None:
-        """Deliver held notifications while the outlet takes them."""
+        """Deliver held notifications while the outlet takes them.
+
+        ``_queue_frame`` writes through every ``chunk_limit`` bytes, so the
+        outlet's own backpressure (``writable``) stops the release as soon
+        as it fills, instead of one huge write of the whole backlog.
+        """
+        if self._release_handle is not None:
+            self._release_handle.cancel()
+            self._release_handle = None
         if self.suppressed or self.closed:
             return
         while self._held and self.outlet.writable():
-            _, frame = self._held.popleft()
-            self._held_bytes -= len(frame)
-            self._queue_frame(frame, True)
-        if not self._held and self._drop_count and self.outlet.writable():
-            self._queue_frame(encode(m.NDrop(time_ns=time.time_ns(), count=self._drop_count,
-                                             nbytes=self._drop_bytes, kinds=dict(self._drop_kinds))), True)
-            self._drop_count = 0
-            self._drop_bytes = 0
-            self._drop_kinds.clear()
+            item = self._held.popleft()
+            if isinstance(item, DropMarker):
+                self._queue_frame(encode(item.ndrop()))
+            else:
+                frame, droppable = item
+                self._held_bytes -= len(frame)
+                self._queue_frame(frame, droppable)
+        if self._stalled and self.stream_room(resume=True):
+            stalled, self._stalled = self._stalled, set()
+            for es in stalled:
+                es.resume_reading()
 
     def on_writable(self) -> None:
         """The outlet drained below its low-water mark."""
@@ -161,6 +253,18 @@ class Session:
     @property
     def buffer_used(self) -> int:
         return self._held_bytes
+
+    # ------------------------------------------------------- stream backpressure
+    def stream_room(self, resume: bool = False) -> bool:
+        """May a stream socket read more? Past the buffer limit it stops
+        reading, so TCP flow control slows the sender instead of the data
+        being dropped; it resumes once the buffer is half empty."""
+        limit = self.buffer_limit // 2 if resume else self.buffer_limit
+        return not self.closed and self._held_bytes < limit
+
+    def stream_stalled(self, es: EpSocket) -> None:
+        """``es`` stopped reading for want of room; resume it on release."""
+        self._stalled.add(es)
 
     # ------------------------------------------------------------------- guard
     def guard_op(self, op: str, request: Any, sock_kind: str | None = None) -> None:
@@ -216,8 +320,9 @@ class Session:
             id=msg.id, clock_ns=time.time_ns(), name=ep.config.name, version=ep.version,
             protocol=m.PROTOCOL_VERSION, addresses=ep.addresses(), capabilities=ep.capabilities(),
             buffer_limit=self.buffer_limit, buffer_used=self._held_bytes,
-            limits={"max_sockets": ep.config.max_sockets, "max_frame": ep.config.max_frame},
+            limits=ep.limits(),
             resolvers=ep.resolvers(),
+            status=ep.status(self),
         ))
 
     def _h_ping(self, msg: m.Ping) -> None:
@@ -229,9 +334,34 @@ class Session:
         self._next_sid += 1
         return sid
 
-    def _h_nopen(self, msg: m.NOpen) -> None:
+    def _admit_socket(self) -> None:
         if len(self.sockets) >= self.endpoint.config.max_sockets:
             raise BadRequest("limit", f"at most {self.endpoint.config.max_sockets} sockets per session")
+        self.endpoint.admit_socket(self.principal)
+
+    def _add_socket(self, es: EpSocket) -> None:
+        self.sockets[es.sid] = es
+        self.endpoint.socket_opened(self.principal)
+
+    def check_time(self, name: str, at: int | None) -> None:
+        """A time on the endpoint's clock must be one it can keep: not
+        negative, not beyond the scheduling horizon (a far-future send
+        would hold a queue slot, and once crashed the sender)."""
+        if at is None:
+            return
+        if at < 0:
+            raise BadRequest("bad-time", f"{name} {at} is negative; times are ns since the epoch")
+        horizon = self.endpoint.config.max_schedule_ahead_ns
+        ahead = at - time.time_ns()
+        if ahead > horizon:
+            raise BadRequest("bad-time", f"{name} is {ahead / 1e9:.0f} s ahead; this endpoint schedules "
+                                         f"at most {horizon / 1e9:.0f} s ahead")
+
+    def _h_nopen(self, msg: m.NOpen) -> None:
+        self._admit_socket()
+        if msg.timeout_ns is not None and not 0 < msg.timeout_ns <= MAX_CONNECT_TIMEOUT_NS:
+            raise BadRequest("bad-option", f"timeout_ns {msg.timeout_ns} not in 1..{MAX_CONNECT_TIMEOUT_NS} "
+                                           f"({MAX_CONNECT_TIMEOUT_NS // 1_000_000_000} s)")
         self.guard_op("nopen", msg)
         if msg.proto == "raw" and not self.endpoint.capabilities().get("raw"):
             raise BadRequest("no-privilege", "raw sockets need CAP_NET_RAW, which this endpoint lacks")
@@ -291,7 +421,7 @@ class Session:
         except OSError as exc:
             sock.close()
             raise BadRequest("os-error", f"cannot set up socket: {errno_text(exc.errno or 0)}") from None
-        self.sockets[sid] = es
+        self._add_socket(es)
         la, lp = es.local()
         self.reply(m.Opened(id=msg.id, sock=sid, laddr=la, lport=lp, raddr=msg.raddr, rport=msg.rport))
 
@@ -335,17 +465,21 @@ class Session:
         if self.closed:
             sock.close()
             return
-        es = self.adopt_tcp(sock, msg.family)
+        try:
+            es = self.adopt_tcp(sock, msg.family)
+        except BadRequest as exc:
+            sock.close()
+            self.error(msg.id, exc.code, exc.reason)
+            return
         la, lp = es.local()
         self.reply(m.Opened(id=msg.id, sock=es.sid, laddr=la, lport=lp, raddr=raddr, rport=rport))
         es.state("established", peer=raddr, port=rport)
 
     def adopt_tcp(self, conn: socket.socket, family: int) -> TcpSocket:
-        if len(self.sockets) >= self.endpoint.config.max_sockets:
-            raise BadRequest("limit", f"at most {self.endpoint.config.max_sockets} sockets per session")
+        self._admit_socket()
         sid = self._new_sid()
         es = TcpSocket(self, sid, conn, family)
-        self.sockets[sid] = es
+        self._add_socket(es)
         return es
 
     def _h_nclose(self, msg: m.NClose) -> None:
@@ -355,13 +489,16 @@ class Session:
         self.reply(m.Ok(id=msg.id))
 
     def _close_socket(self, es: EpSocket) -> None:
-        self.sockets.pop(es.sid, None)
+        if self.sockets.pop(es.sid, None) is not None:
+            self.endpoint.socket_closed(self.principal)
         if isinstance(es, DatagramSocket):
+            es.check_kernel_drops()
             self.endpoint.engine.forget(es)
         es.close()
 
     def _send_item(self, item: m.SendItem) -> None:
         es = self._sock(item.sock)
+        self.check_time("at", item.at)
         self.guard_op("nsend", item, es.kind)
         es.enqueue(item)
 
@@ -388,6 +525,7 @@ class Session:
             raise BadRequest("not-supported", f"ncap needs a raw socket, socket {msg.sock} is {es.kind}")
         if msg.filter is not None and msg.program is not None:
             raise BadRequest("bad-filter", "give filter or program, not both")
+        self.check_time("until", msg.until)
         self.guard_op("ncap", msg, es.kind)
         if msg.program is not None:
             program = bpf.validate_program(msg.program)
@@ -406,6 +544,7 @@ class Session:
         elif msg.op == "shutdown":
             if msg.sock is None:
                 raise BadRequest("bad-option", "shutdown needs sock")
+            self.check_time("at", msg.at)
             self._sock(msg.sock).shutdown(msg.at)
         else:
             raise BadRequest("bad-option", f"unknown nctl op {msg.op!r} (suppress, resume, shutdown)")
@@ -447,6 +586,8 @@ class Session:
             sweep = getattr(es, "sweep_stamps", None)
             if sweep is not None:
                 sweep(now)
+            if isinstance(es, DatagramSocket):
+                es.check_kernel_drops()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def close(self) -> None:
@@ -461,5 +602,8 @@ class Session:
             task.cancel()
         for es in list(self.sockets.values()):
             self._close_socket(es)
-        self.sockets.clear()
         self._held.clear()
+        self._stalled.clear()
+        if self._release_handle is not None:
+            self._release_handle.cancel()
+            self._release_handle = None

@@ -15,6 +15,7 @@ import asyncio
 import errno as errno_mod
 import os
 import socket
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -87,6 +88,22 @@ def grow_rcvbuf(sock: socket.socket) -> None:
             pass
 
 
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+_MEMINFO = struct.Struct("9I")  # SK_MEMINFO_*: ..., [8] = SK_MEMINFO_DROPS
+
+
+def socket_drops(sock: socket.socket) -> int | None:
+    """The kernel's count of packets this socket dropped (receive buffer
+    full, or its filter failing to allocate), or None if unavailable."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
+    except OSError:
+        return None
+    if len(raw) < _MEMINFO.size:
+        return None
+    return _MEMINFO.unpack(raw)[8]
+
+
 def close_off_loop(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
     """Closing a packet socket takes the kernel 8–15 ms (it waits for an RCU
     grace period); do it on a worker thread so no session stalls."""
@@ -123,11 +140,11 @@ class EpSocket:
             self.session.notify(msg)
 
     def deliver_data(self, data: bytes, peer: str | None, port: int | None,
-                     time_ns: int, source: str, ttl: int | None = None) -> None:
+                     time_ns: int, source: str, ttl: int | None = None, precious: bool = False) -> None:
         """Received data passes the guard, then becomes an ``NData``."""
-        if self.session.guard_data(self.sid, data, peer):
-            self.notify(m.NData(sock=self.sid, time_ns=time_ns, ts_source=source,  # type: ignore[arg-type]
-                                data=data, peer=peer, port=port, ttl=ttl))
+        if self.session.guard_data(self.sid, data, peer) and not self.closed:
+            self.session.notify(m.NData(sock=self.sid, time_ns=time_ns, ts_source=source,  # type: ignore[arg-type]
+                                        data=data, peer=peer, port=port, ttl=ttl), precious)
 
     def enqueue(self, item: m.SendItem) -> None:
         raise BadRequest("not-supported", f"{self.kind} sockets cannot send")
@@ -168,11 +185,32 @@ class DatagramSocket(EpSocket):
         self._df_state: bool | None = None
         self.sent_packets = 0
         self.sent_bytes = 0
+        self._kernel_drops: dict[int, int] = {}  # fd -> sk_drops already reported
         sock.setblocking(False)
         grow_rcvbuf(sock)
         ts.enable_rx_timestamps(sock)
         ts.enable_tx_timestamps_on_request(sock)
         self.loop.add_reader(sock.fileno(), self._on_readable)
+
+    # -- kernel drops --------------------------------------------------------
+    def receive_sockets(self) -> list[socket.socket]:
+        """Sockets whose receive queue feeds this one's notifications."""
+        return [self.sock]
+
+    def check_kernel_drops(self) -> None:
+        """Report datagrams the kernel dropped since the last check.
+
+        A flood that outruns us overflows the socket's receive buffer; the
+        kernel counts those (sk_drops, via SO_MEMINFO) and we say so in an
+        ``NDrop`` of kind "kernel", so nothing is lost without a report."""
+        for sock in self.receive_sockets():
+            drops = socket_drops(sock)
+            if drops is None:
+                continue
+            seen = self._kernel_drops.get(sock.fileno(), 0)
+            if drops > seen:
+                self._kernel_drops[sock.fileno()] = drops
+                self.session.record_drop("kernel", 0, drops - seen, sock=self.sid)
 
     # -- sending -------------------------------------------------------------
     def destination(self, item: m.SendItem) -> tuple | None:
@@ -406,6 +444,9 @@ class RawSocket(DatagramSocket):
             raise BadRequest("bad-packet", "hdrincl data must start with a 20-byte IPv4 header")
         super().enqueue(item)
 
+    def receive_sockets(self) -> list[socket.socket]:
+        return [self.sock] if self.capsock is None else [self.sock, self.capsock]
+
     # -- capture ----------------------------------------------------------------
     def capture(self, program: list[tuple[int, int, int, int]], until: int | None) -> None:
         self.stop_capture(notify=False)
@@ -434,8 +475,11 @@ class RawSocket(DatagramSocket):
             self.cap_until.cancel()
             self.cap_until = None
         if self.capsock is not None:
-            # Drain what already matched before closing the capture socket.
+            # Drain what already matched before closing the capture socket,
+            # and report what its buffer could not hold.
             self._on_cap_readable()
+            self.check_kernel_drops()
+            self._kernel_drops.pop(self.capsock.fileno(), None)
             try:
                 self.loop.remove_reader(self.capsock.fileno())
             except (ValueError, OSError):
@@ -508,6 +552,15 @@ class TcpSocket(EpSocket):
         self._bytes = 0
         self._tags: dict[int, PendingTag] = {}
         self.peer_closed = False
+        self.failed = False
+        self.reading = True
+        # The peer's address, read once now: once both directions are
+        # closed getpeername() fails (ENOTCONN), and asking after each recv
+        # lost the last data of a peer that closed right after sending.
+        try:
+            self.peer, self.port = peer_text(sock.getpeername())
+        except OSError:
+            self.peer, self.port = None, None
         sock.setblocking(False)
         ts.enable_rx_timestamps(sock)
         try:
@@ -586,21 +639,40 @@ class TcpSocket(EpSocket):
                         self.notify(m.NTag(sock=self.sid, tag=p.tag, time_ns=item.time_ns,
                                            ts_source="kernel", nbytes=p.nbytes, at=p.at))
             for _ in range(64):
+                if not self.session.stream_room():
+                    # Backpressure: leave the data in the kernel, whose
+                    # window then slows the sender; resumed on release.
+                    self._stop_reading()
+                    self.session.stream_stalled(self)
+                    return
                 got = ts.recv_stamped(self.sock)
                 if got is None:
                     return
                 if not got.data:
                     self.peer_closed = True
-                    self.loop.remove_reader(self.sock.fileno())
+                    self._stop_reading()
                     self.state("peer-closed")
                     return
-                peer, port = peer_text(self.sock.getpeername())
-                self.deliver_data(got.data, peer, port, got.time_ns, got.ts_source)
+                self.deliver_data(got.data, self.peer, self.port, got.time_ns, got.ts_source, precious=True)
         except OSError as exc:
-            self.loop.remove_reader(self.sock.fileno())
+            self._stop_reading()
             state = "reset" if exc.errno == errno_mod.ECONNRESET else (
                 "timeout" if exc.errno == errno_mod.ETIMEDOUT else "error")
             self.state(state, errno_text(exc.errno or 0))
+            self.failed = True
+
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def resume_reading(self) -> None:
+        """Room again in the session's buffer: read on (and at once)."""
+        if self.closed or self.reading or self.peer_closed or self.failed:
+            return
+        self.reading = True
+        self.loop.add_reader(self.sock.fileno(), self._on_readable)
+        self.loop.call_soon(self._on_readable)
 
     def sweep_stamps(self, now_ns: int) -> None:
         for key, p in list(self._tags.items()):
