@@ -395,3 +395,35 @@ async def test_idle_and_trickling_connections_are_closed():
             w.close()
     finally:
         await ep.close()
+
+
+# --------------------------------------------------------------------------
+# Item 6 (cont.): a listener out of descriptors pauses instead of spinning.
+
+
+async def test_listener_out_of_descriptors_pauses_then_accepts(session):
+    import os
+    import resource
+
+    lst = await session.nopen("tcp-listen", laddr="127.0.0.1")
+    port = session.sockets[lst].lport
+    clients = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        clients.append(c)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    probe = os.dup(0)
+    os.close(probe)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))  # no new descriptor can be made
+    try:
+        notes = await collect(session, 1000, timeout=0.5, kinds={"nstat"})
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    errors = [n for n in notes if n.state == "error"]
+    assert 1 <= len(errors) <= 2 and "EMFILE" in errors[0].reason, notes[:3]
+    notes = await collect(session, 3, timeout=3.0, kinds={"nstat"}, until=None)
+    assert [n.state for n in notes] == ["accepted"] * 3
+    for c in clients:
+        c.close()

@@ -201,9 +201,11 @@ class Endpoint:
             from marionet.endpoint import timestamps
 
             caps["tx_key_per_send"] = timestamps.supports_ts_opt_id()
-            caps["sender_process"] = type(self.engine).__name__ == "ProcessEngine"
             self._caps = caps
-        return dict(self._caps)
+        caps = dict(self._caps)
+        # not cached: a sender that keeps dying falls back to inline sending
+        caps["sender_process"] = getattr(self.engine, "name", "") == "process"
+        return caps
 
     def addresses(self) -> list[str]:
         """Cached for a second: an ``info`` flood must not cost an ioctl per

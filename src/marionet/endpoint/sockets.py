@@ -692,13 +692,30 @@ def _u32_le(a: int, b: int) -> bool:
     return ((b - a) & 0xFFFFFFFF) < 0x80000000
 
 
+#: accept() failures that last until descriptors or memory free up.
+RESOURCE_ERRNOS = frozenset({errno_mod.EMFILE, errno_mod.ENFILE, errno_mod.ENOBUFS, errno_mod.ENOMEM})
+ACCEPT_RETRY_S = 1.0
+
+
 class TcpListener(EpSocket):
     kind = "tcp-listen"
 
     def __init__(self, session: "Session", sid: int, sock: socket.socket, family: int) -> None:
         super().__init__(session, sid, sock, family)
+        self._retry: asyncio.TimerHandle | None = None
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._on_readable)
+
+    def _resume_accept(self) -> None:
+        self._retry = None
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        super().close()
 
     def _on_readable(self) -> None:
         for _ in range(32):
@@ -709,6 +726,12 @@ class TcpListener(EpSocket):
             except OSError as exc:
                 self.notify(m.NStat(sock=self.sid, time_ns=time.time_ns(), state="error",
                                     reason=errno_text(exc.errno or 0)))
+                if exc.errno in RESOURCE_ERRNOS:
+                    # The pending connection stays queued and the socket stays
+                    # readable: pause instead of spinning (and notifying) at
+                    # full speed until descriptors free up.
+                    self.loop.remove_reader(self.sock.fileno())
+                    self._retry = self.loop.call_later(ACCEPT_RETRY_S, self._resume_accept)
                 return
             addr, port = peer_text(peer)
             try:
