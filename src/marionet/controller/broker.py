@@ -7,8 +7,17 @@ endpoint and the client speak the ordinary packet protocol inside. What
 the controller owns is everything between: the registry, liveness
 (keepalive pings, which also give each VP's clock offset), isolation
 (a client sees only its own channels), and bounding what it buffers for a
-slow client (notification chunks are dropped and counted; the client is
-told with an ``NDrop`` on that channel).
+slow reader without losing what must not be lost:
+
+- a client whose connection backs up gets ``ChFlow(pause=True)`` sent to
+  the endpoint for each of its channels, so the endpoint holds its
+  notifications and stops reading stream sockets (TCP flow control then
+  slows the far sender); ``ChFlow(pause=False)`` once it drains. Chunks
+  already in flight that hold only droppable notifications (``note``)
+  are dropped and counted (an ``NDrop`` on that channel); the others are
+  always forwarded.
+- an endpoint link that backs up pauses reading from the clients feeding
+  it, so their requests wait in their own socket buffers.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from typing import Any
 
 from marionet.controller.registry import MetaError, Registry, VpRecord
 from marionet.wire import messages as m
-from marionet.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, bye_and_close, encode
+from marionet.wire.codec import (CHDATA_OVERHEAD, DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError,
+                                 bye_and_close, encode)
 
 log = logging.getLogger("marionet.controller")
 
@@ -35,11 +45,22 @@ log = logging.getLogger("marionet.controller")
 class ControllerConfig:
     keepalive_s: float = 1.0
     dead_after_s: float = 4.0
-    client_buffer: int = 8 * 1024 * 1024  # past this, notification chunks are dropped
+    client_buffer: int = 8 * 1024 * 1024  # past this, its channels are paused (ChFlow)
     client_hard_limit: int = 64 * 1024 * 1024  # past this, a client is disconnected
     max_frame: int = DEFAULT_MAX_FRAME
+    #: Over TLS: endpoints need role "endpoint" and CN = their VP name,
+    #: clients role "client" or "operator".
     require_endpoint_role: bool = True
     require_client_role: bool = True
+    #: A link that has not said hello (and, for an endpoint, registered)
+    #: within this many seconds is closed: idle or trickling connections
+    #: must not hold controller resources.
+    hello_timeout_s: float = 5.0
+
+    @property
+    def max_chunk(self) -> int:
+        """Largest ``ChData`` payload that still fits a frame after re-wrapping."""
+        return self.max_frame - CHDATA_OVERHEAD
 
 
 class Link(asyncio.Protocol):
@@ -55,12 +76,31 @@ class Link(asyncio.Protocol):
         self.identity: dict[str, Any] = {}
         self.hello_done = False
         self.closed = False
+        self._set_up_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unix"
         self.identity = self._identity(transport)
+        self._set_up_timer = asyncio.get_running_loop().call_later(
+            self.ctl.config.hello_timeout_s, self._set_up_expired)
+
+    # -- set-up deadline
+    def set_up(self) -> bool:
+        """Has the peer done what it must before it may stay connected?"""
+        return self.hello_done
+
+    def _set_up_done(self) -> None:
+        if self._set_up_timer is not None:
+            self._set_up_timer.cancel()
+            self._set_up_timer = None
+
+    def _set_up_expired(self) -> None:
+        self._set_up_timer = None
+        if not self.closed and not self.set_up():
+            what = "hello" if not self.hello_done else "registration"
+            self.fail("timeout", f"no {what} within {self.ctl.config.hello_timeout_s:g} s")
 
     def _identity(self, transport: asyncio.BaseTransport) -> dict[str, Any]:
         sslobj = transport.get_extra_info("ssl_object")
@@ -72,7 +112,7 @@ class Link(asyncio.Protocol):
             except IdentityError as exc:
                 return {"error": str(exc)}
             return {"name": ident.common_name, "role": ident.role, "fingerprint": ident.fingerprint,
-                    "privileges": ident.privileges or {}}
+                    "privileges": ident.privileges or {}, "tls": True}
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family == socket.AF_UNIX:
             try:
@@ -117,6 +157,8 @@ class Link(asyncio.Protocol):
                     self.fail("denied", err)
                     return
                 self.hello_done = True
+                if self.set_up():
+                    self._set_up_done()
                 self.send(m.Hello(id=msg.id, version=m.PROTOCOL_VERSION, role="controller",
                                   name=self.ctl.name))
                 continue
@@ -138,6 +180,20 @@ class Link(asyncio.Protocol):
 
     def on_closed(self) -> None:
         self.closed = True
+        self._set_up_done()
+
+    def role_error(self, allowed: tuple[str, ...], enforce: bool) -> str | None:
+        """Why this link's certificate may not use this port, if it may not.
+
+        Only TLS peers carry a role; plain TCP (loopback only) and Unix
+        socket peers are trusted by where they connect from."""
+        ident = self.identity
+        if "error" in ident:
+            return ident["error"]
+        if enforce and ident.get("tls") and ident.get("role") not in allowed:
+            return (f"this port is for {self.role_expected}s: certificate {ident.get('name')!r} has role "
+                    f"{ident.get('role')!r}, need {' or '.join(repr(a) for a in allowed)}")
+        return None
 
 
 class EndpointLink(Link):
@@ -156,14 +212,15 @@ class EndpointLink(Link):
         self._keepalive: asyncio.TimerHandle | None = None
         self.last_rx = time.monotonic()
         self._best_delay: int | None = None
+        self.write_paused = False
+        self._held_clients: set[ClientLink] = set()  # whose reading we paused
+        self._gone_reason = "is gone"
+
+    def set_up(self) -> bool:
+        return self.name is not None
 
     def check_identity(self) -> str | None:
-        ident = self.identity
-        if "error" in ident:
-            return ident["error"]
-        if self.ctl.config.require_endpoint_role and ident.get("role") not in (None, "endpoint") :
-            return f"certificate role {ident.get('role')!r} may not register as an endpoint"
-        return None
+        return self.role_error(("endpoint",), self.ctl.config.require_endpoint_role)
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
@@ -172,8 +229,16 @@ class EndpointLink(Link):
     def handle(self, msg: m.Message) -> None:
         if isinstance(msg, m.ChData):
             route = self.channels.get(msg.ch)
-            if route is not None:
-                route[0].deliver(route[1], msg.data, msg.note)
+            if route is None:
+                return
+            if len(msg.data) > self.ctl.config.max_chunk:
+                # Re-wrapped for the client it would not fit a frame: end
+                # this channel, not the client's link or this VP's.
+                reason = f"the endpoint sent a {len(msg.data)}-byte chunk (limit {self.ctl.config.max_chunk})"
+                self.close_channel(msg.ch, reason)
+                route[0].channel_closed(route[1], reason)
+                return
+            route[0].deliver(route[1], msg.data, msg.note)
         elif isinstance(msg, m.Pong):
             self._on_pong(msg)
         elif isinstance(msg, m.Register):
@@ -182,8 +247,9 @@ class EndpointLink(Link):
             route = self.channels.pop(msg.ch, None)
             if route is not None:
                 route[0].channel_closed(route[1], msg.reason or "closed by the endpoint")
-        elif isinstance(msg, m.Ok | m.Error):
-            pass
+                self._unhold_if_idle(route[0])
+        elif isinstance(msg, m.Ok | m.Error | m.ChFlow):
+            pass  # nothing to pause on our side: clients' reads are paused via the transport
         elif isinstance(msg, m.Bye):
             self.transport.close()  # type: ignore[union-attr]
         else:
@@ -195,8 +261,9 @@ class EndpointLink(Link):
             return
         name = msg.name
         cert_name = self.identity.get("name")
-        if self.identity.get("role") == "endpoint" and cert_name and cert_name != name:
-            self.fail("denied", f"certificate is for {cert_name!r}, not {name!r}")
+        if self.ctl.config.require_endpoint_role and self.identity.get("tls") and cert_name != name:
+            self.fail("denied", f"certificate is for {cert_name!r}, not VP {name!r}: an endpoint "
+                                "registers under its certificate's common name")
             return
         if not name or len(name) > 253:
             self.fail("bad-message", "VP name must be 1..253 characters")
@@ -207,11 +274,15 @@ class EndpointLink(Link):
             self.fail("bad-meta", str(exc))
             return
         old = self.ctl.endpoints.get(name)
-        if old is not None and old is not self:
-            old.fail("replaced", "the VP reconnected")  # newest connection wins
+        # Newest connection wins; the maps point at us *before* the old
+        # link closes, so its closing does not take our record with it.
         self.name = name
         self.record = rec
         self.ctl.endpoints[name] = self
+        self._set_up_done()
+        if old is not None and old is not self:
+            old._gone_reason = "reconnected (this session's link was replaced)"
+            old.fail("replaced", f"another connection registered as VP {name!r}")
         self.send(m.Ok(id=msg.id))
         self._schedule_keepalive(0.0)
         self.ctl.broadcast(m.VpEvent(vp=name, event="arrived", info=rec.to_dict()))
@@ -255,15 +326,51 @@ class EndpointLink(Link):
         self.channels[ch] = (client, client_ch)
         principal = {k: v for k, v in client.identity.items() if k in ("name", "role", "fingerprint", "privileges")}
         self.send(m.ChOpen(ch=ch, principal=principal))
+        if client.write_paused:
+            self.flow(ch, True)
+        if self.write_paused:
+            self._hold(client)
         return ch
 
     def forward(self, ch: int, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(encode(m.ChData(ch=ch, data=data)))
 
+    def flow(self, ch: int, pause: bool) -> None:
+        """Ask the endpoint to stop (or resume) producing on channel ``ch``."""
+        if ch in self.channels:
+            self.send(m.ChFlow(ch=ch, pause=pause))
+
     def close_channel(self, ch: int, reason: str) -> None:
-        if self.channels.pop(ch, None) is not None:
+        route = self.channels.pop(ch, None)
+        if route is not None:
             self.send(m.ChClose(ch=ch, reason=reason))
+            self._unhold_if_idle(route[0])
+
+    # -- backpressure from the endpoint: stop reading the clients feeding it
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        for client, _ in list(self.channels.values()):
+            self._hold(client)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._unhold_all()
+
+    def _hold(self, client: "ClientLink") -> None:
+        if client not in self._held_clients:
+            self._held_clients.add(client)
+            client.hold_reading(self)
+
+    def _unhold_if_idle(self, client: "ClientLink") -> None:
+        if client in self._held_clients and not any(c is client for c, _ in self.channels.values()):
+            self._held_clients.discard(client)
+            client.release_reading(self)
+
+    def _unhold_all(self) -> None:
+        held, self._held_clients = self._held_clients, set()
+        for client in held:
+            client.release_reading(self)
 
     def on_closed(self) -> None:
         if self.closed and self.name is None and not self.channels:
@@ -271,12 +378,13 @@ class EndpointLink(Link):
         super().on_closed()
         if self._keepalive is not None:
             self._keepalive.cancel()
+        self._unhold_all()
         for client, client_ch in list(self.channels.values()):
-            client.channel_closed(client_ch, f"VP {self.name} is gone")
+            client.channel_closed(client_ch, f"VP {self.name} {self._gone_reason}")
         self.channels.clear()
         if self.name is not None and self.ctl.endpoints.get(self.name) is self:
             del self.ctl.endpoints[self.name]
-            self.ctl.registry.gone(self.name)
+            self.ctl.registry.gone(self.name, self.record)
             self.ctl.broadcast(m.VpEvent(vp=self.name, event="gone"))
             log.info("VP %s gone", self.name)
         self.name = None
@@ -299,16 +407,13 @@ class ClientLink(Link):
         super().__init__(ctl)
         self.channels: dict[int, _ClientChannel] = {}
         self._ch_ids = itertools.count(1)
-        self._paused = False
+        self.write_paused = False
         self.dropped_total = 0
+        self.flow_pauses = 0  # times we asked endpoints to hold this client's channels
+        self._read_holds: set[EndpointLink] = set()  # slow endpoints this client feeds
 
     def check_identity(self) -> str | None:
-        ident = self.identity
-        if "error" in ident:
-            return ident["error"]
-        if self.ctl.config.require_client_role and ident.get("role") not in (None, "client", "operator"):
-            return f"certificate role {ident.get('role')!r} may not attach as a client"
-        return None
+        return self.role_error(("client", "operator"), self.ctl.config.require_client_role)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -322,6 +427,13 @@ class ClientLink(Link):
             if chan is None:
                 self.send(m.ChClose(ch=msg.ch, reason="no such channel"))
                 return
+            if len(msg.data) > self.ctl.config.max_chunk:
+                # Re-wrapped for the endpoint it could exceed the frame
+                # limit and cost every session on the VP its link.
+                reason = f"chunk of {len(msg.data)} bytes exceeds {self.ctl.config.max_chunk}"
+                self._drop_channel(msg.ch, reason)
+                self.send(m.ChClose(ch=msg.ch, reason=reason))
+                return
             chan.endpoint.forward(chan.ep_ch, msg.data)
         elif isinstance(msg, m.Attach):
             link = self.ctl.endpoints.get(msg.vp)
@@ -333,9 +445,7 @@ class ClientLink(Link):
             self.channels[ch] = _ClientChannel(link, ep_ch)
             self.send(m.Attached(id=msg.id, ch=ch, vp=link.record.to_dict()))
         elif isinstance(msg, m.ChClose):
-            chan = self.channels.pop(msg.ch, None)
-            if chan is not None:
-                chan.endpoint.close_channel(chan.ep_ch, msg.reason or "closed by the client")
+            self._drop_channel(msg.ch, msg.reason or "closed by the client")
         elif isinstance(msg, m.VpList):
             vps = [r.to_dict() for r in self.ctl.registry.select(alive_only=msg.alive_only)]
             self.send(m.VpListReply(id=msg.id, vps=vps))
@@ -347,14 +457,20 @@ class ClientLink(Link):
         else:
             self.fail("unexpected", f"{type(msg).__struct_config__.tag} is not a controller request")
 
+    def _drop_channel(self, ch: int, reason: str) -> None:
+        chan = self.channels.pop(ch, None)
+        if chan is not None:
+            chan.endpoint.close_channel(chan.ep_ch, reason)
+
     # -- from endpoints
     def deliver(self, ch: int, data: bytes, note: bool) -> None:
+        """Forward a chunk; only notification chunks may be dropped (and counted)."""
         chan = self.channels.get(ch)
         tr = self.transport
         if chan is None or tr is None or tr.is_closing():
             return
         buffered = tr.get_write_buffer_size()
-        if note and (self._paused or buffered > self.ctl.config.client_buffer):
+        if note and (self.write_paused or buffered > self.ctl.config.client_buffer):
             frames, nbytes = count_frames(data)
             chan.dropped += frames
             chan.dropped_bytes += nbytes
@@ -371,15 +487,33 @@ class ClientLink(Link):
             note = encode(m.NDrop(time_ns=time.time_ns(), count=chan.dropped, nbytes=chan.dropped_bytes,
                                   kinds={"controller": chan.dropped}))
             chan.dropped = chan.dropped_bytes = 0
-            self.transport.write(encode(m.ChData(ch=ch, data=note, note=True)))
+            self.transport.write(encode(m.ChData(ch=ch, data=note, note=False)))
 
     def pause_writing(self) -> None:
-        self._paused = True
+        """The client reads slowly: ask its endpoints to hold its channels."""
+        self.write_paused = True
+        self.flow_pauses += 1
+        for chan in list(self.channels.values()):
+            chan.endpoint.flow(chan.ep_ch, True)
 
     def resume_writing(self) -> None:
-        self._paused = False
+        self.write_paused = False
         for ch, chan in list(self.channels.items()):
             self._report_drops(ch, chan)
+            chan.endpoint.flow(chan.ep_ch, False)
+
+    # -- backpressure from endpoints: while one is slow, do not read our requests
+    def hold_reading(self, endpoint: EndpointLink) -> None:
+        if not self._read_holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._read_holds.add(endpoint)
+
+    def release_reading(self, endpoint: EndpointLink) -> None:
+        if endpoint not in self._read_holds:
+            return
+        self._read_holds.discard(endpoint)
+        if not self._read_holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def channel_closed(self, ch: int, reason: str) -> None:
         chan = self.channels.pop(ch, None)
@@ -394,7 +528,7 @@ class ClientLink(Link):
         self.ctl.clients.discard(self)
         # A client that leaves takes its sessions with it: the endpoints
         # halt its tasks and close its sockets.
-        for chan in self.channels.values():
+        for chan in list(self.channels.values()):
             chan.endpoint.close_channel(chan.ep_ch, "client disconnected")
         self.channels.clear()
 

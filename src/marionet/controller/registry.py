@@ -110,10 +110,15 @@ class Registry:
         self.vps[name] = rec
         return rec
 
-    def gone(self, name: str) -> None:
+    def gone(self, name: str, record: VpRecord | None = None) -> bool:
+        """Mark ``name`` gone; with ``record``, only if that is still its
+        current record (a replaced link must not bury its successor).
+        Returns whether anything was marked."""
         rec = self.vps.get(name)
-        if rec is not None:
-            rec.alive = False
+        if rec is None or (record is not None and rec is not record):
+            return False
+        rec.alive = False
+        return True
 
     def select(self, *, alive_only: bool = True, pattern: str | None = None,
                tags: dict[str, str] | None = None, cc: str | Iterable[str] | None = None,

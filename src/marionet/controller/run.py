@@ -23,7 +23,8 @@ def _ssl(args: Any, which: str):
 
 
 async def run_controller(args: Any) -> None:
-    config = ControllerConfig(keepalive_s=args.keepalive, dead_after_s=args.dead_after)
+    config = ControllerConfig(keepalive_s=args.keepalive, dead_after_s=args.dead_after,
+                              hello_timeout_s=args.hello_timeout)
     ctl = Controller(config, name=args.name)
     started = []
     for which, addr in (("endpoints", args.endpoints), ("clients", args.clients)):
@@ -66,6 +67,8 @@ def add_controller_parser(sub: Any) -> None:
     p.add_argument("--insecure", action="store_true", help="plain TCP (loopback only)")
     p.add_argument("--keepalive", type=float, default=1.0, help="seconds between keepalive pings")
     p.add_argument("--dead-after", type=float, default=4.0, help="seconds of silence before a VP is gone")
+    p.add_argument("--hello-timeout", type=float, default=5.0,
+                   help="seconds a new link has to say hello (and an endpoint to register)")
     p.set_defaults(handler=main_controller)
 
 
