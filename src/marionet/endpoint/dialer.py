@@ -2,9 +2,16 @@
 
 VPs sit behind NAT, so the endpoint connects to the controller and keeps
 reconnecting with capped backoff after any disconnect (a restarted
-controller sees its VPs back within a couple of seconds). Each channel
+controller sees its VPs back within a couple of seconds) — except when
+the controller says another connection took over its name (``replaced``):
+then it waits ``REPLACED_BACKOFF_S``, so two endpoints misconfigured with
+one name do not take it from each other many times a second. Each channel
 the controller opens is one client's session, served by the same
-``Session`` code as a direct connection; only the outlet differs.
+``Session`` code as a direct connection; only the outlet differs. A
+channel is writable while the link is and the controller has not paused
+it (``ChFlow``: that client reads slowly), so the session holds its
+notifications and stalls its stream sockets instead of flooding the
+controller.
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ from marionet.client.address import parse_hostport
 from marionet.endpoint.daemon import ClientConnection, Endpoint, EndpointConfig, local_addresses
 from marionet.guard import Principal
 from marionet.wire import messages as m
-from marionet.wire.codec import FrameDecoder, ProtocolError, encode
+from marionet.wire.codec import CHDATA_OVERHEAD, FrameDecoder, ProtocolError, encode
 from marionet.signals import stop_event
 
 log = logging.getLogger("marionet.endpoint")
 
 MAX_BACKOFF_S = 1.0
+REPLACED_BACKOFF_S = 30.0
 CONTROLLER_SILENT_S = 10.0
 
 
@@ -42,12 +50,32 @@ class ChannelConnection(ClientConnection):
         self.ch = ch
         self.principal = principal
         self.peer = f"controller channel {ch}"
+        self.flow_paused = False  # the controller asked us to hold (ChFlow)
 
     def write(self, data: bytes, note: bool = False) -> None:
+        if len(data) > self.endpoint.config.max_frame - CHDATA_OVERHEAD:
+            # The controller would refuse the frame and drop the whole VP
+            # link; lose this session instead (sessions split their output,
+            # so this is a bug, not a client's doing).
+            log.error("channel %d: refusing a %d-byte chunk", self.ch, len(data))
+            self.link.channel_ended(self.ch, f"internal: {len(data)}-byte chunk exceeds the frame limit")
+            self._end()
+            return
         self.link.send(m.ChData(ch=self.ch, data=data, note=note))
 
     def writable(self) -> bool:
-        return self.link.writable()
+        return not self.flow_paused and self.link.writable()
+
+    def set_flow(self, pause: bool) -> None:
+        self.flow_paused = pause
+        if not pause:
+            self.wake()
+
+    def wake(self) -> None:
+        """Writable again: the same path as a transport's resume_writing
+        (pending requests, then held notifications, then stalled streams)."""
+        if self.writable():
+            self.resume_writing()
 
     def close_stream(self) -> None:
         self.link.channel_ended(self.ch, "closed")
@@ -63,9 +91,12 @@ class ChannelConnection(ClientConnection):
 class ControllerLink(asyncio.Protocol):
     """Endpoint side of the connection to the controller."""
 
-    def __init__(self, endpoint: Endpoint, meta: dict[str, Any]) -> None:
+    def __init__(self, endpoint: Endpoint, meta: dict[str, Any],
+                 require_role: str | None = None) -> None:
         self.endpoint = endpoint
         self.meta = meta
+        self.require_role = require_role  # the controller's certificate role, checked over TLS
+        self.bye: m.Bye | None = None
         self.decoder = FrameDecoder(endpoint.config.max_frame)
         self.transport: asyncio.Transport | None = None
         self.channels: dict[int, ChannelConnection] = {}
@@ -92,8 +123,7 @@ class ControllerLink(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         for conn in list(self.channels.values()):
-            if conn.session is not None:
-                conn.session.on_writable()
+            conn.wake()
 
     def channel_ended(self, ch: int, reason: str) -> None:
         if self.channels.pop(ch, None) is not None:
@@ -104,10 +134,30 @@ class ControllerLink(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         hw = self.endpoint.config.write_high_water
         self.transport.set_write_buffer_limits(high=hw, low=hw // 4)  # type: ignore[union-attr]
+        err = self._check_controller(transport)
+        if err:
+            log.warning("refusing controller: %s", err)
+            self.registered.set_exception(RuntimeError(err))
+            self.transport.abort()  # type: ignore[union-attr]
+            return
         self._hello_id = next(self._ids)
         self.send(m.Hello(id=self._hello_id, version=m.PROTOCOL_VERSION, role="endpoint",
                           name=self.endpoint.config.name))
         self._arm_watchdog()
+
+    def _check_controller(self, transport: asyncio.BaseTransport) -> str | None:
+        """Over TLS, the peer must hold a controller certificate: an
+        endpoint (or client) certificate from the same CA must not be able
+        to impersonate the controller to us."""
+        if self.require_role is None or transport.get_extra_info("ssl_object") is None:
+            return None
+        from marionet.guard.tls import IdentityError, check_identity
+
+        try:
+            check_identity(transport, require_role=self.require_role)
+        except IdentityError as exc:
+            return f"not a marionet controller: {exc}"
+        return None
 
     def _arm_watchdog(self) -> None:
         self._watchdog = asyncio.get_running_loop().call_later(CONTROLLER_SILENT_S / 2, self._check_alive)
@@ -146,6 +196,10 @@ class ControllerLink(asyncio.Protocol):
                                   fingerprint=p.get("fingerprint"), privileges=p.get("privileges") or {})
             conn = ChannelConnection(self.endpoint, self, msg.ch, principal)
             self.channels[msg.ch] = conn
+        elif isinstance(msg, m.ChFlow):
+            conn = self.channels.get(msg.ch)
+            if conn is not None:
+                conn.set_flow(msg.pause)
         elif isinstance(msg, m.ChClose):
             conn = self.channels.pop(msg.ch, None)
             if conn is not None:
@@ -160,8 +214,14 @@ class ControllerLink(asyncio.Protocol):
             if not self.registered.done():
                 self.registered.set_exception(RuntimeError(f"registration refused: {msg.reason}"))
         elif isinstance(msg, m.Bye):
-            level = logging.INFO if msg.code in ("shutdown", "replaced") else logging.WARNING
-            log.log(level, "controller closed the link: %s: %s", msg.code, msg.reason)
+            self.bye = msg
+            if msg.code == "replaced":
+                log.warning("controller closed the link: %s: %s — is another endpoint using the name %r? "
+                            "retrying in %.0f s", msg.code, msg.reason, self.endpoint.config.name,
+                            REPLACED_BACKOFF_S)
+            else:
+                level = logging.INFO if msg.code == "shutdown" else logging.WARNING
+                log.log(level, "controller closed the link: %s: %s", msg.code, msg.reason)
             if not self.registered.done():
                 self.registered.set_exception(RuntimeError(f"controller refused: {msg.code}: {msg.reason}"))
         elif isinstance(msg, m.VpEvent):
@@ -199,8 +259,12 @@ def load_meta(path: str | None, tags: dict[str, str]) -> dict[str, Any]:
 
 async def dial_forever(endpoint: Endpoint, controller: str, ssl_ctx: ssl.SSLContext | None,
                        meta: dict[str, Any], stop: asyncio.Event,
-                       server_hostname: str | None = None) -> None:
-    """Keep a registered link to the controller until ``stop`` is set."""
+                       server_hostname: str | None = None,
+                       require_role: str | None = "controller") -> None:
+    """Keep a registered link to the controller until ``stop`` is set.
+
+    Over TLS the controller's certificate must carry ``require_role``
+    (None: accept any certificate the context verifies)."""
     host, port = parse_hostport(controller)
     loop = asyncio.get_running_loop()
     backoff = 0.05
@@ -209,7 +273,7 @@ async def dial_forever(endpoint: Endpoint, controller: str, ssl_ctx: ssl.SSLCont
         link: ControllerLink | None = None
         try:
             _tr, link = await asyncio.wait_for(loop.create_connection(
-                lambda: ControllerLink(endpoint, meta), host, port, ssl=ssl_ctx,
+                lambda: ControllerLink(endpoint, meta, require_role), host, port, ssl=ssl_ctx,
                 server_hostname=(server_hostname or host) if ssl_ctx else None), 10)
             await asyncio.wait_for(link.registered, 10)
             log.info("registered with controller %s as %s", controller, endpoint.config.name)
@@ -220,12 +284,19 @@ async def dial_forever(endpoint: Endpoint, controller: str, ssl_ctx: ssl.SSLCont
             if stop.is_set():
                 link.transport.close()  # type: ignore[union-attr]
                 return
-        except (OSError, asyncio.TimeoutError, RuntimeError, ConnectionError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
+            from marionet.guard.tls import explain
+
+            log.warning("controller %s: TLS handshake failed: %s", controller, explain(exc))
+        except (OSError, asyncio.TimeoutError, RuntimeError, ConnectionError) as exc:
             log.info("controller %s: %s", controller, exc)
             if link is not None and link.transport is not None:
                 link.transport.abort()
-        delay = min(backoff, MAX_BACKOFF_S) * (0.5 + random.random() / 2)
-        backoff *= 2
+        if link is not None and link.bye is not None and link.bye.code == "replaced":
+            delay = REPLACED_BACKOFF_S * (0.9 + random.random() / 5)
+        else:
+            delay = min(backoff, MAX_BACKOFF_S) * (0.5 + random.random() / 2)
+            backoff *= 2
         try:
             await asyncio.wait_for(stop.wait(), delay)
         except asyncio.TimeoutError:
