@@ -4,7 +4,12 @@ A channel to a VP behaves like a direct connection to that VP's endpoint:
 we hand ``PacketSession`` a stream reader fed from ``ChData`` and a writer
 that wraps what it writes in ``ChData``. When the controller closes a
 channel (VP gone, controller shutting down) the session sees a ``Bye``
-carrying the controller's reason, so errors say what happened.
+carrying the controller's reason, so errors say what happened. A
+controller that ends the whole connection with a ``Bye`` (a refused
+certificate role, a set-up timeout) fails pending requests with its reason.
+Over TLS with a CA, the server must hold a certificate with role
+"controller": another certificate from the same CA (an endpoint's) must
+not pass for one.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class ControllerConnection:
         self.closed_reason: str | None = None
         self.name = ""
         self.on_vp_event: Callable[[m.VpEvent], None] | None = None
+        self.bye: m.Bye | None = None  # the controller's reason, if it gave one
 
     async def start(self, timeout: float = 10.0) -> "ControllerConnection":
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -125,7 +131,9 @@ class ControllerConnection:
             if self.on_vp_event is not None:
                 self.on_vp_event(msg)
         elif isinstance(msg, m.Bye):
+            self.bye = msg
             self.closed_reason = f"{msg.code}: {msg.reason}"
+            self._end(f"controller ended the connection: {self.closed_reason}")
         else:
             rid = getattr(msg, "id", None)
             fut = self._pending.pop(rid, None) if rid is not None else None
@@ -193,13 +201,11 @@ async def connect_controller(address: str, *, ca: Any = None, cert: Any = None, 
             reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path, limit=1 << 20), timeout)
         else:
             host, port = parse_hostport(address, DEFAULT_CONTROLLER_PORT)
-            ctx: ssl.SSLContext | None = None
-            if not insecure:
-                from marionet.guard import tls
-
-                ctx = tls.client_context(ca=ca, cert=cert, key=key)
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=ctx, limit=1 << 20), timeout)
+            if insecure:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, limit=1 << 20), timeout)
+            else:
+                reader, writer = await _open_tls(address, host, port, ca, cert, key, timeout)
     except ssl.SSLError as exc:
         from marionet.guard import tls
 
@@ -212,7 +218,7 @@ async def connect_controller(address: str, *, ca: Any = None, cert: Any = None, 
         await conn.start(timeout)
     except ConnectionLost as exc:
         await conn.close()
-        if over_tls and "closed the connection" in str(exc):
+        if over_tls and conn.bye is None and "closed the connection" in str(exc):
             # TLS 1.3: the server checks our certificate after our side of the
             # handshake is done, so a refusal shows up as the first read failing.
             raise ConnectionLost(
@@ -223,3 +229,20 @@ async def connect_controller(address: str, *, ca: Any = None, cert: Any = None, 
         await conn.close()
         raise
     return conn
+
+
+async def _open_tls(address: str, host: str, port: int, ca: Any, cert: Any, key: Any,
+                    timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """TLS to a controller; with a CA its certificate must have role "controller"."""
+    from marionet.guard import tls
+
+    ctx = tls.client_context(ca=ca, cert=cert, key=key)
+    try:
+        reader, writer, _ident = await tls.open_connection(
+            host, port, ctx, server_hostname=host, require_role="controller" if ca is not None else None,
+            timeout=timeout, limit=1 << 20)
+    except tls.TLSHandshakeError as exc:
+        raise ConnectionLost(f"TLS handshake with controller {address} failed: {exc}") from None
+    except tls.IdentityError as exc:
+        raise ConnectionLost(f"{address} is not a marionet controller: {exc}") from None
+    return reader, writer
