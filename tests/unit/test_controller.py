@@ -164,7 +164,10 @@ async def test_garbage_from_client_and_endpoint_ends_only_that_link(emb):
     await good.close()
 
 
-async def test_slow_client_drops_are_bounded_and_reported():
+async def test_slow_client_buffer_is_bounded_and_everything_accounted():
+    """A stalled client costs the controller a bounded buffer: ChFlow makes
+    the endpoint hold (and count what it cannot), the controller drops at
+    most droppable chunks, and every datagram is delivered or reported."""
     emb = await start_embedded([("flood", {})],
                                config=ControllerConfig(client_buffer=64 * 1024, client_hard_limit=64 << 20))
     try:
@@ -186,7 +189,6 @@ async def test_slow_client_drops_are_bounded_and_reported():
         tx.close()
         await asyncio.sleep(0.3)
         link = next(iter(emb.controller.clients))
-        assert link.dropped_total > 0
         assert link.transport.get_write_buffer_size() < 4 * 64 * 1024 + 2_000_000
         # resume reading: data, then an NDrop accounting for every lost notification
         from marionet.wire.codec import FrameDecoder
@@ -208,7 +210,6 @@ async def test_slow_client_drops_are_bounded_and_reported():
                         elif n.kind == "ndrop":
                             dropped += n.count
                             assert "controller" in n.kinds or "ndata" in n.kinds
-        assert dropped > 0
         # what the endpoint's buffer may still hold is delivered later; nothing vanished unaccounted
         assert got + dropped <= sent
         assert got + dropped >= sent * 0.9
