@@ -57,8 +57,10 @@ from marionet.client.errors import ConnectionLost, EndpointError
 from marionet.client.packet import NotificationStream, PacketSession
 from marionet.measure.params import NS as _NS
 from marionet.measure.params import boolean as _bool
+from marionet.measure.params import MAX_TASK_S, task_duration
 from marionet.measure.params import integer as _int
 from marionet.measure.params import seconds as _seconds
+from marionet.measure.params import shown
 from marionet.results.dns import (DnsMX, DnsQuery, DnsResult, DnsRR, DnsSOA,
                                   DnsStop, header_flag_names)
 
@@ -108,6 +110,14 @@ class DnsPlan:
     def edns(self) -> bool:
         return self.nsid or self.ecs_option is not None
 
+    def check_task(self, max_s: float = MAX_TASK_S) -> None:
+        """``ValueError`` if this lookup, as an endpoint task, could run longer
+        than ``max_s``: every attempt may wait ``wait_timeout``, and a
+        truncated reply adds one TCP query that spends no attempt."""
+        wt = self.wait_timeout_ns / _NS
+        task_duration("dns", (self.attempts + 1) * wt,
+                      f"(attempts {self.attempts} + 1 TCP retry) × wait_timeout {wt:g} s", max_s)
+
 
 def _rdtype(value: Any) -> int:
     try:
@@ -118,7 +128,10 @@ def _rdtype(value: Any) -> int:
         else:
             raise ValueError
     except (ValueError, _dnsexc.DNSException):
-        raise ValueError(f"qtype {value!r} is not a DNS record type") from None
+        raise ValueError(f"qtype {shown(value)} is not a DNS record type "
+                         "(a name such as 'AAAA', or a number 1 - 65535)") from None
+    if t == 0:
+        raise ValueError("qtype 0 is reserved, not a record type (qtype must be 1 - 65535)")
     if t in _REFUSED_QTYPES:
         raise ValueError(f"qtype {_rdatatype.to_text(t)} is not a lookup (zone transfers and "
                          "meta-types are not supported)")
@@ -134,7 +147,10 @@ def _rdclass(value: Any) -> int:
         else:
             raise ValueError
     except (ValueError, _dnsexc.DNSException):
-        raise ValueError(f"qclass {value!r} is not a DNS class") from None
+        raise ValueError(f"qclass {shown(value)} is not a DNS class "
+                         "(a name such as 'IN', or a number 1 - 65535)") from None
+    if c == 0:
+        raise ValueError("qclass 0 is reserved, not a class (qclass must be 1 - 65535)")
     if c == _rdataclass.NONE:
         raise ValueError("qclass NONE is for updates, not lookups")
     return int(c)
@@ -142,7 +158,7 @@ def _rdclass(value: Any) -> int:
 
 def _qname(value: Any, qtype: int) -> tuple[_name.Name, str]:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"qname must be a non-empty string, got {value!r}")
+        raise ValueError(f"qname must be a non-empty string, got {shown(value)}")
     text = value.strip()
     if qtype == _rdatatype.PTR:
         try:  # scamper: a PTR lookup of an address asks for its reverse name
@@ -153,7 +169,7 @@ def _qname(value: Any, qtype: int) -> tuple[_name.Name, str]:
     try:
         name = _name.from_text(text)
     except _dnsexc.DNSException as exc:
-        raise ValueError(f"qname {value!r} is not a valid DNS name: {exc}") from None
+        raise ValueError(f"qname {shown(value)} is not a valid DNS name: {exc}") from None
     return name, name.to_text(omit_final_dot=True)
 
 
@@ -161,11 +177,11 @@ def _ecs(value: Any) -> tuple[str | None, Any]:
     if value is None:
         return None, None
     if not isinstance(value, str):
-        raise ValueError(f"ecs must be a prefix such as '192.0.2.0/24', got {value!r}")
+        raise ValueError(f"ecs must be a prefix such as '192.0.2.0/24', got {shown(value)}")
     try:
         net = ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
-        raise ValueError(f"ecs {value!r} is not an address prefix (e.g. '192.0.2.0/24')") from None
+        raise ValueError(f"ecs {shown(value)} is not an address prefix (e.g. '192.0.2.0/24')") from None
     text = str(net)
     return text, _edns.ECSOption(str(net.network_address), net.prefixlen)
 
@@ -174,7 +190,7 @@ def _server(server: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         addr = ipaddress.ip_address(str(server).strip())
     except ValueError:
-        raise ValueError(f"server {server!r} is not an IPv4 or IPv6 address") from None
+        raise ValueError(f"server {shown(server)} is not an IPv4 or IPv6 address") from None
     if addr.is_multicast or addr.is_unspecified:
         raise ValueError(f"server {addr} is a multicast or unspecified address")
     return addr

@@ -22,8 +22,9 @@ Why it is shaped this way:
 * **Failures are results.** Refused connects, certificate failures,
   timeouts, resets and malformed responses end with a stop reason and an
   ``error`` text; only bad parameters raise.
-* **No hard time cap** (a scamper pain point): ``limit_time`` is any
-  positive duration.
+* **No tight time cap** (a scamper pain point): ``limit_time`` is any
+  positive duration up to a week. As an endpoint task a fetch is bounded
+  like every task (``check_task``: 600 s, and a body that fits one frame).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import ipaddress
-import math
 import random
 import re
 import ssl
@@ -44,6 +44,9 @@ import h11
 
 from marionet.client.errors import ConnectFailedError, ConnectionLost, EndpointError
 from marionet.client.packet import PacketSession
+from marionet.measure.params import MAX_TASK_S, shown, task_duration
+from marionet.measure.params import integer as _int
+from marionet.measure.params import seconds as _seconds
 from marionet.results.http import Http, HttpBuf, HttpStop, parse_response
 
 __all__ = ["http", "plan_http", "HttpPlan", "DEFAULT_LIMIT_SIZE"]
@@ -53,6 +56,17 @@ __all__ = ["http", "plan_http", "HttpPlan", "DEFAULT_LIMIT_SIZE"]
 # keeps the default safe in every placement; raise it for native/remote runs.
 DEFAULT_LIMIT_SIZE = 1 << 20
 _MAX_BODY = 1 << 20            # request body limit (it travels in one task/request)
+MAX_LIMIT_TIME = 7 * 86400.0   # s: a fetch longer than a week is a mistake, not a measurement
+MAX_LIMIT_SIZE = 1 << 30       # bytes held in memory by the measurement
+#: limit_size for an endpoint task: its result carries the body as hex in one
+#: 4 MiB frame, so more could not come back anyway (the endpoint turns a
+#: result that does not fit into a task error) and would only cost it memory.
+MAX_TASK_LIMIT_SIZE = 2 << 20
+_MAX_HEADERS = 100
+_MAX_HEADER_BYTES = 64 * 1024
+_MAX_METHOD = 32
+_MAX_URL = 8192
+_MAX_CA = 1 << 20
 _NS = 1_000_000_000
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _USER_AGENT = "marionet"
@@ -78,17 +92,14 @@ class HttpPlan:
     limit_size: int
     userid: int
 
-
-def _seconds(name: str, value: Any) -> int:
-    if isinstance(value, _dt.timedelta):
-        secs = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        secs = float(value)
-    else:
-        raise ValueError(f"{name} must be seconds (float) or a timedelta, got {value!r}")
-    if not math.isfinite(secs) or secs <= 0:
-        raise ValueError(f"{name} must be a positive, finite time, got {secs!r}")
-    return int(round(secs * _NS))
+    def check_task(self, max_s: float = MAX_TASK_S) -> None:
+        """``ValueError`` if this fetch is too big a job for one endpoint
+        task: ``limit_time`` bounds its duration, and the body it may hold
+        must come back (as hex) in the task's one result frame."""
+        task_duration("http", self.limit_time_ns / _NS, f"limit_time {self.limit_time_ns / _NS:g} s", max_s)
+        if self.limit_size > MAX_TASK_LIMIT_SIZE:
+            raise ValueError(f"limit_size must be within 1 - {MAX_TASK_LIMIT_SIZE} bytes for an endpoint task "
+                             f"(the result carries the body in one frame), got {self.limit_size}")
 
 
 def _header_pairs(headers: Any) -> list[tuple[str, str]]:
@@ -100,23 +111,28 @@ def _header_pairs(headers: Any) -> list[tuple[str, str]]:
         items = []
         for h in headers:
             if not isinstance(h, (list, tuple)) or len(h) != 2:
-                raise ValueError(f"headers must be a dict or (name, value) pairs, got {h!r}")
+                raise ValueError(f"headers must be a dict or (name, value) pairs, got {shown(h)}")
             items.append((h[0], h[1]))
     else:
         raise ValueError(f"headers must be a dict or (name, value) pairs, got {type(headers).__name__}")
+    if len(items) > _MAX_HEADERS:
+        raise ValueError(f"headers: at most {_MAX_HEADERS} headers, got {len(items)}")
     out = []
     for k, v in items:
         if not isinstance(k, str) or not _TOKEN.match(k):
-            raise ValueError(f"bad header name {k!r}")
+            raise ValueError(f"bad header name {shown(k)}")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = str(v)
         if not isinstance(v, str) or any(c in v for c in "\r\n\0"):
-            raise ValueError(f"bad value for header {k}: {v!r}")
+            raise ValueError(f"bad value for header {k}: {shown(v)}")
         try:
             v.encode("iso-8859-1")
         except UnicodeEncodeError:
             raise ValueError(f"header {k}: value must be ISO-8859-1 text") from None
         out.append((k, v.strip()))
+    size = sum(len(k) + len(v) + 4 for k, v in out)
+    if size > _MAX_HEADER_BYTES:
+        raise ValueError(f"headers: at most {_MAX_HEADER_BYTES} bytes in all, got {size}")
     return out
 
 
@@ -132,19 +148,21 @@ def plan_http(dst: Any = None, *, url: Any, headers: Any = None, insecure: bool 
     ``ca`` is PEM text of extra trusted roots (e.g. a lab CA).
     """
     if not isinstance(url, str) or not url:
-        raise ValueError(f"url must be a non-empty string, got {url!r}")
+        raise ValueError(f"url must be a non-empty string, got {shown(url)}")
+    if len(url) > _MAX_URL:
+        raise ValueError(f"url: at most {_MAX_URL} characters, got {len(url)}")
     if any(c in url for c in " \r\n\t\0"):
-        raise ValueError(f"url {url!r} contains whitespace or control characters")
+        raise ValueError(f"url {shown(url)} contains whitespace or control characters")
     u = urlsplit(url)
     scheme = u.scheme.lower()
     if scheme not in ("http", "https"):
-        raise ValueError(f"url scheme must be http or https, got {u.scheme!r}")
+        raise ValueError(f"url scheme must be http or https, got {shown(u.scheme)}")
     try:
         host, port = u.hostname, u.port
     except ValueError as exc:
-        raise ValueError(f"bad url {url!r}: {exc}") from None
+        raise ValueError(f"bad url {shown(url)}: {exc}") from None
     if not host:
-        raise ValueError(f"url {url!r} has no host")
+        raise ValueError(f"url {shown(url)} has no host")
     port = port if port is not None else (443 if scheme == "https" else 80)
     if not 1 <= port <= 65535:
         raise ValueError(f"url port must be within 1 - 65535, got {port}")
@@ -157,15 +175,15 @@ def plan_http(dst: Any = None, *, url: Any, headers: Any = None, insecure: bool 
         try:
             d = ipaddress.ip_address(str(dst))
         except ValueError:
-            raise ValueError(f"destination {dst!r} is not an IPv4 or IPv6 address") from None
+            raise ValueError(f"dst {shown(dst)} is not an IPv4 or IPv6 address") from None
     if d.is_multicast or d.is_unspecified:
-        raise ValueError(f"destination {d} is a multicast or unspecified address")
-    if family is not None and family not in (4, 6):
-        raise ValueError(f"family must be 4 or 6, got {family!r}")
+        raise ValueError(f"dst {d} is a multicast or unspecified address")
+    if family is not None and (not isinstance(family, int) or isinstance(family, bool) or family not in (4, 6)):
+        raise ValueError(f"family must be 4 or 6, got {shown(family)}")
     if family is not None and family != d.version:
-        raise ValueError(f"destination {d} is IPv{d.version} but family is {family}")
-    if not isinstance(method, str) or not _TOKEN.match(method):
-        raise ValueError(f"bad method {method!r}")
+        raise ValueError(f"dst {d} is IPv{d.version} but family is {family}")
+    if not isinstance(method, str) or not _TOKEN.match(method) or len(method) > _MAX_METHOD:
+        raise ValueError(f"bad method {shown(method)} (an HTTP token of 1 - {_MAX_METHOD} characters)")
     method = method.upper()
     if isinstance(body, str):
         body = body.encode()
@@ -176,19 +194,19 @@ def plan_http(dst: Any = None, *, url: Any, headers: Any = None, insecure: bool 
     if body is not None and len(body) > _MAX_BODY:
         raise ValueError(f"request body limit is {_MAX_BODY} bytes, got {len(body)}")
     if not isinstance(insecure, bool):
-        raise ValueError(f"insecure must be True or False, got {insecure!r}")
+        raise ValueError(f"insecure must be True or False, got {shown(insecure)}")
     if ca is not None:
         if not isinstance(ca, str) or "-----BEGIN CERTIFICATE-----" not in ca:
             raise ValueError("ca must be PEM text of one or more certificates")
+        if len(ca) > _MAX_CA:
+            raise ValueError(f"ca: at most {_MAX_CA} characters of PEM, got {len(ca)}")
         try:
             ssl.create_default_context().load_verify_locations(cadata=ca)
         except (ssl.SSLError, ValueError) as exc:
             raise ValueError(f"ca: not usable PEM certificates: {exc}") from None
-    lt = _seconds("limit_time", limit_time)
-    if isinstance(limit_size, bool) or not isinstance(limit_size, int) or limit_size < 1:
-        raise ValueError(f"limit_size must be a positive integer (bytes), got {limit_size!r}")
-    if isinstance(userid, bool) or not isinstance(userid, int) or not 0 <= userid <= 2**32 - 1:
-        raise ValueError(f"userid must be an integer within 0 - {2**32 - 1}, got {userid!r}")
+    lt = _seconds("limit_time", limit_time, 0, MAX_LIMIT_TIME, lo_open=True)
+    limit_size = _int("limit_size", limit_size, 1, MAX_LIMIT_SIZE)  # type: ignore[assignment]
+    userid = _int("userid", userid, 0, 2**32 - 1)  # type: ignore[assignment]
     user = _header_pairs(headers)
     given = {k.lower() for k, _ in user}
     if "transfer-encoding" in given:

@@ -47,6 +47,7 @@ from marionet.client.errors import ConnectionLost, EndpointError
 from marionet.client.packet import PacketSession
 from marionet.measure import probes as P
 from marionet.measure.params import NS as _NS
+from marionet.measure.params import MAX_TASK_S, task_duration
 from marionet.measure.params import integer as _int
 from marionet.measure.params import method as check_method
 from marionet.measure.params import payload as check_payload
@@ -102,6 +103,14 @@ class PingPlan:
     @property
     def header_len(self) -> int:
         return (20 if self.family == 4 else 40) + _TRANSPORT_HDR[self.method]
+
+    def check_task(self, max_s: float = MAX_TASK_S) -> None:
+        """``ValueError`` if this ping, as an endpoint task, could run longer
+        than ``max_s``: the last probe leaves ``(attempts - 1) × wait_probe``
+        after the first and is waited for ``wait_timeout``."""
+        wp, wt = self.wait_probe_ns / _NS, self.wait_timeout_ns / _NS
+        task_duration("ping", (self.attempts - 1) * wp + wt,
+                      f"(attempts {self.attempts} - 1) × wait_probe {wp:g} s + wait_timeout {wt:g} s", max_s)
 
 
 def plan_ping(dst: Any, *, method: str = "icmp-echo", attempts: int = 4, wait_probe: Any = 1.0,

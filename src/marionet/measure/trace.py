@@ -59,6 +59,7 @@ from marionet.client.errors import ConnectionLost, EndpointError
 from marionet.client.packet import PacketSession
 from marionet.measure import probes as P
 from marionet.measure.params import boolean as _bool
+from marionet.measure.params import MAX_TASK_S, task_duration
 from marionet.measure.params import integer as _int
 from marionet.measure.params import method as check_method
 from marionet.measure.params import payload as check_payload
@@ -132,6 +133,21 @@ class TracePlan:
     @property
     def is_icmp(self) -> bool:
         return self.method in ("icmp", "icmp-paris")
+
+    def check_task(self, max_s: float = MAX_TASK_S) -> None:
+        """``ValueError`` if this trace, as an endpoint task, could run longer
+        than ``max_s`` by its parameters alone: toward a silent network it stops
+        after ``gaplimit`` silent hops, each probed ``attempts`` times
+        (``squeries`` hops at once). How long answering routers take is the
+        network's doing, not the caller's; the endpoint's run-time cap bounds
+        that part."""
+        hops = min(self.max_ttl - self.firsthop + 1, self.gaplimit)
+        rounds = -(-hops // self.squeries)
+        per = (self.wait_timeout_ns + self.wait_probe_ns) / _NS
+        par = f" / squeries {self.squeries}" if self.squeries > 1 else ""
+        task_duration("trace", rounds * self.attempts * per,
+                      f"{hops} silent hops (gaplimit {self.gaplimit}){par} × attempts {self.attempts} × "
+                      f"(wait_timeout + wait_probe) {per:g} s", max_s)
 
 
 def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_attempts: bool = False,
