@@ -14,6 +14,15 @@ Halting: ``Halt`` cancels the task registered in ``session.tasks``. The
 runner turns that cancellation into a cooperative halt (an
 ``asyncio.Event`` the primitive watches), so a halted ping still reports
 what it measured, with stop reason "halted".
+
+Bounded work: a client may bypass the library and send any ``Task``, so
+the parameters are checked here by the same code the API runs
+(``check_params``): every value in its range, and a worst case of at most
+``max_task_s`` (``MAX_TASK_S``, 600 s) per task — otherwise an ``Error``
+"bad-params" naming the parameter. What the parameters cannot bound (a trace
+through slowly answering routers) the run-time cap does: a task still
+running ``max_task_s + TASK_GRACE_S`` after it started is halted, and its
+partial result says why in ``extra["task_limit"]``.
 """
 
 from __future__ import annotations
@@ -52,14 +61,29 @@ class PrimitiveRunner:
 
     ``max_tasks`` bounds the tasks running at once in one session (default
     from ``EndpointConfig.max_tasks`` if present); a task beyond it is
-    refused with an ``Error`` reply (code "limit").
+    refused with an ``Error`` reply (code "limit"). ``max_task_s`` bounds
+    one task's planned worst case (default ``EndpointConfig.max_task_s`` if
+    present, else ``MAX_TASK_S``); ``max_run_s`` is the run-time cap (None:
+    ``max_task_s + TASK_GRACE_S``).
     """
 
-    def __init__(self, endpoint: "Endpoint", max_tasks: int | None = None) -> None:
+    def __init__(self, endpoint: "Endpoint", max_tasks: int | None = None,
+                 max_task_s: float | None = None) -> None:
+        from marionet.measure.params import MAX_TASK_S
+
         self.endpoint = endpoint
         self.max_tasks = max_tasks if max_tasks is not None else \
             int(getattr(endpoint.config, "max_tasks", DEFAULT_MAX_TASKS))
+        self.max_task_s = float(max_task_s if max_task_s is not None else
+                                getattr(endpoint.config, "max_task_s", MAX_TASK_S))
+        self.max_run_s: float | None = None
         self._next_id: weakref.WeakKeyDictionary[Session, int] = weakref.WeakKeyDictionary()
+
+    def run_cap_s(self) -> float:
+        """How long a task may run before the endpoint halts it."""
+        from marionet.measure.params import TASK_GRACE_S
+
+        return self.max_run_s if self.max_run_s is not None else self.max_task_s + TASK_GRACE_S
 
     def start(self, session: "Session", msg: m.Task) -> None:
         """Handle a ``Task`` request (the guard has already allowed it).
@@ -70,7 +94,7 @@ class PrimitiveRunner:
         from marionet.measure.registry import UnknownPrimitive, check_params
 
         try:
-            check_params(msg.primitive, msg.params)
+            check_params(msg.primitive, msg.params, self.max_task_s)
         except UnknownPrimitive as exc:
             raise BadRequest("unknown-primitive", str(exc)) from None
         except (ValueError, TypeError) as exc:
@@ -92,11 +116,27 @@ class PrimitiveRunner:
         io = None
         result: dict[str, Any] | None = None
         error: str | None = None
+        cap = self.run_cap_s()
         try:
             io = await local_session(self.endpoint, session.principal)
-            inner = asyncio.ensure_future(run_primitive(io, name, params, halt=halt))
+            inner = asyncio.ensure_future(run_primitive(io, name, params, halt=halt, max_s=self.max_task_s))
             try:
-                obj = await asyncio.shield(inner)
+                # asyncio.wait, not wait_for: reaching the cap must halt the
+                # primitive (keeping its partial result), not cancel it.
+                done, _ = await asyncio.wait({inner}, timeout=cap)
+                over = not done
+                if over:
+                    halt.set()
+                    done, _ = await asyncio.wait({inner}, timeout=HALT_GRACE_S)
+                if done:
+                    obj = inner.result()
+                    if over and obj is not None and isinstance(getattr(obj, "extra", None), dict):
+                        obj.extra["task_limit"] = (f"halted by the endpoint after {cap:g} s: one task may "
+                                                   f"run at most {self.max_task_s:g} s")
+                else:
+                    inner.cancel()
+                    error = f"time-limit: still running {cap:g} s after it started, and did not stop when halted"
+                    obj = None
             except asyncio.CancelledError:
                 # Halt (or the session closing): ask for the partial result.
                 current = asyncio.current_task()
