@@ -36,6 +36,7 @@ import datetime as _dt
 import inspect
 import ipaddress
 import logging
+import operator
 import time
 import warnings
 from collections import deque
@@ -52,6 +53,32 @@ Callback = Callable[[Any, Inst, Any], Any]
 
 DEFAULT_WINDOW = 8
 HALT_GRACE_S = 2.0
+
+
+class BadParams(InstError, ValueError):
+    """A ``do_*`` call's parameters fail the primitive's checks, found here
+    before anything was sent (the endpoint would refuse them with
+    "bad-params"). Both an ``InstError`` (like any refusal, so code that
+    handles refusals handles this) and a ``ValueError`` (it is a bad value)."""
+
+
+def check_task_params(primitive: str, params: dict[str, Any]) -> str | None:
+    """Why the endpoint would refuse ``params`` for ``primitive``, or None.
+
+    The endpoint's own check (``marionet.measure.registry.check_params``,
+    with the default per-task bound), run before sending so a mistake costs
+    no round trip and no VP sees it. A primitive this library does not know
+    is left to the endpoint, which may run more than we do.
+    """
+    from marionet.measure.registry import PRIMITIVES, check_params
+
+    if primitive not in PRIMITIVES:
+        return None
+    try:
+        check_params(primitive, params)
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
 
 
 def _seconds(v: Any) -> Any:
@@ -481,10 +508,16 @@ class AsyncCtrl:
         if self._closed:
             raise MarionetError("this Ctrl is closed")
         if userid is not None:
-            params = {**params, "userid": int(userid)}
+            try:
+                userid = operator.index(userid)  # numpy and other integer types
+            except TypeError:
+                pass  # the check below names it
+            params = {**params, "userid": userid}
         target = self._resolve(inst)
+        problem = check_task_params(primitive, params)
         if isinstance(target, list):
-            tasks = await asyncio.gather(*(self._issue(i, primitive, params, userid, sync, quiet=True)
+            tasks = await asyncio.gather(*(self._issue(i, primitive, params, userid, sync, quiet=True,
+                                                       problem=problem)
                                            for i in target))
             if not sync:
                 return tasks
@@ -492,13 +525,19 @@ class AsyncCtrl:
             for t in tasks:
                 results.append(await t)
             return results
-        task = await self._issue(target, primitive, params, userid, sync, quiet=False)
+        task = await self._issue(target, primitive, params, userid, sync, quiet=False, problem=problem)
         return await task if sync else task
 
     async def _issue(self, inst: Inst, primitive: str, params: dict[str, Any], userid: int | None,
-                     sync: bool, quiet: bool) -> Task:
+                     sync: bool, quiet: bool, problem: str | None = None) -> Task:
+        """Send one task; ``problem`` (from ``check_task_params``) refuses it
+        unsent, as the endpoint would, with a ``BadParams``."""
         task = Task(self, inst, primitive, params, userid, sync)
         try:
+            if problem is not None:
+                what = str(params.get("dst", params.get("qname", "")))[:60]
+                raise BadParams(f"{inst.name}: {primitive} {what} refused before sending: bad-params: {problem}",
+                                inst, task)
             if inst._removed:
                 raise InstError(f"{inst.name} was removed", inst, task)
             if inst._done:
@@ -751,7 +790,9 @@ class AsyncCtrl:
         """Ping ``dst`` (scamper's do_ping parameters; seconds or timedelta).
 
         Returns a ``Task`` (a list for a list of instances), or with
-        ``sync=True`` the ``Ping`` result.
+        ``sync=True`` the ``Ping`` result. Parameters out of range raise
+        ``BadParams`` (a ``ValueError`` naming the parameter) before
+        anything is sent; for a list of instances each task carries it.
         """
         return await self._do("ping", params_of(
             dst=dst, method=method, attempts=attempts, wait_probe=wait_probe, wait_timeout=wait_timeout,
@@ -762,8 +803,8 @@ class AsyncCtrl:
 
 def _primitive(name: str, *positional: str) -> Callable[..., Any]:
     """A ``do_<name>`` method in one line: positional arguments named
-    ``positional``, every other parameter by keyword, passed to the
-    endpoint's primitive as is (it validates them)."""
+    ``positional``, every other parameter by keyword, checked here by the
+    endpoint's own check (``check_task_params``) and passed on as is."""
 
     async def do(self: AsyncCtrl, *args: Any, inst: Any = None, sync: bool = False,
                  userid: int | None = None, **params: Any) -> Any:
@@ -781,4 +822,5 @@ AsyncCtrl.do_trace = _primitive("trace", "dst")  # type: ignore[attr-defined]
 AsyncCtrl.do_dns = _primitive("dns", "qname")  # type: ignore[attr-defined]
 AsyncCtrl.do_http = _primitive("http", "dst", "url")  # type: ignore[attr-defined]
 
-__all__ = ["AsyncCtrl", "InstError", "Inst", "Task", "VpInfo", "params_of", "deadline_of", "local_vp_specs"]
+__all__ = ["AsyncCtrl", "BadParams", "InstError", "Inst", "Task", "VpInfo", "params_of", "deadline_of",
+           "local_vp_specs", "check_task_params"]
