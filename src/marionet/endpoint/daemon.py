@@ -70,6 +70,9 @@ class EndpointConfig:
     #: File descriptors kept free of sockets, so that others can still
     #: connect (a connection and its TLS need a few) while sockets are busy.
     fd_reserve: int = 128
+    #: Longest worst case a task's parameters may ask for (s); a task still
+    #: running 30 s past it is halted.
+    max_task_s: int = 600
     tags: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -228,7 +231,7 @@ class Endpoint:
                 "max_sessions_per_principal": c.max_sessions_per_principal,
                 "max_sockets_per_principal": c.max_sockets_per_principal,
                 "max_schedule_ahead_s": c.max_schedule_ahead_ns // 1_000_000_000,
-                "buffer_limit": c.buffer_limit}
+                "buffer_limit": c.buffer_limit, "max_task_s": c.max_task_s}
 
     def status(self, session: Session) -> dict[str, Any]:
         """Health as one session sees it: the send engine (did it restart,
