@@ -7,6 +7,7 @@ others or lost data silently, and checks the rule that now holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -29,6 +30,17 @@ def udp_receiver() -> socket.socket:
     s.bind(("127.0.0.1", 0))
     s.settimeout(2.0)
     return s
+
+
+@contextlib.asynccontextmanager
+async def own_endpoint(config: EndpointConfig, ssl_ctx=None):
+    """An endpoint with its own settings, and its ``HOST:PORT``."""
+    ep = Endpoint(config)
+    srv = await ep.serve("127.0.0.1", 0, ssl_ctx)
+    try:
+        yield ep, f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    finally:
+        await ep.close()
 
 
 async def recv_in_thread(s: socket.socket) -> bytes:
@@ -324,39 +336,41 @@ async def test_sessions_and_sockets_are_limited_per_principal(pkidir):
 
 
 async def test_kernel_receive_buffer_drops_are_reported():
-    ep = Endpoint(EndpointConfig(name="flood", buffer_limit=256 * 1024))
-    srv = await ep.serve("127.0.0.1", 0, None)
-    s = await aio.connect(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", insecure=True)
-    try:
-        rx = await s.nopen("udp", laddr="127.0.0.1")
-        port = s.sockets[rx].lport
-        await s.suppress()
-        # shrink the receive buffer so the flood overflows it for sure
-        es = next(iter(ep.sessions)).sockets[rx]
-        es.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sent = 100_000
+    async with own_endpoint(EndpointConfig(name="flood", buffer_limit=256 * 1024)) as (ep, addr):
+        s = await aio.connect(addr, insecure=True)
+        try:
+            await _kernel_drops(ep, s)
+        finally:
+            await s.close()
 
-        def flood() -> None:
-            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            for i in range(sent):
-                tx.sendto(b"z" * 64, ("127.0.0.1", port))
-            tx.close()
 
-        await asyncio.to_thread(flood)
-        await asyncio.sleep(1.5)  # the sweep reads the kernel's counter
-        await s.resume()
-        notes = await collect(s, sent + 10, timeout=3.0)
-        delivered = sum(1 for n in notes if n.kind == "ndata")
-        drops = [n for n in notes if n.kind == "ndrop"]
-        kernel = sum(n.kinds.get("kernel", 0) for n in drops)
-        ours = sum(n.count for n in drops) - kernel
-        assert kernel > 0 and ours > 0
-        assert all(n.socks.get(rx, 0) == n.kinds.get("kernel", 0) for n in drops)
-        assert delivered + ours + kernel == sent, (delivered, ours, kernel)
-        assert (await s.info()).status["session"]["kernel_drops"] == kernel
-    finally:
-        await s.close()
-        await ep.close()
+async def _kernel_drops(ep: Endpoint, s) -> None:
+    rx = await s.nopen("udp", laddr="127.0.0.1")
+    port = s.sockets[rx].lport
+    await s.suppress()
+    # shrink the receive buffer so the flood overflows it for sure
+    es = next(iter(ep.sessions)).sockets[rx]
+    es.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sent = 100_000
+
+    def flood() -> None:
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(sent):
+            tx.sendto(b"z" * 64, ("127.0.0.1", port))
+        tx.close()
+
+    await asyncio.to_thread(flood)
+    await asyncio.sleep(1.5)  # the sweep reads the kernel's counter
+    await s.resume()
+    notes = await collect(s, sent + 10, timeout=3.0)
+    delivered = sum(1 for n in notes if n.kind == "ndata")
+    drops = [n for n in notes if n.kind == "ndrop"]
+    kernel = sum(n.kinds.get("kernel", 0) for n in drops)
+    ours = sum(n.count for n in drops) - kernel
+    assert kernel > 0 and ours > 0
+    assert all(n.socks.get(rx, 0) == n.kinds.get("kernel", 0) for n in drops)
+    assert delivered + ours + kernel == sent, (delivered, ours, kernel)
+    assert (await s.info()).status["session"]["kernel_drops"] == kernel
 
 
 # --------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from marionet.measure.params import MAX_TASK_S
 from marionet.measure.registry import check_params
 from marionet.results import PingStop, from_json
 
+from tests.unit.test_primitives import task_result
+
 NAN, INF = math.nan, math.inf
 BASE: dict[str, dict[str, Any]] = {
     "ping": {"dst": "127.0.0.1"},
@@ -347,13 +349,7 @@ WIRE_BAD = [r for r in BAD if _wireable(_params(r[0], r[1]))]
 
 
 async def _result(session: Any, tid: int, timeout: float = 15) -> Any:
-    async def wait() -> Any:
-        while True:
-            n = await session.next_notification(timeout)
-            assert n is not None, f"no result for task {tid}"
-            if n.kind == "taskres" and n.task == tid:
-                return n
-    return await asyncio.wait_for(wait(), timeout)
+    return await task_result(session, tid, timeout)
 
 
 async def _valid_ping_works(session: Any) -> None:

@@ -20,25 +20,15 @@ from marionet.endpoint.procengine import ProcessEngine
 from marionet.endpoint.sender import MAX_AT_NS, Sender, SendJob, SendResult
 from marionet.wire import messages as m
 
+from tests.unit.test_sender import _results, _udp as udp_pair
+
 DAY_NS = 86400 * 1_000_000_000
 
 
 def _udp() -> tuple[socket.socket, socket.socket]:
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind(("127.0.0.1", 0))
+    rx, tx = udp_pair()
     rx.settimeout(3.0)
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx.setblocking(False)
     return rx, tx
-
-
-def _results(sender: Sender, n: int, timeout: float = 5.0) -> list[SendResult]:
-    out: list[SendResult] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < deadline:
-        out += sender.read_results()
-        time.sleep(0.002)
-    return out
 
 
 @pytest.fixture
