@@ -45,7 +45,9 @@ def test_root_is_an_operator_ca(root) -> None:
     bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and bc.value.ca
     assert isinstance(cert.public_key(), ed25519.Ed25519PublicKey)
-    assert cert.not_valid_before_utc < NOW  # backdated for clock skew
+    # Backdated for clock skew: valid from before the moment it was made.
+    made = dt.datetime.now(dt.timezone.utc)
+    assert cert.not_valid_before_utc <= made - pki.CLOCK_SKEW
 
 
 @pytest.mark.parametrize(
