@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -63,6 +64,7 @@ __all__ = [
     "load_certs",
     "PkiDir",
     "PkiPaths",
+    "RevocationTarget",
 ]
 
 MARIONET_ARC = "2.25.149809639626332813576580980244828111662"
@@ -320,6 +322,35 @@ def _check_issuer(ca_key: ed25519.Ed25519PrivateKey, ca_cert: x509.Certificate) 
         raise PkiError("the CA key does not belong to the CA certificate")
 
 
+def _check_delegated(ca_cert: x509.Certificate, role: str, privileges: dict[str, Any] | None) -> None:
+    """What a delegation CA may sign: client certificates that only narrow.
+
+    Only clients, because controller and endpoint certificates are the
+    operator's infrastructure (an endpoint certificate registers a VP) and a
+    delegation CA has ``path_length=0``, so a CA below it could never verify.
+    Endpoints refuse the same things at verification (``chain``)."""
+    who = common_name(ca_cert) or ca_cert.subject.rfc4514_string()
+    if role != "client":
+        raise PkiError(f"delegation CA {who!r} may only issue client certificates, not {role!r}"
+                       " (controllers, endpoints and CAs come from the operator)")
+    if privileges is None:
+        return  # no extension: the certificate grants nothing, which never widens
+    from marionet.guard import privileges as P
+
+    try:
+        child = P.parse(privileges)
+    except P.PrivilegeError as exc:
+        raise PkiError(f"privileges are not a valid privilege document: {exc}") from None
+    try:
+        held = read_privileges(ca_cert)
+        parent = P.NOTHING if held is None else P.parse(held)
+    except (PkiError, P.PrivilegeError) as exc:
+        raise PkiError(f"delegation CA {who!r} carries an invalid privilege document: {exc}") from None
+    reasons = P.widenings(child, parent)
+    if reasons:
+        raise PkiError(f"refusing to widen what delegation CA {who!r} holds: " + "; ".join(reasons))
+
+
 def issue(
     ca_key: ed25519.Ed25519PrivateKey,
     ca_cert: x509.Certificate,
@@ -341,7 +372,10 @@ def issue(
     key on the VP and send only a public key for signing).
 
     ``is_ca`` defaults to whether the role is a CA role; a delegation CA
-    (role ``"ca"``) gets ``path_length=0``.  The validity is clamped to the
+    (role ``"ca"``) gets ``path_length=0``.  Signing *with* a delegation CA
+    only makes client certificates whose privileges do not widen the CA's
+    (PkiError lists how they would); without ``privileges`` such a
+    certificate grants nothing.  The validity is clamped to the
     issuer's, because a certificate outliving its issuer would fail to
     verify on that day without any obvious reason.  ``not_before`` lets
     tests and the guard make certificates valid in a chosen window.
@@ -352,6 +386,8 @@ def issue(
     if is_ca != (role in CA_ROLES):
         raise PkiError(f"role {role!r} {'cannot' if is_ca else 'must'} be a CA")
     _check_issuer(ca_key, ca_cert)
+    if read_role(ca_cert) == "ca":
+        _check_delegated(ca_cert, role, privileges)
     key = None
     if public_key is None:
         key = ed25519.Ed25519PrivateKey.generate()
@@ -582,7 +618,16 @@ class PkiPaths(NamedTuple):
     ca: Path
 
 
+class RevocationTarget(NamedTuple):
+    """A certificate to revoke: its issuer, serial and how to name it."""
+
+    issuer: x509.Name
+    serial: int
+    label: str
+
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_RESERVED = frozenset({"ca", "chain", "revoked"})
 
 
 class PkiDir:
@@ -590,10 +635,19 @@ class PkiDir:
 
     Plain files so an operator can inspect, copy and back them up with
     ordinary tools; keys are mode 0600 and the directory 0700.
+
+    Two kinds: an operator directory (``ca.pem`` is a self-signed root) and
+    a delegation directory (``ca.pem`` is a delegation CA the operator
+    issued, ``chain.pem`` any CAs between it and the root).  A delegation
+    directory only issues client certificates that narrow its CA's
+    privileges, and writes them as the full chain a client presents.
+    ``revoked.pem`` is the operator's revocation list (``revoke``).
     """
 
     CA_CERT = "ca.pem"
     CA_KEY = "ca.key"
+    CHAIN = "chain.pem"
+    REVOKED = "revoked.pem"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -607,10 +661,7 @@ class PkiDir:
         return f"PkiDir({str(self.path)!r})"
 
     @classmethod
-    def init(
-        cls, path: str | os.PathLike[str], name: str = "marionet operator", days: float = 3650
-    ) -> PkiDir:
-        """Create the directory and its root CA; refuse to overwrite an existing CA."""
+    def _create(cls, path: str | os.PathLike[str]) -> Path:
         root = Path(path)
         if (root / cls.CA_CERT).exists() or (root / cls.CA_KEY).exists():
             raise PkiError(f"{root} already holds a CA; refusing to overwrite it")
@@ -618,24 +669,85 @@ class PkiDir:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise PkiError(f"cannot create {root}: {exc.strerror or exc}") from None
+        return root
+
+    @classmethod
+    def init(
+        cls, path: str | os.PathLike[str], name: str = "marionet operator", days: float = 3650
+    ) -> PkiDir:
+        """Create the directory and its root CA; refuse to overwrite an existing CA."""
+        root = cls._create(path)
         key, cert = make_root(name, days)
         save_key(key, root / cls.CA_KEY)
         save_cert(cert, root / cls.CA_CERT)
+        return cls(root)
+
+    @classmethod
+    def init_from_ca(
+        cls, path: str | os.PathLike[str], cert_path: str | os.PathLike[str],
+        key_path: str | os.PathLike[str],
+    ) -> PkiDir:
+        """A delegation directory from a delegation CA certificate and its key.
+
+        ``cert_path`` holds the delegation certificate first, then
+        optionally the CAs above it; those go to ``chain.pem`` (a
+        self-signed root is left out: endpoints already have it).  Only
+        the delegation CA's own key is ever stored, never the operator's.
+        """
+        certs = load_certs(cert_path)
+        key = load_key(key_path)
+        ca = certs[0]
+        who = common_name(ca) or ca.subject.rfc4514_string()
+        role = read_role(ca)
+        if role != "ca":
+            raise PkiError(f"{cert_path}: {who!r} has role {role!r}; --from-ca takes a delegation"
+                           " CA certificate (issued with --role ca)")
+        _check_issuer(key, ca)
+        above = [c for c in certs[1:] if c.subject != c.issuer]
+        for child, parent in zip([ca, *above], above):
+            try:
+                child.verify_directly_issued_by(parent)
+            except (ValueError, TypeError, InvalidSignature):
+                raise PkiError(f"{cert_path}: {common_name(child)!r} is not issued by the next"
+                               f" certificate {common_name(parent)!r}") from None
+        root = cls._create(path)
+        save_key(key, root / cls.CA_KEY)
+        save_cert(ca, root / cls.CA_CERT)
+        if above:
+            save_cert(above, root / cls.CHAIN)
         return cls(root)
 
     @property
     def ca_path(self) -> Path:
         return self.path / self.CA_CERT
 
+    @property
+    def chain_path(self) -> Path:
+        return self.path / self.CHAIN
+
+    @property
+    def revocations_path(self) -> Path:
+        """The operator's revocation list, to distribute to endpoints and controllers."""
+        return self.path / self.REVOKED
+
     def ca(self) -> tuple[ed25519.Ed25519PrivateKey, x509.Certificate]:
         return load_key(self.path / self.CA_KEY), load_cert(self.ca_path)
 
+    @property
+    def is_delegation(self) -> bool:
+        """Whether ``ca.pem`` is a delegation CA rather than an operator root."""
+        return read_role(load_cert(self.ca_path)) == "ca"
+
+    def chain_above(self) -> list[x509.Certificate]:
+        """The CAs between this directory's CA and the root (``chain.pem``)."""
+        return load_certs(self.chain_path) if self.chain_path.is_file() else []
+
     @staticmethod
     def _check_name(name: str) -> str:
-        if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name == "ca":
+        if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name in _RESERVED:
             raise PkiError(
                 f"bad certificate name {name!r}: use letters, digits, '.', '_', '-'"
-                " (not 'ca', not starting with a dot)"
+                " (not 'ca', 'chain' or 'revoked', not starting with a dot)"
             )
         return name
 
@@ -656,7 +768,10 @@ class PkiDir:
         overwrite: bool = False,
         not_before: dt.datetime | None = None,
     ) -> PkiPaths:
-        """Issue ``NAME.pem``/``NAME.key`` (CN defaults to NAME) and return their paths."""
+        """Issue ``NAME.pem``/``NAME.key`` (CN defaults to NAME) and return their paths.
+
+        From a delegation directory, ``NAME.pem`` holds the full chain
+        (the new leaf, this CA, then ``chain.pem``) so a client can present it."""
         paths = self._paths(name)
         if not overwrite and (paths.cert.exists() or paths.key.exists()):
             raise PkiError(f"{name!r} was already issued in {self.path}; pass overwrite=True")
@@ -673,8 +788,9 @@ class PkiDir:
             not_before=not_before,
         )
         assert key is not None
+        chain = [cert, ca_cert, *self.chain_above()] if read_role(ca_cert) == "ca" else [cert]
         save_key(key, paths.key)
-        save_cert(cert, paths.cert)
+        save_cert(chain, paths.cert)
         return paths
 
     def paths(self, name: str) -> PkiPaths:
@@ -691,3 +807,80 @@ class PkiDir:
             for p in self.path.glob("*.pem")
             if p.name != self.CA_CERT and p.with_suffix(".key").is_file()
         )
+
+    # ---------------------------------------------------------------- revoking
+
+    def revocation_target(self, what: str | int | x509.Certificate | Sequence[x509.Certificate]
+                          ) -> RevocationTarget:
+        """Resolve an issued NAME, a serial (issued by this CA), a certificate,
+        or a chain (leaf first) to what ``revoke`` will list.
+
+        A certificate issued under a delegation CA is accepted as a chain
+        that leads to this CA, so the operator only revokes what its own PKI
+        issued."""
+        ca = load_cert(self.ca_path)
+        if isinstance(what, bool):
+            raise PkiError("give a certificate name, serial or file to revoke")
+        if isinstance(what, int):
+            if what <= 0:
+                raise PkiError(f"a certificate serial is a positive number, not {what}")
+            return RevocationTarget(ca.subject, what, f"serial {what:#x}")
+        if isinstance(what, str):
+            certs = load_certs(self.paths(what).cert)
+        elif isinstance(what, x509.Certificate):
+            certs = [what]
+        else:
+            certs = list(what)
+            if not certs:
+                raise PkiError("no certificate given to revoke")
+        leaf = certs[0]
+        label = (f"{common_name(leaf) or leaf.subject.rfc4514_string()!r}"
+                 f" ({read_role(leaf) or 'no role'}, serial {leaf.serial_number:#x})")
+        if fingerprint(leaf) == fingerprint(ca):
+            raise PkiError("refusing to revoke this directory's own CA; to retire it, stop"
+                           " distributing ca.pem")
+        cur = leaf
+        for parent in [*certs[1:], ca]:
+            if cur.issuer != parent.subject:
+                continue  # e.g. a chain file that also holds the root
+            try:
+                cur.verify_directly_issued_by(parent)
+            except (ValueError, TypeError, InvalidSignature):
+                break
+            if parent is ca:
+                return RevocationTarget(leaf.issuer, leaf.serial_number, label)
+            cur = parent
+        raise PkiError(f"{label} was not issued under this CA"
+                       f" ({common_name(ca) or ca.subject.rfc4514_string()!r})")
+
+    def revoke(self, what: str | int | x509.Certificate | Sequence[x509.Certificate],
+               reason: str = "", *, now: dt.datetime | None = None) -> Path:
+        """Add ``what`` to ``revoked.pem`` (a new CRL with every earlier entry)
+        and return its path, the file to distribute.
+
+        Only an operator directory can: endpoints accept lists signed by an
+        operator root only, so a delegation CA holder asks the operator
+        (``marionet pki revoke OPERATOR_DIR --cert student.pem``)."""
+        from marionet.guard import revocation as R
+
+        ca_key, ca = self.ca()
+        if read_role(ca) != "operator":
+            raise PkiError(
+                f"{self.path} holds delegation CA {common_name(ca)!r}; endpoints only accept"
+                " revocation lists signed by the operator, so ask the operator to run"
+                " `marionet pki revoke OPERATOR_DIR --cert FILE`")
+        if not isinstance(reason, str) or len(reason) > 1000 or any(
+                c in reason for c in "\r\n\x00"):
+            raise PkiError("the reason must be one line of at most 1000 characters")
+        target = self.revocation_target(what)
+        entries: list[Any] = []
+        number = 0
+        if self.revocations_path.exists():
+            entries, number = R.read_entries(self.revocations_path, ca)
+        now = now or dt.datetime.now(dt.timezone.utc)
+        if not any(e.issuer == target.issuer and e.serial == target.serial for e in entries):
+            entries.append(R.Revocation(target.issuer, target.serial,
+                                        now.replace(microsecond=0), reason.strip()))
+        crl = R.make_crl(ca_key, ca, entries, number=number + 1, now=now)
+        _atomic_write(self.revocations_path, R.crl_pem(crl), 0o644)
+        return self.revocations_path
