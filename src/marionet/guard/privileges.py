@@ -39,6 +39,25 @@ Two kinds of field, and absence means opposite things:
   level* (an issuer's limit still applies through the intersection).
 
 ``monitors`` accumulate: every monitor named anywhere along a chain must run.
+
+Units and shorthands: ``rate.bps`` is bytes per second (like ``burst_bytes``
+and ``total.bytes``); a burst defaults to one second's worth
+(``max(1, ceil(rate))``). ``"*"`` in ``protocols`` is udp, tcp, tcp-listen,
+capture and raw:*; ``"any"`` in ``dst``/``src`` is 0.0.0.0/0 and ::/0;
+``"*"`` in ``ports`` is no limit. The period is half-open
+``[not_before, not_after)``. IPv4-mapped IPv6 addresses are checked as the
+IPv4 address they carry.
+
+``intersect(a, b)`` is what both allow (a chain's effective grant, or a
+certificate under the operator's limits): grants intersect (prefix sets by
+address, ``raw:*`` ∩ ``raw:17`` = ``raw:17``), limits take the stricter
+side (None = no limit), ``rate.excess`` "deny" beats "delay", ``total``
+keeps the smaller counts over the *longer* window, disjoint periods leave an
+empty period (``not_before >= not_after``: no instant is inside it),
+primitives keep names granted on both sides (``*`` standing for any name)
+with merged bounds, and monitors are the union. ``widenings(child,
+parent)`` says in words where ``child`` exceeds ``parent``; docs/guard.md
+is the operator's description.
 """
 
 from __future__ import annotations
@@ -833,6 +852,8 @@ def widenings(child: Privileges, parent: Privileges) -> list[str]:
     empty list means ``child`` is within ``parent`` (a valid delegation)."""
     out: list[str] = []
     c, p = child, parent
+    if not c.protocols and not c.primitives:
+        return out  # grants nothing, so it cannot grant more than anyone
     empty_period = c.not_before is not None and c.not_after is not None and c.not_before >= c.not_after
     if not empty_period:
         if p.not_before is not None and (c.not_before is None or c.not_before < p.not_before):
