@@ -145,6 +145,7 @@ def test_revoke_delegated_certificate_and_delegation_dir_refuses(op: pki.PkiDir,
     entry = next(iter(crl))
     ci = entry.extensions.get_extension_for_class(x509.CertificateIssuer).value
     assert ci.get_values_for_type(x509.DirectoryName) == [chain[1].subject]
+    assert crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value.indirect_crl
 
 
 # --------------------------------------------------------------------------

@@ -839,6 +839,7 @@ class PkiDir:
         if fingerprint(leaf) == fingerprint(ca):
             raise PkiError("refusing to revoke this directory's own CA; to retire it, stop"
                            " distributing ca.pem")
+        ca_fp = fingerprint(ca)
         cur = leaf
         for parent in [*certs[1:], ca]:
             if cur.issuer != parent.subject:
@@ -847,7 +848,7 @@ class PkiDir:
                 cur.verify_directly_issued_by(parent)
             except (ValueError, TypeError, InvalidSignature):
                 break
-            if parent is ca:
+            if fingerprint(parent) == ca_fp:
                 return RevocationTarget(leaf.issuer, leaf.serial_number, label)
             cur = parent
         raise PkiError(f"{label} was not issued under this CA"

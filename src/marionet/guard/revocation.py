@@ -141,6 +141,14 @@ def make_crl(
             critical=False,
         )
     )
+    entries = list(entries)
+    if any(e.issuer != ca_cert.subject for e in entries):
+        # RFC 5280 5.2.5: entries for another issuer's certificates (a
+        # delegation CA's students) make this an indirect CRL.
+        builder = builder.add_extension(x509.IssuingDistributionPoint(
+            full_name=None, relative_name=None, only_contains_user_certs=False,
+            only_contains_ca_certs=False, only_some_reasons=None, indirect_crl=True,
+            only_contains_attribute_certs=False), critical=True)
     for e in sorted(entries, key=lambda e: (e.date, e.serial)):
         rb = (
             x509.RevokedCertificateBuilder()
