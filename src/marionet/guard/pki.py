@@ -14,6 +14,8 @@ which anyone may allocate without registering a Private Enterprise Number::
     MARIONET_ARC   = 2.25.149809639626332813576580980244828111662
     ROLE_OID       = MARIONET_ARC.1   UTF8String, one of ROLES
     PRIVILEGES_OID = MARIONET_ARC.2   UTF8String, compact JSON object
+    REASON_OID     = MARIONET_ARC.3   UTF8String, a CRL entry's free-text reason
+                                      (``marionet.guard.revocation``)
 
 Both extensions are non-critical: OpenSSL rejects certificates with
 critical extensions it does not understand, and the TLS stack only needs
