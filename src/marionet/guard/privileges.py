@@ -153,6 +153,9 @@ EVERYTHING = Privileges(
 #: a certificate extension or policy table is not a place for a routing table.
 MAX_ENTRIES = 4096
 
+#: Largest rate, window or primitive bound accepted (beyond it, no limit is meant).
+_MAX_NUMBER = 10**15
+
 #: Names shown for common IP protocol numbers.
 IPPROTO_NAMES = {1: "ICMP", 2: "IGMP", 6: "TCP", 17: "UDP", 41: "IPv6-in-IP", 47: "GRE",
                  50: "ESP", 58: "ICMPv6", 132: "SCTP"}
@@ -202,8 +205,12 @@ def _int(value: Any, path: str, lo: int) -> int:
 def _positive(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _err(path, f"must be a number, got {_tname(value)}")
+    if isinstance(value, int) and abs(value) > _MAX_NUMBER:
+        raise _err(path, f"must be at most {_MAX_NUMBER:.0e}")
     if not math.isfinite(value) or value <= 0:
         raise _err(path, f"must be a finite number > 0, got {value}")
+    if value > _MAX_NUMBER:
+        raise _err(path, f"must be at most {_MAX_NUMBER:.0e}")
     return float(value)
 
 
@@ -225,7 +232,10 @@ def _time(value: Any, path: str) -> dt.datetime:
         raise _err(path, f"must be an ISO 8601 time string, got {_tname(value)}")
     if when.tzinfo is None or when.utcoffset() is None:
         raise _err(path, f"{value!s} has no time zone (add Z or +HH:MM)")
-    return when.astimezone(dt.timezone.utc)
+    try:
+        return when.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise _err(path, f"{value!s} is out of range") from None
 
 
 def _proto(value: Any, path: str) -> set[str]:
@@ -329,6 +339,8 @@ def _bound(key: str, value: Any, path: str) -> Any:
     if isinstance(value, bool):
         raise _err(path, "a bound is a number (a maximum) or a list (allowed values), got boolean")
     if isinstance(value, (int, float)):
+        if isinstance(value, int) and value > _MAX_NUMBER:
+            raise _err(path, f"a maximum must be at most {_MAX_NUMBER:.0e}")
         if not math.isfinite(value) or value < 0:
             raise _err(path, f"a maximum must be a finite number >= 0, got {value}")
         return value
