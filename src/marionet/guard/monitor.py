@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import re
 import socket
 import struct
 import threading
@@ -227,6 +228,24 @@ def _to_binary(data: bytes, name: str) -> bytes:
         return wasmtime.wat2wasm(text)
     except wasmtime.WasmtimeError as e:
         raise MonitorError(f"monitor {name}: WAT does not compile: {_first_line(e)}") from None
+
+
+def _trap_text(e: BaseException) -> str:
+    """The cause of a wasmtime error without its backtrace boilerplate:
+    "wasm `unreachable` instruction executed (at 0x8b in <wasm function 3>)"."""
+    text = str(e)
+    head, sep, cause = text.partition("Caused by:")
+    if not sep:
+        return _first_line(e)
+    parts = []
+    for ln in cause.splitlines():
+        ln = re.sub(r"^\s*\d+:\s*", "", ln).strip()
+        ln = ln.removeprefix("wasm trap: ")
+        if ln:
+            parts.append(ln)
+    where = re.search(r"^\s*0:\s*(0x[0-9a-f]+) - (.*)$", head, re.M)
+    at = f" (at {where.group(1)} in {where.group(2).split('!')[-1]})" if where else ""
+    return "; ".join(parts) + at
 
 
 def _first_line(e: BaseException) -> str:
@@ -495,9 +514,9 @@ class MonitorInstance:
             what = (f"trapped: wall-clock deadline of {self._limits.deadline_s * 1000:g} ms "
                     "exceeded")
         elif isinstance(e, wasmtime.Trap):
-            what = f"trapped: {_first_line(e)}"
+            what = f"trapped: {_trap_text(e)}"
         else:
-            what = f"failed: {_first_line(e)}"
+            what = f"failed: {_trap_text(e)}"
         try:
             mem = getattr(self, "_memory", None)
             if mem is not None and mem.data_len(self._store) + _WASM_PAGE > self._limits.memory_bytes:
