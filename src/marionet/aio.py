@@ -80,8 +80,13 @@ async def connect(address: str | None = None, *, insecure: bool = False,
             writer.close()
             raise ConnectionLost(f"endpoint {address}: {exc}") from None
     session = PacketSession(reader, writer)
+    creds = None
+    if cert is not None and key is not None:
+        from marionet.client.credentials import Credentials
+
+        creds = Credentials.load(cert, key)
     try:
-        await session.start(timeout)
+        await session.start(timeout, credentials=creds)
     except BaseException:
         await session.close()
         raise

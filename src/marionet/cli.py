@@ -25,6 +25,11 @@ def _add_endpoint(sub: argparse._SubParsersAction) -> None:
                    help="where info() and dns() without a server find this host's resolvers")
     p.add_argument("--engine", choices=("process", "inline"), default="process",
                    help="send engine: a dedicated sender process (default) or the event loop")
+    p.add_argument("--policy", metavar="FILE",
+                   help="operator policy (TOML): trusted CAs, revocations, limits, monitors, audit; "
+                        "without it the endpoint is open (anything goes: for loopback development)")
+    p.add_argument("--explain-policy", action="store_true",
+                   help="print what the policy lets each kind of client send from this VP, and exit")
 
 
 def build_parser() -> argparse.ArgumentParser:

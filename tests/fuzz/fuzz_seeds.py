@@ -29,7 +29,7 @@ def wire_seeds() -> list[bytes]:
     from marionet.wire import messages as m
 
     msgs = [
-        m.Hello(id=1, version=1, role="client", name="fuzz", features=["nsendv"]),
+        m.Hello(id=1, version=m.PROTOCOL_VERSION, role="client", name="fuzz", features=["nsendv"]),
         m.NSend(id=2, sock=3, data=b"\x45\x00payload", dst="192.0.2.1", port=53, tag=7),
         m.NData(sock=3, time_ns=T0, ts_source="kernel", data=b"\x00" * 12, peer="::1", port=53),
         m.Task(id=4, primitive="ping", params={"dst": "192.0.2.1", "attempts": 3, "x": [1, 2.5, None]}),

@@ -10,24 +10,36 @@ from marionet import aio
 from marionet.client.errors import GuardDeniedError
 from marionet.endpoint.daemon import Endpoint, EndpointConfig
 from marionet.guard import Guard, GuardDenied
+from marionet.guard.core import SessionGuard
+
+
+class RecordingSession(SessionGuard):
+    def __init__(self, principal, calls):
+        super().__init__(principal)
+        self.calls = calls
+
+    def check(self, op, request, sock=None):
+        self.calls.append((op, getattr(sock, "kind", None), self.principal.primitive))
+        if op == "nsend" and getattr(request, "port", None) == 9:
+            raise GuardDenied("no-discard", "port 9 is not allowed")
+        return None
+
+    def check_data(self, sock, data, peer):
+        if peer == "127.0.0.2":
+            raise GuardDenied("peer-filter", "data from 127.0.0.2 is blocked")
+
+    def for_primitive(self, name):
+        return RecordingSession(self.principal.for_primitive(name), self.calls)
 
 
 class Recording(Guard):
     """Denies UDP sends to port 9 and data from 127.0.0.2; records every call."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, str | None]] = []
+        self.calls: list[tuple[str, str | None, str | None]] = []
 
-    def check(self, principal, op, request, sock_kind=None):
-        self.calls.append((op, sock_kind))
-        if op == "nsend" and getattr(request, "port", None) == 9:
-            raise GuardDenied("no-discard", "port 9 is not allowed")
-        if op == "nopen" and request.proto == "raw" and principal.name == "nobody":
-            raise GuardDenied("raw-needs-grant", "raw sockets need a grant")
-
-    def check_data(self, principal, sock, data, peer):
-        if peer == "127.0.0.2":
-            raise GuardDenied("peer-filter", "data from 127.0.0.2 is blocked")
+    def open(self, principal, vp, supplied_monitors={}):
+        return RecordingSession(principal, self.calls)
 
 
 @pytest.fixture
@@ -47,8 +59,8 @@ async def test_denied_send_is_a_clear_error_and_audited(guarded):
     with pytest.raises(GuardDeniedError) as ei:
         await s.nsend(u, b"x", dst="127.0.0.1", port=9)
     assert ei.value.rule == "no-discard" and "port 9" in ei.value.reason
-    assert any("no-discard" in line for line in ep.audit_log)
-    assert ("nopen", None) in g.calls and ("nsend", "udp") in g.calls
+    assert any(r.get("rule") == "no-discard" and r["op"] == "nsend" for r in ep.auditor.recent)
+    assert ("nopen", None, None) in g.calls and ("nsend", "udp", None) in g.calls
 
 
 async def test_blocked_data_becomes_nblock(guarded):
@@ -70,5 +82,6 @@ async def test_primitives_pass_the_same_guard(guarded):
     await s.task("ping", {"dst": "127.0.0.1", "attempts": 1, "wait_timeout": 0.5})
     n = await s.next_notification(5)
     assert n.kind == "taskres" and n.error is None
-    ops = {op for op, _ in g.calls}
-    assert {"task", "nopen", "ncap", "nsend", "nclose"} <= ops
+    assert ("task", None, None) in g.calls
+    inside = {op for op, _, prim in g.calls if prim == "ping"}
+    assert {"nopen", "ncap", "nsend", "nclose"} <= inside

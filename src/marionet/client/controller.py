@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from marionet.client.address import parse_hostport
 from marionet.client.errors import ConnectionLost, EndpointError, PeerProtocolError
+from marionet.client.credentials import Credentials
 from marionet.client.packet import PacketSession
 from marionet.wire import messages as m
 from marionet.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode
@@ -70,6 +71,8 @@ class ControllerConnection:
         self.name = ""
         self.on_vp_event: Callable[[m.VpEvent], None] | None = None
         self.bye: m.Bye | None = None  # the controller's reason, if it gave one
+        #: proven to each endpoint we attach to (the controller's word is not enough)
+        self.credentials: Credentials | None = None
 
     async def start(self, timeout: float = 10.0) -> "ControllerConnection":
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -169,7 +172,7 @@ class ControllerConnection:
         session = PacketSession(reader, ChannelWriter(self, reply.ch))  # type: ignore[arg-type]
         session.vp_info = reply.vp  # type: ignore[attr-defined]
         try:
-            await session.start(timeout)
+            await session.start(timeout, credentials=self.credentials, vp=vp)
         except PeerProtocolError:
             raise
         return session
@@ -213,6 +216,10 @@ async def connect_controller(address: str, *, ca: Any = None, cert: Any = None, 
     except (OSError, asyncio.TimeoutError) as exc:
         raise ConnectionLost(f"cannot connect to controller {address}: {exc or 'timeout'}") from None
     conn = ControllerConnection(reader, writer)
+    if cert is not None and key is not None:
+        from marionet.client.credentials import Credentials
+
+        conn.credentials = Credentials.load(cert, key)
     over_tls = writer.get_extra_info("ssl_object") is not None
     try:
         await conn.start(timeout)

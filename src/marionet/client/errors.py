@@ -56,6 +56,12 @@ class GuardDeniedError(EndpointError, PermissionError):
     """The operator's guard refused the operation; ``rule`` names the rule."""
 
 
+class AuthError(EndpointError, PermissionError):
+    """The endpoint refused our certificate chain (expired, revoked, from a
+    CA it does not trust, a widening delegation, a bad proof); the reason
+    names which certificate and why."""
+
+
 class ConnectFailedError(EndpointError, ConnectionError):
     pass
 
@@ -73,6 +79,7 @@ _BY_CODE: dict[str, type[EndpointError]] = {
     "bad-filter": BadFilterError,
     "no-privilege": NoPrivilegeError,
     "denied": GuardDeniedError,
+    "auth": AuthError,
     "connect-failed": ConnectFailedError,
     "timeout": ConnectFailedError,
     "limit": LimitError,

@@ -15,11 +15,14 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
 
-from marionet.client.errors import ConnectionLost, PeerProtocolError, error_from_reply
+from marionet.client.errors import ConnectionLost, EndpointError, PeerProtocolError, error_from_reply
 from marionet.wire import messages as m
 from marionet.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode
+
+if TYPE_CHECKING:
+    from marionet.client.credentials import Credentials
 
 Notification = m.Notification
 
@@ -142,6 +145,8 @@ class PacketSession:
         self._reader_task: asyncio.Task | None = None
         self.endpoint_name: str = ""
         self.endpoint_features: list[str] = []
+        #: what the endpoint verified of us (name, role, auth, grants), after Auth
+        self.identity: dict[str, Any] = {}
         self.sockets: dict[int, SocketInfo] = {}
         self._streams: set[NotificationStream] = set()
         self._by_sock: dict[int, NotificationStream] = {}
@@ -149,7 +154,12 @@ class PacketSession:
         self._claim: dict[int, NotificationStream] = {}  # request id -> stream claiming its socket
 
     # ------------------------------------------------------------- life cycle
-    async def start(self, timeout: float = 10.0) -> "PacketSession":
+    async def start(self, timeout: float = 10.0, *, credentials: "Credentials | None" = None,
+                    vp: str | None = None) -> "PacketSession":
+        """Say hello; with ``credentials``, prove them to the endpoint.
+
+        ``vp`` is the VP this session was meant for: the proof is bound to
+        it, and an endpoint answering under another name is refused."""
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
         hello = await asyncio.wait_for(
             self._request(m.Hello(id=next(self._ids), version=m.PROTOCOL_VERSION, role="client")),
@@ -157,6 +167,17 @@ class PacketSession:
         assert isinstance(hello, m.Hello)
         self.endpoint_name = hello.name
         self.endpoint_features = list(hello.features)
+        if vp is not None and hello.name != vp:
+            raise PeerProtocolError(f"asked for VP {vp!r} but the endpoint is {hello.name!r}")
+        if credentials is not None and hello.nonce and "auth" in hello.features:
+            try:
+                reply = await asyncio.wait_for(
+                    self._request(credentials.auth(next(self._ids), hello.nonce, vp or hello.name)), timeout)
+            except EndpointError as exc:
+                if exc.code != "not-supported":  # an open endpoint checks no certificates
+                    raise
+            else:
+                self.identity = dict(reply.value or {})
         return self
 
     async def close(self) -> None:

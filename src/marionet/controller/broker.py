@@ -83,6 +83,10 @@ class Link(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unix"
         self.identity = self._identity(transport)
+        revoked = self.ctl.revoked_reason(self.identity)
+        if revoked is not None:
+            self.fail("revoked", revoked)
+            return
         self._set_up_timer = asyncio.get_running_loop().call_later(
             self.ctl.config.hello_timeout_s, self._set_up_expired)
 
@@ -111,8 +115,11 @@ class Link(asyncio.Protocol):
                 ident = peer_identity(sslobj)
             except IdentityError as exc:
                 return {"error": str(exc)}
+            from cryptography import x509
+
+            serial = x509.load_der_x509_certificate(sslobj.getpeercert(binary_form=True)).serial_number
             return {"name": ident.common_name, "role": ident.role, "fingerprint": ident.fingerprint,
-                    "privileges": ident.privileges or {}, "tls": True}
+                    "privileges": ident.privileges or {}, "tls": True, "serial": serial}
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family == socket.AF_UNIX:
             try:
@@ -417,6 +424,8 @@ class ClientLink(Link):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self.closed:
+            return
         self.ctl.clients.add(self)
         limit = self.ctl.config.client_buffer
         self.transport.set_write_buffer_limits(high=limit, low=limit // 4)  # type: ignore[union-attr]
@@ -555,6 +564,27 @@ class Controller:
         self.clients: set[ClientLink] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self._vp_waiters: list[asyncio.Future] = []
+        self.trust: Any = None  # marionet.guard.trust.Trust: revocations of TLS peers
+
+    def set_trust(self, trust: Any) -> None:
+        """Refuse revoked certificates, and end links whose certificate a
+        reloaded revocation list names."""
+        self.trust = trust
+        trust.on_revoked(lambda _revset: self._revocations_changed())
+
+    def revoked_reason(self, identity: dict[str, Any]) -> str | None:
+        serial = identity.get("serial")
+        if self.trust is None or serial is None:
+            return None
+        return self.trust.revoked_reason(str(identity.get("name")), [serial])
+
+    def _revocations_changed(self) -> None:
+        links: list[Link] = [*self.endpoints.values(), *self.clients]
+        for link in links:
+            reason = self.revoked_reason(link.identity)
+            if reason is not None and not link.closed:
+                log.warning("ending link %s: %s", link.peer, reason)
+                link.fail("revoked", reason)
 
     async def serve_endpoints(self, host: str, port: int, ssl_ctx: ssl.SSLContext | None) -> asyncio.base_events.Server:
         loop = asyncio.get_running_loop()

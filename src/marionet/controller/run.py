@@ -26,6 +26,21 @@ async def run_controller(args: Any) -> None:
     config = ControllerConfig(keepalive_s=args.keepalive, dead_after_s=args.dead_after,
                               hello_timeout_s=args.hello_timeout)
     ctl = Controller(config, name=args.name)
+    trust = None
+    if getattr(args, "revocations", None):
+        if not args.ca:
+            raise ValueError("--revocations needs --ca (the operator CA that signs the list)")
+        from marionet.guard.trust import Trust
+
+        trust = Trust.from_files([args.ca], [args.revocations])
+        ctl.set_trust(trust)
+        trust.start_watching()
+        try:
+            import signal
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, trust.reload)
+        except (NotImplementedError, RuntimeError):
+            pass
     started = []
     for which, addr in (("endpoints", args.endpoints), ("clients", args.clients)):
         if not addr:
@@ -53,6 +68,8 @@ async def run_controller(args: Any) -> None:
         await stop.wait()
     finally:
         await ctl.close()
+        if trust is not None:
+            trust.stop()
 
 
 def add_controller_parser(sub: Any) -> None:
@@ -64,6 +81,9 @@ def add_controller_parser(sub: Any) -> None:
     p.add_argument("--cert", help="controller certificate (role controller)")
     p.add_argument("--key", help="controller key")
     p.add_argument("--ca", help="CA that signs endpoint and client certificates")
+    p.add_argument("--revocations", metavar="FILE",
+                   help="operator-signed revocation list (`marionet pki revoke`); reloaded on change "
+                        "and on SIGHUP, revoked peers are disconnected")
     p.add_argument("--insecure", action="store_true", help="plain TCP (loopback only)")
     p.add_argument("--keepalive", type=float, default=1.0, help="seconds between keepalive pings")
     p.add_argument("--dead-after", type=float, default=4.0, help="seconds of silence before a VP is gone")

@@ -32,6 +32,7 @@ from marionet.endpoint.engine import InlineEngine
 from marionet.endpoint.resolvconf import read_resolvers
 from marionet.endpoint.session import Session
 from marionet.guard import Guard, GuardDenied, Principal
+from marionet.guard.audit import AuditLog
 from marionet.wire import messages as m
 from marionet.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, bye_and_close, encode
 
@@ -94,8 +95,10 @@ class Usage:
 
 
 def principal_key(p: Principal) -> str:
-    """Limits are per certificate when there is one, else per name."""
-    return f"fp:{p.fingerprint}" if p.fingerprint else f"{p.role}:{p.name}"
+    """Limits are per certificate when there is one, else per name; a
+    controller's word about a fingerprint never shares a verified
+    certificate's counters."""
+    return f"{p.auth}:fp:{p.fingerprint}" if p.fingerprint else f"{p.auth}:{p.role}:{p.name}"
 
 
 def raise_fd_limit() -> int:
@@ -118,9 +121,18 @@ def raise_fd_limit() -> int:
 class Endpoint:
     """State shared by every session on this vantage point."""
 
-    def __init__(self, config: EndpointConfig | None = None, guard: Guard | None = None) -> None:
+    def __init__(self, config: EndpointConfig | None = None, guard: Guard | None = None, *,
+                 trust: Any = None, audit: AuditLog | None = None) -> None:
+        """``guard`` decides what sessions may do (default: the open guard);
+        ``trust`` (``marionet.guard.trust.Trust``) verifies certificate
+        chains and revocations; ``audit`` gets one line per session and
+        per denial."""
         self.config = config or EndpointConfig()
         self.guard = guard or Guard()
+        self.trust = trust
+        self.auditor = audit or AuditLog()
+        if trust is not None:
+            trust.on_revoked(self._revocations_changed)
         self.version = __version__
         self.sessions: set[Session] = set()
         self.primitives: Any = __import__("marionet.endpoint.primitives", fromlist=["PrimitiveRunner"]).PrimitiveRunner(self)
@@ -128,7 +140,6 @@ class Endpoint:
         self._stamp_anchor: socket.socket | None = None
         self._caps: dict[str, bool] | None = None
         self.servers: list[asyncio.base_events.Server] = []
-        self.audit_log: list[str] = []
         self.usage: dict[str, Usage] = {}
         self.open_sockets = 0
         self.connections = 0
@@ -239,7 +250,9 @@ class Endpoint:
         use = self.usage.get(principal_key(session.principal), Usage())
         return {
             "engine": self.engine_status(),
-            "principal": {"sessions": use.sessions, "sockets": use.sockets},
+            "principal": {"name": session.principal.name, "auth": session.principal.auth,
+                          "sessions": use.sessions, "sockets": use.sockets},
+            "guard": self.guard.describe(),
             "session": {"sockets": len(session.sockets), "dropped": session.dropped_total,
                         "kernel_drops": session.kernel_drops},
             "endpoint": {"sessions": len(self.sessions), "sockets": self.open_sockets,
@@ -285,6 +298,15 @@ class Endpoint:
             raise BadRequest("limit", f"the endpoint is at its file-descriptor budget "
                                       f"({self.open_sockets} sockets open); try again later")
 
+    def sockets_of(self, principal: Principal) -> int:
+        use = self.usage.get(principal_key(principal))
+        return use.sockets if use is not None else 0
+
+    def move_session(self, old: Principal, new: Principal, local: bool) -> None:
+        """A session proved a new identity: count it under that one."""
+        self.admit_session(new, local)
+        self.session_ended(old, local)
+
     def socket_opened(self, principal: Principal) -> None:
         self.open_sockets += 1
         self.usage.setdefault(principal_key(principal), Usage()).sockets += 1
@@ -309,10 +331,64 @@ class Endpoint:
     def device_of(self, _esock: Any) -> str | None:
         return None
 
-    def audit(self, principal: Principal, op: str, exc: GuardDenied) -> None:
-        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} deny {principal.name} {op} rule={exc.rule}: {exc.reason}"
-        self.audit_log.append(line)
-        log.warning("%s", line)
+    # ------------------------------------------------------------ VpView
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return self.config.tags
+
+    def local_addresses(self) -> list[str]:
+        return self.addresses()
+
+    # ------------------------------------------------------------ audit
+    @staticmethod
+    def _who(p: Principal) -> dict[str, Any]:
+        who: dict[str, Any] = {"who": p.name, "role": p.role, "auth": p.auth}
+        if p.fingerprint:
+            who["fingerprint"] = p.fingerprint
+        if p.anchor:
+            who["ca"] = p.anchor
+        if p.serials:
+            who["serials"] = [f"{s:x}" for s in p.serials]
+        if p.primitive:
+            who["primitive"] = p.primitive
+        return who
+
+    def audit_denial(self, session: Session, op: str, exc: GuardDenied) -> None:
+        self.auditor.write({"event": "deny", **self._who(session.principal), "from": session.peer,
+                            "vp": self.config.name, "op": op, "rule": exc.rule, "reason": exc.reason})
+        log.info("denied %s %s for %s: %s: %s", op, session.peer, session.principal.name, exc.rule, exc.reason)
+
+    def audit_session(self, session: Session, event: str, **extra: Any) -> None:
+        """``event``: "start", "auth" (identity proven), "end"."""
+        from marionet.guard.audit import iso
+
+        rec: dict[str, Any] = {"event": f"session-{event}", **self._who(session.principal), "from": session.peer,
+                               "vp": self.config.name, "start": iso(session.started_ns)}
+        if event == "end":
+            rec["end"] = iso()
+            rec["counts"] = dict(session.counts)
+        rec.update(extra)
+        self.auditor.write(rec)
+
+    # ------------------------------------------------------------ revocation
+    def _revocations_changed(self, _revset: Any) -> None:
+        """End every open session whose chain the new list revokes."""
+        if self.trust is None:
+            return
+        for session in list(self.sessions):
+            reason = self.trust.revocation_of(session.principal)
+            if reason is not None:
+                end = getattr(session.outlet, "fail", None)
+                log.warning("ending session of %s from %s: %s", session.principal.name, session.peer, reason)
+                self.audit_session(session, "revoked", reason=reason)
+                if callable(end):
+                    end("revoked", reason)
+                else:
+                    session.close()
 
     # ------------------------------------------------------------ serving
     async def serve(self, host: str, port: int, ssl_ctx: ssl.SSLContext | None) -> asyncio.base_events.Server:
@@ -346,6 +422,8 @@ class ClientConnection(asyncio.Protocol):
         self.peer = "?"
         self.principal = Principal()
         self.local = False  # an in-process session (a primitive's): not counted per principal
+        self.preset_guard: Any = None  # a primitive's session: its parent's guard
+        self.tls_fingerprint: str | None = None  # the TLS peer certificate, which an Auth chain must start with
         self.loop = asyncio.get_running_loop()
         self._inbox: deque[m.Message] = deque()
         self._work: asyncio.Handle | None = None
@@ -376,16 +454,37 @@ class ClientConnection(asyncio.Protocol):
         self.endpoint.connections += 1
         self._counted = True
         sslobj = transport.get_extra_info("ssl_object")
-        if sslobj is not None and sslobj.getpeercert(binary_form=True):
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        if der:
             try:
-                from marionet.guard.tls import peer_identity
-
-                ident = peer_identity(sslobj)
-                self.principal = Principal(name=ident.common_name or "?", role=ident.role or "client",
-                                           fingerprint=ident.fingerprint,
-                                           privileges=ident.privileges or {})
-            except Exception as exc:  # noqa: BLE001
+                self.principal = self._tls_principal(der)
+            except Exception as exc:  # noqa: BLE001 - a bad certificate ends this connection only
                 self.fail("bad-identity", str(exc))
+
+    def _tls_principal(self, der: bytes) -> Principal:
+        """Who the TLS peer certificate says the client is.
+
+        With a ``Trust``, the endpoint checks the certificate itself (role,
+        validity, revocation, privileges); a certificate issued by a
+        delegation CA cannot be checked from the leaf alone (Python's ssl
+        hides the rest of the chain), so it starts unverified and its
+        holder sends the chain in ``Auth``."""
+        from marionet.guard.tls import Identity
+
+        ident = Identity.from_der(der)
+        self.tls_fingerprint = ident.fingerprint
+        trust = self.endpoint.trust
+        if trust is not None:
+            from marionet.guard.chain import ChainError
+
+            try:
+                return trust.principal(trust.verify([der], roles=("client",)))
+            except ChainError as exc:
+                if exc.code != "foreign-ca":
+                    raise
+        return Principal(name=ident.common_name or "?", role=ident.role or "client",
+                         fingerprint=ident.fingerprint, privileges=ident.privileges or {},
+                         auth="none")
 
     def data_received(self, data: bytes) -> None:
         if self._ended:
@@ -457,18 +556,34 @@ class ClientConnection(asyncio.Protocol):
             self.fail("version", f"protocol version {msg.version} not supported (this endpoint speaks {m.PROTOCOL_VERSION})")
             return
         try:
+            session = Session(self.endpoint, self, self.principal, sguard=self.preset_guard, peer=self.peer)
+        except GuardDenied as exc:
+            self.endpoint.auditor.write({"event": "deny", **self.endpoint._who(self.principal), "from": self.peer,
+                                         "vp": self.endpoint.config.name, "op": "hello",
+                                         "rule": exc.rule, "reason": exc.reason})
+            self.fail("denied", f"{exc.rule}: {exc.reason}")
+            return
+        try:
             self.endpoint.admit_session(self.principal, self.local)
         except BadRequest as exc:
+            session.close()
             self.fail(exc.code, exc.reason)
             return
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
-        self.session = Session(self.endpoint, self, self.principal)
-        self.endpoint.sessions.add(self.session)
+        self.session = session
+        session.tls_fingerprint = self.tls_fingerprint
+        session.local = self.local
+        # A fresh challenge per session: the client signs it in Auth.
+        session.nonce = b"" if self.local else os.urandom(32)
+        self.endpoint.sessions.add(session)
+        if not self.local:
+            self.endpoint.audit_session(session, "start")
         self.write(encode(m.Hello(id=msg.id, version=m.PROTOCOL_VERSION, role="endpoint",
                                   name=self.endpoint.config.name,
-                                  features=["nsendv", "ncap-filter", "ncap-program", "tasks"])))
+                                  features=["nsendv", "ncap-filter", "ncap-program", "tasks", "auth"],
+                                  nonce=session.nonce)))
 
     def close_stream(self) -> None:
         if self.transport is not None:
@@ -511,9 +626,12 @@ class ClientConnection(asyncio.Protocol):
             self._counted = False
             self.endpoint.connections -= 1
         if self.session is not None:
-            self.session.close()
-            self.endpoint.sessions.discard(self.session)
-            self.endpoint.session_ended(self.principal, self.local)
+            session = self.session
+            session.close()
+            self.endpoint.sessions.discard(session)
+            self.endpoint.session_ended(session.principal, self.local)
+            if not self.local:
+                self.endpoint.audit_session(session, "end")
             self.session = None
 
 

@@ -192,8 +192,11 @@ class ControllerLink(asyncio.Protocol):
             self.send(m.Pong(id=msg.id, t_rx=t, t_tx=time.time_ns()))
         elif isinstance(msg, m.ChOpen):
             p = msg.principal or {}
-            principal = Principal(name=str(p.get("name") or "?"), role=str(p.get("role") or "client"),
-                                  fingerprint=p.get("fingerprint"), privileges=p.get("privileges") or {})
+            # The controller's word: worth what the policy gives anonymous
+            # sessions, until the client proves its chain (Auth).
+            principal = Principal(name=str(p.get("name") or "?")[:128], role=str(p.get("role") or "client")[:32],
+                                  fingerprint=str(p["fingerprint"])[:64] if p.get("fingerprint") else None,
+                                  auth="controller")
             conn = ChannelConnection(self.endpoint, self, msg.ch, principal)
             self.channels[msg.ch] = conn
         elif isinstance(msg, m.ChFlow):
@@ -319,13 +322,22 @@ def dialer_ssl(args: Any) -> ssl.SSLContext | None:
     return tls.client_context(ca=args.ca, cert=args.cert, key=args.key)
 
 
-async def run_dialer(args: Any, config: EndpointConfig) -> None:
+async def run_dialer(args: Any, config: EndpointConfig, runtime: Any = None) -> None:
+    from marionet.endpoint.run import make_endpoint
+
     meta = load_meta(args.meta, config.tags)
     ctx = dialer_ssl(args)
-    endpoint = Endpoint(config)
+    endpoint = make_endpoint(config, runtime)
+    if runtime is not None:
+        runtime.start()
     stop = stop_event()
-    print(f"marionet endpoint {config.name!r} dialing controller {args.controller}", flush=True)
+    from marionet.endpoint.run import guard_note
+
+    print(f"marionet endpoint {config.name!r} dialing controller {args.controller}; {guard_note(runtime)}",
+          flush=True)
     try:
         await dial_forever(endpoint, args.controller, ctx, meta, stop)
     finally:
         await endpoint.close()
+        if runtime is not None:
+            runtime.stop()

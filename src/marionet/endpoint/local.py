@@ -18,10 +18,14 @@ from typing import AsyncIterator
 from marionet.client.packet import PacketSession
 from marionet.endpoint.daemon import ClientConnection, Endpoint, EndpointConfig
 from marionet.guard import Principal
+from marionet.guard.core import SessionGuard
 
 
-async def local_session(endpoint: Endpoint, principal: Principal | None = None) -> PacketSession:
-    """A ``PacketSession`` to ``endpoint`` in this process, as ``principal``."""
+async def local_session(endpoint: Endpoint, principal: Principal | None = None,
+                        sguard: SessionGuard | None = None) -> PacketSession:
+    """A ``PacketSession`` to ``endpoint`` in this process, as ``principal``;
+    ``sguard`` is the guard it runs under (a primitive's: its parent
+    session's, so it shares that session's monitors and budgets)."""
     await endpoint.start()
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair()
@@ -29,6 +33,7 @@ async def local_session(endpoint: Endpoint, principal: Principal | None = None) 
     conn.local = True  # bounded by the task limit, not the per-principal session limit
     if principal is not None:
         conn.principal = principal
+    conn.preset_guard = sguard
     await loop.connect_accepted_socket(lambda: conn, sock=a)
     reader, writer = await asyncio.open_connection(sock=b, limit=1 << 20)
     session = PacketSession(reader, writer)

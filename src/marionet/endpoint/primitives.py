@@ -118,7 +118,8 @@ class PrimitiveRunner:
         error: str | None = None
         cap = self.run_cap_s()
         try:
-            io = await local_session(self.endpoint, session.principal)
+            io = await local_session(self.endpoint, session.principal.for_primitive(name),
+                                     sguard=session.sguard.for_primitive(name))
             inner = asyncio.ensure_future(run_primitive(io, name, params, halt=halt, max_s=self.max_task_s))
             try:
                 # asyncio.wait, not wait_for: reaching the cap must halt the

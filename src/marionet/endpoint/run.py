@@ -12,6 +12,7 @@ import logging
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 from marionet.client.address import is_loopback, parse_hostport
 from marionet.endpoint.daemon import Endpoint, EndpointConfig, default_state_dir
@@ -46,9 +47,33 @@ def server_ssl(host: str, cert: str | None, key: str | None, client_ca: str | No
     return ctx, note
 
 
+def guard_runtime(policy_path: str | None) -> Any:
+    """The guard a ``--policy`` file describes (None: an open endpoint)."""
+    if not policy_path:
+        return None
+    from marionet.guard.setup import load_guard
+
+    return load_guard(policy_path)
+
+
+def guard_note(runtime: Any) -> str:
+    """One phrase for the start-up line: an open guard must be visible."""
+    if runtime is None:
+        return "guard: OPEN (no --policy: any client may do anything)"
+    src = getattr(runtime.policy, "source", None)
+    return f"guard: policy {src}" if src else "guard: policy"
+
+
+def make_endpoint(config: EndpointConfig, runtime: Any) -> Endpoint:
+    if runtime is None:
+        return Endpoint(config)
+    return Endpoint(config, runtime.guard, trust=runtime.trust, audit=runtime.audit)
+
+
 async def run_listen(listen: str, config: EndpointConfig, *, insecure: bool = False,
                      cert: str | None = None, key: str | None = None,
-                     client_ca: str | None = None, ready: asyncio.Event | None = None) -> None:
+                     client_ca: str | None = None, ready: asyncio.Event | None = None,
+                     runtime: Any = None) -> None:
     host, port = parse_hostport(listen)
     if insecure and not is_loopback(host):
         raise ConfigError("--insecure (plain TCP) is allowed on loopback only; use TLS elsewhere")
@@ -58,11 +83,13 @@ async def run_listen(listen: str, config: EndpointConfig, *, insecure: bool = Fa
         ctx, note = server_ssl(host, cert, key, client_ca)
         if client_ca is None and not is_loopback(host):
             log.warning("listening on %s without client certificates: anyone who can reach it may use it", host)
-    endpoint = Endpoint(config)
+    endpoint = make_endpoint(config, runtime)
+    if runtime is not None:
+        runtime.start()
     server = await endpoint.serve(host, port, ctx)
     bound = server.sockets[0].getsockname() if server.sockets else (host, port)
     print(f"marionet endpoint {config.name!r} listening on {bound[0]}:{bound[1]} — {note}; "
-          f"send engine: {type(endpoint.engine).__name__}", flush=True)
+          f"send engine: {type(endpoint.engine).__name__}; {guard_note(runtime)}", flush=True)
     stop = stop_event()
     if ready is not None:
         ready.set()
@@ -70,6 +97,8 @@ async def run_listen(listen: str, config: EndpointConfig, *, insecure: bool = Fa
         await stop.wait()
     finally:
         await endpoint.close()
+        if runtime is not None:
+            runtime.stop()
 
 
 def main_endpoint(args: object) -> int:
@@ -87,16 +116,26 @@ def main_endpoint(args: object) -> int:
     if a.name:  # type: ignore[attr-defined]
         config.name = a.name  # type: ignore[attr-defined]
     try:
+        runtime = guard_runtime(getattr(a, "policy", None))
+        if getattr(a, "explain_policy", False):
+            if runtime is None:
+                print("no --policy: the guard is open — every client may send anything this host can.")
+                return 0
+            from marionet.endpoint.daemon import local_addresses
+            from marionet.guard.policy import explain_policy
+
+            print(explain_policy(runtime.policy, config.name, config.tags, local_addresses()))
+            return 0
         if getattr(a, "controller", None):
             from marionet.endpoint.dialer import run_dialer
 
-            asyncio.run(run_dialer(a, config))
+            asyncio.run(run_dialer(a, config, runtime))
             return 0
         if not a.listen:  # type: ignore[attr-defined]
             print("marionet endpoint: give --listen HOST:PORT or --controller HOST:PORT", file=sys.stderr)
             return 2
         asyncio.run(run_listen(a.listen, config, insecure=a.insecure, cert=a.cert, key=a.key,  # type: ignore[attr-defined]
-                               client_ca=a.client_ca))  # type: ignore[attr-defined]
+                               client_ca=a.client_ca, runtime=runtime))  # type: ignore[attr-defined]
     except (ConfigError, ValueError) as exc:
         print(f"marionet endpoint: {exc}", file=sys.stderr)
         return 2

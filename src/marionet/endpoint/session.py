@@ -33,6 +33,7 @@ from marionet.endpoint.sockets import (
     make_socket,
 )
 from marionet.guard import GuardDenied, Principal
+from marionet.guard.core import SessionGuard
 from marionet.wire import messages as m
 from marionet.wire.codec import CHDATA_OVERHEAD, encode
 
@@ -85,11 +86,24 @@ class Outlet(Protocol):
 class Session:
     """Server-side state of one client."""
 
-    def __init__(self, endpoint: "Endpoint", outlet: Outlet, principal: Principal) -> None:
+    def __init__(self, endpoint: "Endpoint", outlet: Outlet, principal: Principal,
+                 sguard: SessionGuard | None = None, peer: str = "?") -> None:
+        """``sguard``: the guard of this session; by default the endpoint's
+        guard opens one for ``principal`` (GuardDenied if it may not use
+        this VP at all). A primitive's session passes its parent's."""
         self.endpoint = endpoint
         self.outlet = outlet
         self.principal = principal
+        self.peer = peer
+        self.sguard = sguard if sguard is not None else endpoint.guard.open(principal, endpoint)
         self.loop = asyncio.get_running_loop()
+        self.started_ns = time.time_ns()
+        self.nonce = b""  # the challenge an Auth must sign (set by the connection)
+        self.tls_fingerprint: str | None = None
+        self.local = False
+        #: for the audit line: what this session did and what was refused
+        self.counts = {"requests": 0, "sends": 0, "bytes_sent": 0, "sockets": 0, "tasks": 0,
+                       "denied": 0, "blocked": 0}
         self.sockets: dict[int, EpSocket] = {}
         self.tasks: dict[int, asyncio.Task] = {}
         self._next_sid = 1
@@ -267,23 +281,41 @@ class Session:
         self._stalled.add(es)
 
     # ------------------------------------------------------------------- guard
-    def guard_op(self, op: str, request: Any, sock_kind: str | None = None) -> None:
+    def guard_op(self, op: str, request: Any, sock: EpSocket | None = None) -> int | None:
         """The single call site for operations (raises GuardDenied).
 
         ``request`` is the request itself (a wire struct, or a dict for
         events such as an accepted connection): no per-call copying on the
-        send path."""
-        self.endpoint.guard.check(self.principal, op, request, sock_kind)
+        send path. For a send the guard may return the earliest time it
+        may leave (a rate limit that delays)."""
+        return self.sguard.check(op, request, sock)
 
-    def guard_data(self, sid: int, data: bytes, peer: str | None) -> bool:
+    def guard_data(self, es: EpSocket, data: bytes, peer: str | None) -> bool:
+        """Received data passes the guard; blocked data becomes an ``NBlock``
+        (counted, never silent)."""
         try:
-            self.endpoint.guard.check_data(self.principal, sid, data, peer)
+            self.sguard.check_data(es, data, peer)
             return True
         except GuardDenied as exc:
-            self.notify(m.NBlock(time_ns=time.time_ns(), sock=sid, what="ndata",
+            self.counts["blocked"] += 1
+            self.notify(m.NBlock(time_ns=time.time_ns(), sock=es.sid, what="ndata",
                                  rule=exc.rule, reason=exc.reason))
-            self.endpoint.audit(self.principal, "ndata", exc)
+            self.endpoint.audit_denial(self, "ndata", exc)
             return False
+
+    def denied(self, op: str, exc: GuardDenied) -> None:
+        self.counts["denied"] += 1
+        self.endpoint.audit_denial(self, op, exc)
+
+    def reauthenticate(self, principal: Principal, sguard: SessionGuard) -> None:
+        """Take the identity an ``Auth`` proved: only before anything is open,
+        so every socket and task of a session ran under one identity."""
+        if self.sockets or self.tasks:
+            raise BadRequest("bad-state", "authenticate before opening sockets or starting tasks")
+        old = self.sguard
+        self.principal = principal
+        self.sguard = sguard
+        old.close()
 
     # ---------------------------------------------------------------- requests
     def handle(self, msg: m.Message) -> None:
@@ -293,12 +325,13 @@ class Session:
         if handler is None:
             self.error(rid, "unexpected", f"{type(msg).__struct_config__.tag!r} is not a request")
             return
+        self.counts["requests"] += 1
         try:
             handler(self, msg)
         except BadRequest as exc:
             self.error(rid, exc.code, exc.reason)
         except GuardDenied as exc:
-            self.endpoint.audit(self.principal, type(msg).__struct_config__.tag, exc)
+            self.denied(type(msg).__struct_config__.tag, exc)
             self.error(rid, "denied", exc.reason, rule=exc.rule)
         except bpf.FilterError as exc:
             self.error(rid, "bad-filter", str(exc))
@@ -338,9 +371,16 @@ class Session:
         if len(self.sockets) >= self.endpoint.config.max_sockets:
             raise BadRequest("limit", f"at most {self.endpoint.config.max_sockets} sockets per session")
         self.endpoint.admit_socket(self.principal)
+        cap = getattr(getattr(self.sguard, "grants", None), "max_sockets", None)
+        if cap is not None:
+            held = self.endpoint.sockets_of(self.principal)
+            if held >= cap:
+                raise GuardDenied("privileges.max_sockets",
+                                  f"{self.principal.name!r} holds {held} sockets on this VP (granted at most {cap})")
 
     def _add_socket(self, es: EpSocket) -> None:
         self.sockets[es.sid] = es
+        self.counts["sockets"] += 1
         self.endpoint.socket_opened(self.principal)
 
     def check_time(self, name: str, at: int | None) -> None:
@@ -363,6 +403,8 @@ class Session:
             raise BadRequest("bad-option", f"timeout_ns {msg.timeout_ns} not in 1..{MAX_CONNECT_TIMEOUT_NS} "
                                            f"({MAX_CONNECT_TIMEOUT_NS // 1_000_000_000} s)")
         self.guard_op("nopen", msg)
+        if msg.proto not in ("udp", "tcp", "tcp-listen", "raw"):
+            raise BadRequest("bad-option", f"unknown proto {msg.proto!r} (udp, tcp, tcp-listen, raw)")
         if msg.proto == "raw" and not self.endpoint.capabilities().get("raw"):
             raise BadRequest("no-privilege", "raw sockets need CAP_NET_RAW, which this endpoint lacks")
         if msg.hdrincl and (msg.proto != "raw" or msg.family != 4):
@@ -471,6 +513,11 @@ class Session:
             sock.close()
             self.error(msg.id, exc.code, exc.reason)
             return
+        except GuardDenied as exc:
+            sock.close()
+            self.denied("nopen", exc)
+            self.error(msg.id, "denied", exc.reason, rule=exc.rule)
+            return
         la, lp = es.local()
         self.reply(m.Opened(id=msg.id, sock=es.sid, laddr=la, lport=lp, raddr=raddr, rport=rport))
         es.state("established", peer=raddr, port=rport)
@@ -484,7 +531,7 @@ class Session:
 
     def _h_nclose(self, msg: m.NClose) -> None:
         es = self._sock(msg.sock)
-        self.guard_op("nclose", msg)
+        self.guard_op("nclose", msg, es)
         self._close_socket(es)
         self.reply(m.Ok(id=msg.id))
 
@@ -499,8 +546,15 @@ class Session:
     def _send_item(self, item: m.SendItem) -> None:
         es = self._sock(item.sock)
         self.check_time("at", item.at)
-        self.guard_op("nsend", item, es.kind)
+        earliest = self.guard_op("nsend", item, es)
+        self._enqueue(es, item, earliest)
+
+    def _enqueue(self, es: EpSocket, item: m.SendItem, earliest: int | None) -> None:
+        if earliest is not None and (item.at is None or item.at < earliest):
+            item.at = earliest  # the rate limit delays this send
         es.enqueue(item)
+        self.counts["sends"] += 1
+        self.counts["bytes_sent"] += len(item.data)
 
     def _h_nsend(self, msg: m.NSend) -> None:
         self._send_item(m.SendItem(sock=msg.sock, data=msg.data, dst=msg.dst, port=msg.port,
@@ -508,16 +562,43 @@ class Session:
         self.reply(m.Ok(id=msg.id))
 
     def _h_nsendv(self, msg: m.NSendV) -> None:
-        """Queue sends in order; stop at the first refusal and say which."""
-        for i, item in enumerate(msg.sends):
+        """Queue sends in order; stop at the first refusal and say which.
+
+        The guard sees the batch in one call (a monitor is entered once per
+        batch, not once per send); the sends before a refused one leave."""
+        items = msg.sends
+        socks: list[EpSocket] = []
+        bad: BadRequest | None = None
+        for item in items:
             try:
-                self._send_item(item)
-            except (BadRequest, GuardDenied) as exc:
-                code = exc.code if isinstance(exc, BadRequest) else "denied"
-                rule = exc.rule if isinstance(exc, GuardDenied) else None
-                self.error(msg.id, code, f"send {i} of {len(msg.sends)}: {exc.reason}", rule=rule)
+                socks.append(self._sock(item.sock))
+                self.check_time("at", item.at)
+            except BadRequest as exc:
+                bad = exc
+                break
+        checked = items[:len(socks)]
+        denied: GuardDenied | None = None
+        try:
+            times = self.sguard.check_batch(checked, socks)
+        except GuardDenied as exc:
+            denied = exc
+            n = exc.index if exc.index is not None else 0
+            times = list(getattr(exc, "times", None) or [None] * n)
+            checked, socks = checked[:n], socks[:n]
+        for i, (item, es) in enumerate(zip(checked, socks)):
+            try:
+                self._enqueue(es, item, times[i])
+            except BadRequest as exc:
+                self.error(msg.id, exc.code, f"send {i} of {len(items)}: {exc.reason}")
                 return
-        self.reply(m.Ok(id=msg.id, value=len(msg.sends)))
+        if denied is not None:
+            self.denied("nsendv", denied)
+            self.error(msg.id, "denied", f"send {len(checked)} of {len(items)}: {denied.reason}", rule=denied.rule)
+            return
+        if bad is not None:
+            self.error(msg.id, bad.code, f"send {len(checked)} of {len(items)}: {bad.reason}")
+            return
+        self.reply(m.Ok(id=msg.id, value=len(items)))
 
     def _h_ncap(self, msg: m.NCap) -> None:
         es = self._sock(msg.sock)
@@ -526,7 +607,7 @@ class Session:
         if msg.filter is not None and msg.program is not None:
             raise BadRequest("bad-filter", "give filter or program, not both")
         self.check_time("until", msg.until)
-        self.guard_op("ncap", msg, es.kind)
+        self.guard_op("ncap", msg, es)
         if msg.program is not None:
             program = bpf.validate_program(msg.program)
         else:
@@ -535,7 +616,7 @@ class Session:
         self.reply(m.Ok(id=msg.id, value=len(program)))
 
     def _h_nctl(self, msg: m.NCtl) -> None:
-        self.guard_op("nctl", msg)
+        self.guard_op("nctl", msg, self.sockets.get(msg.sock) if msg.sock is not None else None)
         if msg.op == "suppress":
             self.suppressed = True
         elif msg.op == "resume":
@@ -556,6 +637,7 @@ class Session:
         if runner is None:
             raise BadRequest("not-supported", "this endpoint runs no primitives")
         runner.start(self, msg)
+        self.counts["tasks"] += 1
 
     def _h_halt(self, msg: m.Halt) -> None:
         task = self.tasks.get(msg.task)
@@ -564,8 +646,65 @@ class Session:
         task.cancel()
         self.reply(m.Ok(id=msg.id))
 
+    def _h_auth(self, msg: m.Auth) -> None:
+        """The client proves its certificate chain: the endpoint verifies it
+        up to an operator CA it trusts, checks the signature over this
+        session's nonce and VP name, and from then on the session holds the
+        chain's privileges (never a controller's word for them)."""
+        from marionet.guard.chain import ChainError, verify_auth
+
+        ep = self.endpoint
+        if self.sockets or self.tasks:
+            raise BadRequest("bad-state", "authenticate before opening sockets or starting tasks")
+        if ep.trust is None:
+            raise BadRequest("not-supported", "this endpoint trusts no operator CA, so it cannot check certificates")
+        if not self.nonce:
+            raise BadRequest("bad-state", "one Auth per session (the nonce is spent)")
+        if not msg.chain or len(msg.chain) > 8 or sum(len(c) for c in msg.chain) > 64 * 1024:
+            raise BadRequest("auth", "the chain must hold 1-8 certificates, 64 KiB in all")
+        if len(msg.monitors) > 8 or sum(len(w) for w in msg.monitors) > 8 << 20:
+            raise BadRequest("auth", "at most 8 monitors, 8 MiB in all")
+        nonce, self.nonce = self.nonce, b""
+        try:
+            vc = ep.trust.verify(msg.chain, roles=("client",))
+            verify_auth(vc, msg.signature, nonce, ep.config.name)
+        except ChainError as exc:
+            ep.auditor.write({"event": "auth-refused", **ep._who(self.principal), "from": self.peer,
+                              "vp": ep.config.name, "code": exc.code, "reason": str(exc)})
+            raise BadRequest("auth", f"{exc.code}: {exc}") from None
+        if self.tls_fingerprint is not None and vc.fingerprint != self.tls_fingerprint:
+            raise BadRequest("auth", "the chain's leaf is not the certificate this connection's TLS presented")
+        supplied = {}
+        if msg.monitors:
+            from marionet.guard.monitor import MonitorError, MonitorModule
+
+            for i, wasm in enumerate(msg.monitors):
+                try:
+                    mod = MonitorModule.from_bytes(bytes(wasm), name=f"supplied-{i}")
+                except MonitorError as exc:
+                    raise BadRequest("bad-monitor", f"supplied monitor {i}: {exc}") from None
+                supplied[mod.digest] = mod
+        principal = ep.trust.principal(vc)
+        if principal.primitive is None and self.principal.primitive:
+            principal = principal.for_primitive(self.principal.primitive)
+        sguard = ep.guard.open(principal, ep, supplied_monitors=supplied)  # GuardDenied: reply "denied"
+        try:
+            ep.move_session(self.principal, principal, self.local)
+        except BadRequest:
+            sguard.close()
+            raise
+        self.reauthenticate(principal, sguard)
+        if hasattr(self.outlet, "principal"):
+            self.outlet.principal = principal  # type: ignore[attr-defined]
+        ep.audit_session(self, "auth")
+        from marionet.guard.privileges import explain
+
+        self.reply(m.Ok(id=msg.id, value={"name": principal.name, "role": principal.role, "auth": principal.auth,
+                                          "grants": explain(vc.grants)}))
+
     _handlers: dict[type, Callable[["Session", Any], None]] = {
         m.Info: _h_info,
+        m.Auth: _h_auth,
         m.Ping: _h_ping,
         m.NOpen: _h_nopen,
         m.NClose: _h_nclose,
@@ -602,6 +741,7 @@ class Session:
             task.cancel()
         for es in list(self.sockets.values()):
             self._close_socket(es)
+        self.sguard.close()
         self._held.clear()
         self._stalled.clear()
         if self._release_handle is not None:

@@ -119,6 +119,11 @@ class EpSocket:
     """Common parts: identity, the owning session, close bookkeeping."""
 
     kind = "socket"
+    # What the guard reads (``marionet.guard.core.SockView``).
+    ipproto: int | None = None
+    hdrincl = False
+    raddr: str | None = None
+    rport: int | None = None
 
     def __init__(self, session: "Session", sid: int, sock: socket.socket, family: int) -> None:
         self.session = session
@@ -142,7 +147,7 @@ class EpSocket:
     def deliver_data(self, data: bytes, peer: str | None, port: int | None,
                      time_ns: int, source: str, ttl: int | None = None, precious: bool = False) -> None:
         """Received data passes the guard, then becomes an ``NData``."""
-        if self.session.guard_data(self.sid, data, peer) and not self.closed:
+        if self.session.guard_data(self, data, peer) and not self.closed:
             self.session.notify(m.NData(sock=self.sid, time_ns=time_ns, ts_source=source,  # type: ignore[arg-type]
                                         data=data, peer=peer, port=port, ttl=ttl), precious)
 
@@ -386,7 +391,7 @@ class UdpSocket(DatagramSocket):
         ts.enable_recverr(sock)
         ts.enable_recv_ttl(sock)
         try:
-            sock.getpeername()
+            self.raddr, self.rport = peer_text(sock.getpeername())
             self.connected = True
         except OSError:
             self.connected = False
@@ -561,6 +566,7 @@ class TcpSocket(EpSocket):
             self.peer, self.port = peer_text(sock.getpeername())
         except OSError:
             self.peer, self.port = None, None
+        self.raddr, self.rport = self.peer, self.port
         sock.setblocking(False)
         ts.enable_rx_timestamps(sock)
         try:
@@ -735,7 +741,7 @@ class TcpListener(EpSocket):
                 return
             addr, port = peer_text(peer)
             try:
-                self.session.guard_op("accept", {"sock": self.sid, "peer": addr, "port": port})
+                self.session.guard_op("accept", {"sock": self.sid, "peer": addr, "port": port}, self)
                 child = self.session.adopt_tcp(conn, self.family)
             except Exception as exc:  # noqa: BLE001 - a refused accept must not kill the listener
                 conn.close()

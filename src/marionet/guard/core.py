@@ -11,7 +11,7 @@ guard is ``marionet.guard.enforce.PolicyGuard``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol
 
 if TYPE_CHECKING:
     from marionet.guard.privileges import Privileges
@@ -69,6 +69,8 @@ class GuardDenied(Exception):
         self.rule = rule
         self.reason = reason
         self.index = index  # for a batch: which item
+        #: for a batch: the send times the guard gave the items before ``index``
+        self.times: list[int | None] | None = None
 
 
 class VpView(Protocol):
@@ -131,7 +133,7 @@ class Guard:
 
     name = "open"
 
-    def open(self, principal: Principal, vp: VpView) -> SessionGuard:
+    def open(self, principal: Principal, vp: VpView, supplied_monitors: Mapping[str, Any] = {}) -> SessionGuard:
         """The guard for a new session of ``principal`` on ``vp``; raises
         ``GuardDenied`` if it may not use this VP at all (name or tags not
         granted, outside its period, revoked, a mandated monitor missing)."""

@@ -17,7 +17,9 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+#: 2: ``Hello.nonce``, ``Auth`` (the client proves its certificate chain to
+#: the endpoint itself, also through a controller) and ``ChFlow``.
+PROTOCOL_VERSION = 2
 
 TsSource = Literal["kernel", "user"]
 
@@ -39,6 +41,9 @@ class Hello(Message, tag="hello"):
     role: str  # "client", "endpoint", "controller"
     name: str = ""
     features: list[str] = []
+    #: An endpoint's reply carries a fresh random nonce: the client signs it
+    #: in ``Auth`` to prove it holds the key of the chain it presents.
+    nonce: bytes = b""
 
 
 # --------------------------------------------------------------------------
@@ -54,6 +59,23 @@ class Request(Message):
 
 class Info(Request, tag="info"):
     id: int
+
+
+class Auth(Request, tag="auth"):
+    """Client -> endpoint, right after hello: the client's certificate chain
+    (DER, leaf first) and its Ed25519 signature over the hello's nonce
+    bound to the VP name (``marionet.guard.chain.auth_message``).
+
+    Why in the session and not only in TLS: through a controller the
+    endpoint never sees the client's TLS handshake, and must not take the
+    controller's word for who the client is. ``monitors`` are WebAssembly
+    modules the client supplies for monitors its certificate mandates.
+    The reply is ``Ok`` with the identity and grants in plain words."""
+
+    id: int
+    chain: list[bytes]
+    signature: bytes
+    monitors: list[bytes] = []
 
 
 class NOpen(Request, tag="nopen"):
@@ -472,7 +494,7 @@ class VpEvent(Message, tag="vpevent"):
 
 
 REQUESTS: tuple[type[Message], ...] = (
-    Info, NOpen, NClose, NSend, NSendV, NCap, NCtl, Task, Halt, Ping,
+    Info, Auth, NOpen, NClose, NSend, NSendV, NCap, NCtl, Task, Halt, Ping,
 )
 REPLIES: tuple[type[Message], ...] = (Ok, Error, Opened, InfoReply, Pong)
 NOTIFICATIONS: tuple[type[Message], ...] = (
