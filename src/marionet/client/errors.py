@@ -25,6 +25,16 @@ class PeerProtocolError(ConnectionLost):
         self.reason = reason
 
 
+class SessionRefused(PeerProtocolError, PermissionError):
+    """The endpoint's guard ended the session: it may not use this VP at all
+    (``denied``: a VP, period or mandated monitor its grant lacks), its
+    certificate was revoked (``revoked``) or is unusable (``bad-identity``)."""
+
+
+#: ``Bye`` codes that are the guard's refusal rather than a protocol fault.
+REFUSAL_CODES = frozenset({"denied", "revoked", "bad-identity"})
+
+
 class EndpointError(MarionetError):
     """An error reply: ``code`` (machine-readable), ``reason`` (the endpoint's text)."""
 

@@ -17,7 +17,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
 
-from marionet.client.errors import ConnectionLost, EndpointError, PeerProtocolError, error_from_reply
+from marionet.client.errors import (REFUSAL_CODES, ConnectionLost, EndpointError, PeerProtocolError,
+                                    SessionRefused, error_from_reply)
 from marionet.wire import messages as m
 from marionet.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode
 
@@ -246,7 +247,8 @@ class PacketSession:
                         return
             self._default._put(msg)
         elif isinstance(msg, m.Bye):
-            self._fail(PeerProtocolError(msg.code, msg.reason))
+            cls = SessionRefused if msg.code in REFUSAL_CODES else PeerProtocolError
+            self._fail(cls(msg.code, msg.reason))
         elif rid is not None:
             fut = self._pending.pop(rid, None)
             claim = self._claim.pop(rid, None)

@@ -12,6 +12,7 @@ and, later, a controller the endpoint dials out to.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import ipaddress
 import logging
@@ -556,7 +557,16 @@ class ClientConnection(asyncio.Protocol):
             self.fail("version", f"protocol version {msg.version} not supported (this endpoint speaks {m.PROTOCOL_VERSION})")
             return
         try:
-            session = Session(self.endpoint, self, self.principal, sguard=self.preset_guard, peer=self.peer)
+            try:
+                session = Session(self.endpoint, self, self.principal, sguard=self.preset_guard, peer=self.peer)
+            except GuardDenied:
+                if self.principal.auth != "chain" or self.tls_fingerprint is None:
+                    raise
+                # The TLS certificate's grant needs what only an Auth can
+                # bring (a monitor the client supplies): start unverified,
+                # and let the Auth open the grant or say why it cannot.
+                self.principal = dataclasses.replace(self.principal, auth="none", grants=None, serials=())
+                session = Session(self.endpoint, self, self.principal, sguard=self.preset_guard, peer=self.peer)
         except GuardDenied as exc:
             self.endpoint.auditor.write({"event": "deny", **self.endpoint._who(self.principal), "from": self.peer,
                                          "vp": self.endpoint.config.name, "op": "hello",
