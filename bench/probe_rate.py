@@ -62,8 +62,9 @@ async def run_endpoint(args: argparse.Namespace) -> dict:
     sink.bind(("127.0.0.1", 0))
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     pkts = packets(args.mode, sink.getsockname()[1])
+    extra = ["--policy", args.policy_file] if getattr(args, "policy_file", None) else []
     try:
-        with endpoint_process(engine=args.engine) as ep:
+        with endpoint_process(engine=args.engine, extra=extra) as ep:
             prof = None
             s = await aio.connect(ep.address, insecure=True)
             try:
@@ -314,6 +315,9 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=2000)
     ap.add_argument("--engine", choices=("process", "inline"), default="process")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--guard", choices=("none", "policy", "monitor"), default="none",
+                    help="also run through a guard in the same run and print guarded/unguarded: "
+                         "'policy' (declarative policy only) or 'monitor' (policy + the allow-all wasm monitor)")
     args = ap.parse_args()
     print(f"probe rate: mode={args.mode} engine={args.engine} batch={args.batch} window={args.window} "
           f"({args.warmup:g} s warm-up + {args.seconds:g} s measured)")
@@ -331,10 +335,39 @@ def main() -> int:
           f"sent {nsent}, stamps {ngot})")
     print()
     print(f"endpoint/native {r['rate'] / nrate:.2f};  target ≥ {TARGET}/s: {verdict(r['rate'], TARGET, False)}")
+    if args.guard != "none":
+        with tempfile.TemporaryDirectory() as tmp:
+            args.policy_file = write_policy(tmp, args.guard == "monitor")
+            args.profile = False
+            g = asyncio.run(run_endpoint(args))
+        print(f"guarded ({args.guard}): {g['rate']:10.0f} kernel-stamped sends/s   sent {g['sent']}, "
+              f"errors {g['errors'][:3]}")
+        target = 0.9 if args.guard == "policy" else None
+        line = f"guarded/unguarded {g['rate'] / max(1.0, r['rate']):.2f}"
+        if target is not None:
+            line += f";  target ≥ {target:.0%} of unguarded: {verdict(g['rate'] / max(1.0, r['rate']), target, False)}"
+        else:
+            line += f";  target ≥ 50,000 checked sends/s with one monitor: {verdict(g['rate'], 50_000, False)}"
+        print(line)
     if r.get("profile"):
         print()
         print(r["profile"])
     return 0
+
+
+def write_policy(tmp: str, monitor: bool) -> str:
+    """An anonymous grant that allows exactly what the benchmark sends, so
+    every send pays the full check (prefix, protocol, source, rate)."""
+    from marionet.guard.monitors import HERE
+
+    path = os.path.join(tmp, "policy.toml")
+    body = ('[anonymous]\nprotocols = ["raw:1", "raw:17", "raw:255"]\ndst = ["127.0.0.0/8"]\n'
+            'rate = { pps = 10000000 }\n')
+    if monitor:
+        body += f'[monitors]\nrun = ["{os.path.join(str(HERE), "allow-all.wat")}"]\n'
+    with open(path, "w") as f:
+        f.write(body)
+    return path
 
 
 if __name__ == "__main__":
