@@ -76,6 +76,7 @@ class Site:
             self.dial = asyncio.get_running_loop().create_task(
                 dialer.dial_forever(self.ep, f"{HOST}:{eport}", _ctx(d, "ep1"), {}, self.stop))
             assert await _until(lambda: "ep1" in self.ctl.endpoints)
+            self.ctl.set_trust(self.rt.trust)  # the controller honours the same revocation list
         return self
 
     async def client(self, name: str, where=None):
@@ -196,10 +197,14 @@ async def test_revocation_ends_open_sessions_and_refuses_new_ones(site, world):
             await asyncio.sleep(0.05)
     assert "revoked" in str(ei.value) and "key lost" in str(ei.value)
     assert any(r.get("event") == "session-revoked" and r["who"] == "carol" for r in site.ep.auditor.recent)
-    # the controller refuses carol's TLS too, once it has the list; the endpoint on its own:
-    site.ctl.set_trust(site.rt.trust)
-    with pytest.raises((ConnectionLost, AuthError)):
+    # the controller, sharing the list, ended carol's link too and refuses her TLS now
+    assert await _until(lambda: site.conns[-1].closed_reason is not None)
+    assert "revoked" in site.conns[-1].closed_reason
+    with pytest.raises(ConnectionLost) as ei:
         await site.client("carol")
+    assert "revoked" in str(ei.value)
+    # alice is unaffected
+    assert await (await site.client("alice")).ping()
 
 
 class RogueController:
