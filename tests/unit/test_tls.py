@@ -26,7 +26,7 @@ def pkidir(tmp_path_factory: pytest.TempPathFactory) -> pki.PkiDir:
     d = pki.PkiDir.init(tmp_path_factory.mktemp("pki"), name="test operator")
     d.issue("ctl", "controller", san_dns=["localhost"], san_ip=["127.0.0.1", "::1"])
     d.issue("ep1", "endpoint", san_ip=["127.0.0.1"])
-    d.issue("alice", "client", privileges={"tags": ["eu"], "max_pps": 100})
+    d.issue("alice", "client", privileges={"tags": {"region": ["eu"]}, "max_sockets": 100})
     d.issue(
         "old",
         "client",
@@ -139,7 +139,7 @@ async def test_mutual_tls_each_side_sees_the_other(controller, pkidir: pki.PkiDi
     assert ident.fingerprint == pki.fingerprint(pki.load_cert(pkidir.paths("ctl").cert))
     seen = srv.served[-1]
     assert seen is not None and seen.role == "client" and seen.common_name == "alice"
-    assert seen.privileges == {"tags": ["eu"], "max_pps": 100}
+    assert seen.privileges == {"tags": {"region": ["eu"]}, "max_sockets": 100}
     assert not srv.rejected
 
 

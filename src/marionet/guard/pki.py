@@ -366,6 +366,7 @@ def issue(
     privileges: dict[str, Any] | None = None,
     *,
     not_before: dt.datetime | None = None,
+    _check_schema: bool = True,
 ) -> tuple[ed25519.Ed25519PrivateKey | None, x509.Certificate]:
     """Sign a certificate for ``subject_name`` with ``role``.
 
@@ -416,9 +417,15 @@ def issue(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     if privileges is not None:
-        builder = builder.add_extension(
-            _unrecognized(PRIVILEGES_OID, _privileges_json(privileges)), critical=False
-        )
+        text = _privileges_json(privileges)
+        from marionet.guard.privileges import PrivilegeError, parse
+
+        try:  # validated when issued, not only when an endpoint loads it
+            if _check_schema:
+                parse(privileges)
+        except PrivilegeError as exc:
+            raise PkiError(f"privileges do not follow the schema (docs/guard.md): {exc}") from None
+        builder = builder.add_extension(_unrecognized(PRIVILEGES_OID, text), critical=False)
     return key, builder.sign(ca_key, None)
 
 

@@ -251,18 +251,6 @@ def _verify(path: Path, ca_paths: list[Path]) -> dict[str, Any]:
                                   f" {pki.common_name(vc.anchor)!r}"}
 
 
-def _warn_schema(doc: dict[str, Any] | None, err: TextIO) -> None:
-    if doc is None:
-        return
-    from marionet.guard import privileges as P
-
-    try:
-        P.parse(doc)
-    except P.PrivilegeError as exc:
-        print(f"warning: the privileges do not follow the schema ({exc}); endpoints will refuse"
-              " this certificate (bad-privileges)", file=err)
-
-
 def _revoke(args: argparse.Namespace, out: TextIO) -> None:
     d = pki.PkiDir(args.dir)
     what: Any
@@ -308,8 +296,6 @@ def run_pki(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | N
             d = pki.PkiDir(args.dir)
             doc = _privileges(args.privileges)
             delegated = d.is_delegation
-            if not delegated:
-                _warn_schema(doc, err)
             paths = d.issue(
                 args.name,
                 args.role,
