@@ -19,9 +19,10 @@ import math
 
 __all__ = ["TokenBucket", "WindowTotal"]
 
-#: Float slack: refills of a few ms at round rates are not exact in binary
-#: (0.03 - 0.02 s at 100/s is 0.9999999999999998 tokens).
-_EPS = 1e-9
+#: Float slack in tokens: refills of a few ms at round rates are not exact in
+#: binary (0.03 - 0.02 s at 100/s is 0.9999999999999998 tokens), and a
+#: millionth of a packet or byte is nothing worth refusing a send for.
+_EPS = 1e-6
 
 
 class TokenBucket:
