@@ -698,3 +698,15 @@ def test_describe() -> None:
     mod = FakeModule("rec", "b" * 64)
     d = PolicyGuard(lambda p: P.NOTHING, local_monitors=[mod], clock=Clock()).describe()
     assert d["guard"] == "policy" and d["local_monitors"] == [{"name": "rec", "digest": "b" * 64}]
+
+
+def test_period_ending_mid_session_ends_sends_and_opens() -> None:
+    clock = Clock()
+    end = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)
+    s = session(grants(period={"not_after": end.isoformat()}), clock=clock)
+    s.check("nsend", send(), Sock())
+    clock.t += 31
+    exc = denied(lambda: s.check("nsend", send(), Sock()))
+    assert exc.rule == "privileges.period" and "ended" in exc.reason
+    assert denied(lambda: s.check_batch([send()], [Sock()])).index == 0
+    assert denied(lambda: s.check("nopen", m.NOpen(id=1, proto="udp"))).rule == "privileges.period"

@@ -410,6 +410,12 @@ class PolicySessionGuard(SessionGuard):
         now = self._clock()
         self._wall_at = now
         self._wall_off = time.time_ns() - int(now * 1e9)
+        #: the end of the experiment period on the monotonic clock, so the
+        #: hot path compares floats instead of making datetimes
+        self._until = math.inf
+        if grants.not_after is not None:
+            left = (grants.not_after - dt.datetime.now(dt.timezone.utc)).total_seconds()
+            self._until = now + left
         self.closed = False
 
     # -- caches ----------------------------------------------------------
@@ -430,6 +436,11 @@ class PolicySessionGuard(SessionGuard):
             self._wall_at = now
             self._wall_off = time.time_ns() - int(now * 1e9)
         return int((now + wait) * 1e9) + self._wall_off
+
+    def _ended(self) -> GuardDenied:
+        assert self.grants.not_after is not None
+        return GuardDenied("privileges.period",
+                           f"the experiment period ended at {self.grants.not_after.isoformat()}")
 
     # -- address and port checks ----------------------------------------
     def _dst_check(self, dst: Any) -> bool:
@@ -503,6 +514,8 @@ class PolicySessionGuard(SessionGuard):
     def check(self, op: str, request: Any, sock: SockView | None = None) -> int | None:
         if op == "nsend":
             return self._check_send(request, sock)  # type: ignore[arg-type]
+        if self._clock() >= self._until:
+            raise self._ended()
         if op == "nopen":
             self._check_open(request)
         elif op == "ncap":
@@ -543,7 +556,7 @@ class PolicySessionGuard(SessionGuard):
                 self._refresh_own(self._clock())
             self._src(msg.laddr)
 
-    def _send_policy(self, item: Any, sock: SockView) -> tuple[int, int]:
+    def _send_policy(self, item: Any, sock: SockView, now: float) -> tuple[int, int]:
         """Privileges for one send; returns (packets, bytes) to charge."""
         kind = sock.kind
         data = item.data
@@ -559,7 +572,7 @@ class PolicySessionGuard(SessionGuard):
             return 1, len(data)
         if kind == "raw":
             if sock.hdrincl or (sock.family == 4 and sock.ipproto == 255):
-                self._check_header(item, data)
+                self._check_header(item, data, now)
             else:
                 self._dst(item.dst)
                 if self._ports is not None and sock.ipproto in (6, 17):
@@ -573,7 +586,7 @@ class PolicySessionGuard(SessionGuard):
             return -(-n // TCP_SEGMENT), n
         raise GuardDenied("privileges.protocols", f"cannot send on a {_shown(kind)} socket")
 
-    def _check_header(self, item: Any, data: bytes) -> None:
+    def _check_header(self, item: Any, data: bytes, now: float) -> None:
         """An IPv4 header the caller wrote: protocol, destination, source
         (and the port, when ports are limited) are what will be on the wire."""
         if len(data) < 20 or data[0] >> 4 != 4 or data[0] & 15 < 5:
@@ -595,7 +608,6 @@ class PolicySessionGuard(SessionGuard):
             self._dst(item.dst)  # the kernel routes by this one
         src = data[12:16]
         if src != _UNSPEC4:
-            now = self._clock()
             if now - self._own_at > OWN_REFRESH_S:
                 self._refresh_own(now)
             self._src(src)
@@ -610,11 +622,13 @@ class PolicySessionGuard(SessionGuard):
             self._port(int.from_bytes(data[ihl + 2:ihl + 4], "big"))
 
     def _check_send(self, item: Any, sock: SockView) -> int | None:
-        pkts, nbytes = self._send_policy(item, sock)
+        now = self._clock()
+        if now >= self._until:
+            raise self._ended()
+        pkts, nbytes = self._send_policy(item, sock, now)
         budget = self.budget
         earliest = None
         if budget.active:
-            now = self._clock()
             wait = budget.charge(pkts, nbytes, now)
             if wait > 0:
                 earliest = self._epoch_ns(now, wait)
@@ -633,12 +647,14 @@ class PolicySessionGuard(SessionGuard):
         costs: list[tuple[int, int]] = []
         budget = self.budget
         active = budget.active
-        now = self._clock() if active else 0.0
+        now = self._clock()
         denied: GuardDenied | None = None
         k = n
-        for i in range(n):
+        if now >= self._until:
+            denied, k = self._ended(), 0
+        for i in range(k):
             try:
-                cost = self._send_policy(items[i], socks[i])
+                cost = self._send_policy(items[i], socks[i], now)
                 if active:
                     wait = budget.charge(cost[0], cost[1], now)
                     if wait > 0:
