@@ -62,7 +62,7 @@ class RecordingMonitor:
     """A Python stand-in for a MonitorInstance: records what it is shown and
     refuses events matching ``deny`` (with the instance's own rule)."""
 
-    def __init__(self, deny: Callable[[Event], bool] = lambda ev: False, rule: str = "monitor.rec") -> None:
+    def __init__(self, deny: Callable[[Event], bool] = lambda ev: False, rule: str = "monitor rec") -> None:
         self.deny = deny
         self.rule = rule
         self.events: list[Event] = []
@@ -91,7 +91,7 @@ class FakeModule:
         self.instances: list[RecordingMonitor] = []
 
     def instantiate(self) -> RecordingMonitor:
-        inst = RecordingMonitor(self.deny, rule=f"monitor.{self.name}")
+        inst = RecordingMonitor(self.deny, rule=f"monitor {self.name}")
         self.instances.append(inst)
         return inst
 
@@ -584,7 +584,7 @@ def test_monitor_denial_propagated_with_its_rule_and_refunds_tokens() -> None:
     s = guard.open(ALICE, Vp())
     for _ in range(5):
         exc = denied(lambda: s.check("nsend", send("198.51.100.66"), Sock()))
-        assert exc.rule == "monitor.dstlist" and "198.51.100.66" in exc.reason
+        assert exc.rule == "monitor dstlist" and "198.51.100.66" in exc.reason
     # the refused sends consumed nothing: the burst of 2 is still there
     s.check("nsend", send(), Sock())
     s.check("nsend", send(), Sock())
@@ -611,7 +611,7 @@ def test_monitors_see_each_allowed_op_and_not_refused_ones() -> None:
 def test_check_data_denied_by_monitor() -> None:
     mod = FakeModule("nodata", "6" * 64, deny=lambda ev: ev.op == "ndata")
     s = PolicyGuard(lambda p: P.NOTHING, local_monitors=[mod], clock=Clock()).open(ALICE, Vp())
-    assert denied(lambda: s.check_data(Sock(), b"x", "198.51.100.1")).rule == "monitor.nodata"
+    assert denied(lambda: s.check_data(Sock(), b"x", "198.51.100.1")).rule == "monitor nodata"
     session(P.NOTHING).check_data(Sock(), b"x", None)  # no monitors: policy alone never blocks data
 
 
@@ -668,7 +668,7 @@ def test_batch_one_monitor_call_and_monitor_index_refunds() -> None:
     assert a.instances[0].batches == [2] and b.instances[0].batches == [2]
     items = [send(), send("198.51.100.66"), send(), send()]
     exc = denied(lambda: s.check_batch(items, [Sock()] * 4))
-    assert exc.index == 1 and exc.rule == "monitor.b" and exc.times == [None]
+    assert exc.index == 1 and exc.rule == "monitor b" and exc.times == [None]
     assert a.instances[0].batches == [2, 4] and b.instances[0].batches == [2, 4]
     # 2 + 1 tokens used: 3 of the burst of 6 left
     assert s.check_batch([send()] * 3, [Sock()] * 3) == [None] * 3
@@ -680,7 +680,7 @@ def test_batch_policy_refusal_checks_earlier_items_with_monitors() -> None:
     s = PolicyGuard(lambda p: grants(), local_monitors=[b], clock=Clock()).open(ALICE, Vp())
     items = [send(), send("198.51.100.66"), send("203.0.113.1")]
     exc = denied(lambda: s.check_batch(items, [Sock()] * 3))
-    assert exc.index == 1 and exc.rule == "monitor.b"
+    assert exc.index == 1 and exc.rule == "monitor b"
     exc = denied(lambda: s.check_batch([send(), send("203.0.113.1")], [Sock()] * 2))
     assert exc.index == 1 and exc.rule == "privileges.dst"
     assert b.instances[0].batches == [2, 1]
@@ -710,3 +710,26 @@ def test_period_ending_mid_session_ends_sends_and_opens() -> None:
     assert exc.rule == "privileges.period" and "ended" in exc.reason
     assert denied(lambda: s.check_batch([send()], [Sock()])).index == 0
     assert denied(lambda: s.check("nopen", m.NOpen(id=1, proto="udp"))).rule == "privileges.period"
+
+
+def test_with_a_real_wasm_monitor() -> None:
+    """The shipped tcp-only monitor behind the policy: its denial (rule and
+    reason) reaches the caller, one wasm call per batch, and refused sends
+    consume no tokens."""
+    monitor = pytest.importorskip("marionet.guard.monitor")
+    from pathlib import Path
+
+    wat = Path(monitor.__file__).parent / "monitors" / "tcp-only.wat"
+    mod = monitor.MonitorModule.from_bytes(wat.read_bytes(), "tcp-only")
+    guard = PolicyGuard(lambda p: grants(rate={"pps": 10, "burst_packets": 3}),
+                        installed_monitors={mod.digest: mod}, clock=Clock())
+    s = PolicyGuard(lambda p: grants(monitors=[mod.digest], rate={"pps": 10, "burst_packets": 3}),
+                    installed_monitors={mod.digest: mod}, clock=Clock()).open(ALICE, Vp())
+    exc = denied(lambda: s.check("nsend", send(), Sock()))
+    assert exc.rule == "monitor tcp-only" and "TCP" in exc.reason
+    tcp = Sock(kind="tcp", raddr="198.51.100.1", rport=80)
+    exc = denied(lambda: s.check_batch([m.SendItem(sock=1, data=b"x")] * 2 + [send()], [tcp, tcp, Sock()]))
+    assert exc.index == 2 and exc.rule == "monitor tcp-only"
+    s.check("nsend", m.SendItem(sock=1, data=b"x"), tcp)  # the 3rd token: the refused sends took none
+    assert denied(lambda: s.check("nsend", m.SendItem(sock=1, data=b"x"), tcp)).rule == "privileges.rate"
+    assert guard.describe()["installed_monitors"] == [{"name": "tcp-only", "digest": mod.digest}]

@@ -297,7 +297,7 @@ class PolicyGuard(Guard):
             try:
                 instances.append(mod.instantiate())
             except Exception as exc:  # noqa: BLE001 - a broken monitor refuses the session
-                raise GuardDenied(f"monitor.{getattr(mod, 'name', 'monitor')}",
+                raise GuardDenied(f"monitor {getattr(mod, 'name', 'monitor')}",
                                   f"cannot start monitor: {type(exc).__name__}: {exc}") from None
         budget = self._budget_for(principal, grants)
         budget.sessions += 1
@@ -797,7 +797,7 @@ class PolicySessionGuard(SessionGuard):
     @staticmethod
     def _monitor_failed(mon: Any, exc: BaseException) -> GuardDenied:
         name = getattr(getattr(mon, "module", None), "name", None) or type(mon).__name__
-        return GuardDenied(f"monitor.{name}", f"monitor failed: {type(exc).__name__}: {exc}")
+        return GuardDenied(f"monitor {name}", f"monitor failed: {type(exc).__name__}: {exc}")
 
     def _send_event(self, item: Any, sock: SockView) -> Event:
         data = item.data
