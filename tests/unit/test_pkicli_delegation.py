@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-import io
+
 import json
 import os
 import stat
@@ -11,22 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from marionet.guard import pki, pkicli
+from marionet.guard import pki
 from marionet.guard import privileges as P
 from marionet.guard.chain import trusted_anchors, verify_chain
 from marionet.guard.revocation import RevocationSet
+from tests.unit.test_pki import run  # the CLI driven in-process
 
 LAB = {"protocols": ["udp", "tcp"], "dst": ["192.0.2.0/24"], "rate": {"pps": 100}}
 NARROW = {"protocols": ["udp"], "dst": ["192.0.2.0/25"], "rate": {"pps": 10}}
 WIDE = {"protocols": ["udp", "raw:1"], "dst": ["192.0.2.0/24"], "rate": {"pps": 100}}
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="marionet")
-    pkicli.add_pki_parser(parser.add_subparsers(dest="command"))
-    out, err = io.StringIO(), io.StringIO()
-    rc = pkicli.run_pki(parser.parse_args(list(argv)), out=out, err=err)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def write_json(path: Path, doc: dict) -> str:
