@@ -27,7 +27,7 @@ from .errors import FormatError
 from .ping import Ping, PingReply, PingStop
 from .trace import IcmpExt, MplsLabel, Trace, TraceHop, TraceStop
 
-__all__ = ["WartsReader", "WARTS_TYPES"]
+__all__ = ["WartsReader", "WARTS_TYPES", "register", "Cursor", "AddrTable", "read_params", "Truncated"]
 
 MAGIC = 0x1205
 MAX_RECORD = 64 * 1024 * 1024  # refuse absurd lengths instead of allocating
@@ -158,6 +158,19 @@ def _params(c: _Cursor, readers: list[Callable[[_Cursor], None] | None]) -> set[
     return present
 
 
+#: warts record type -> body decoder; see ``register``.
+_REGISTERED: dict[int, Callable[[bytes, "WartsReader"], Any]] = {}
+
+
+def register(rtype: int, decode: Callable[[bytes, "WartsReader"], Any]) -> None:
+    """Add a record type: ``decode(body, reader)`` returns the result object
+    (``reader.lists``/``reader.cycles`` name the record's list and cycle).
+    Raise ``Truncated`` or ``ValueError`` for a bad body: the reader turns
+    either into a ``FormatError`` naming the file offset.  Use ``Cursor``,
+    ``AddrTable`` and ``read_params`` to read scamper's field encoding."""
+    _REGISTERED[rtype] = decode
+
+
 class WartsReader:
     """Reads records from a (decompressed) binary stream, one at a time."""
 
@@ -240,6 +253,9 @@ class WartsReader:
             return self._ping(c)
         if rtype == 6:
             return self._trace(c)
+        decode = _REGISTERED.get(rtype)
+        if decode is not None:
+            return decode(body, self)
         return UnknownResult(type=WARTS_TYPES.get(rtype, f"warts-{rtype}"), raw=body)
 
     def _ping(self, c: _Cursor) -> Ping:
@@ -468,3 +484,10 @@ def _icmpext(c: _Cursor) -> list[IcmpExt]:
         out.append(ie)
     c.off = inner.end
     return out
+
+
+# Public names for registered decoders (see ``register``).
+Cursor = _Cursor
+AddrTable = _AddrTable
+read_params = _params
+Truncated = _Truncated

@@ -26,7 +26,7 @@ from .ping import Ping, PingReply
 from .trace import IcmpExt, Trace, TraceHop
 from .warts import MAGIC, PING_METHODS, PING_STOPS, TRACE_METHODS, TRACE_STOPS
 
-__all__ = ["WartsWriter"]
+__all__ = ["WartsWriter", "register", "RecordContext"]
 
 _TYPE = {"list": 1, "cycle-start": 2, "cycle-stop": 4, "trace": 6, "ping": 7}
 _TRACE_TYPE = {name: num for num, name in TRACE_METHODS.items()}
@@ -113,6 +113,36 @@ def _unspecified(like: Addr) -> Addr:
     return Addr("0.0.0.0" if like.is_ipv4() else "::")
 
 
+class RecordContext:
+    """What a registered record writer may use: the open cycle's list and
+    cycle ids (fields 1 and 2 of every scamper result record), and the
+    encoding helpers scamper's records share."""
+
+    u8, u16, u32 = staticmethod(_u8), staticmethod(_u16), staticmethod(_u32)
+    timeval, rtt, string = staticmethod(_timeval), staticmethod(_rtt), staticmethod(_string)
+    params = staticmethod(_params)
+    AddrTable = _AddrTable
+
+    def __init__(self, cycle: tuple[int, int] | None) -> None:
+        self.cycle = cycle
+
+    def in_cycle(self, fields: dict[int, bytes]) -> None:
+        """Set fields 1 (list) and 2 (cycle) when a cycle is open."""
+        if self.cycle is not None:
+            fields[1], fields[2] = _u32(self.cycle[0]), _u32(self.cycle[1])
+
+
+#: result class -> (warts record type, body writer); see ``register``.
+_REGISTERED: dict[type, tuple[int, Callable[[Any, RecordContext], bytes]]] = {}
+
+
+def register(cls: type, rtype: int, body: Callable[[Any, RecordContext], bytes]) -> None:
+    """Add a record type: ``body(obj, ctx)`` returns the record body for an
+    instance of ``cls`` (without the 8-byte header).  Lets each primitive's
+    result module own its warts mapping without this module importing it."""
+    _REGISTERED[cls] = (rtype, body)
+
+
 class WartsWriter:
     """Writes result objects to a binary stream as warts records.
 
@@ -134,10 +164,21 @@ class WartsWriter:
             CycleStart: self._cycle_start, CycleStop: self._cycle_stop,
         }
         fn = writers.get(type(obj))
-        if fn is None:
-            raise TypeError(f"warts files hold ping and trace results and cycle markers, "
+        if fn is not None:
+            fn(obj)
+            return
+        extra = _REGISTERED.get(type(obj))
+        if extra is None:
+            raise TypeError(f"warts files hold {', '.join(self.kinds())} results and cycle markers, "
                             f"not {type(obj).__name__}; write it to a .json file")
-        fn(obj)
+        rtype, body = extra
+        data = body(obj, RecordContext(self._cycle))
+        self.fh.write(struct.pack(">HHI", MAGIC, rtype, len(data)) + data)
+
+    @staticmethod
+    def kinds() -> list[str]:
+        """The result kinds this writer can write."""
+        return ["ping", "trace"] + sorted({getattr(c, "type_name", c.__name__.lower()) for c in _REGISTERED})
 
     def write_all(self, objs: Iterable[Any]) -> None:
         for obj in objs:
