@@ -27,7 +27,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .common import (Addr, NS_PER_US, StopReason, check_int, ns_to_datetime, ns_to_timedelta,
+from .common import (Addr, NS_PER_US, StopReason, check_int, ns_to_datetime, ns_to_ms_str, ns_to_timedelta,
                      ns_to_timeval, to_addr)
 from .jsonfmt import EXT_KEY, _Fields, register
 
@@ -209,7 +209,7 @@ class Udpprobe:
             if not p.replies:
                 lines.append(f"  probe {i} sport {p.sport}: no reply")
             for r in p.replies:
-                rtt = "?" if r.rtt_ns is None else f"{r.rtt_ns / 1e6:.3f} ms"
+                rtt = "?" if r.rtt_ns is None else f"{ns_to_ms_str(r.rtt_ns)} ms"
                 frm = f"{r.src or self.dst}:{r.sport or self.dport}"
                 lines.append(f"  probe {i} reply from {frm} rtt {rtt} {r.len} bytes: {hexdump_line(r.data)}")
         lines.append(f";; {self.probe_sent} sent, {self.replyc} replies, stop {self.stop_reason}"
