@@ -367,3 +367,14 @@ async def test_sniff_time_limit_and_bad_filter(session) -> None:
     assert 0.45e9 < s.finish_ns - s.start_ns < 5e9
     s = await sniff(session, "127.0.0.1", expr="udp port nonsense", limit_time=0.5)
     assert s.stop_reason == SniffStop.ERROR and "filter" in (s.error or "")
+
+
+def test_ctrl_do_udpprobe(twice_server) -> None:
+    from marionet import Ctrl
+
+    host, port = twice_server
+    with Ctrl() as c:
+        u = c.do_udpprobe(host, port, payload=b"q", wait_timeout=dt.timedelta(milliseconds=500), sync=True)
+        assert isinstance(u, Udpprobe) and [r.data for r in u] == [b"1:q", b"2:q"]
+        with pytest.raises(ValueError, match="payload is required"):
+            c.do_udpprobe(host, port, sync=True)
