@@ -378,3 +378,16 @@ def test_ctrl_do_udpprobe(twice_server) -> None:
         assert isinstance(u, Udpprobe) and [r.data for r in u] == [b"1:q", b"2:q"]
         with pytest.raises(ValueError, match="payload is required"):
             c.do_udpprobe(host, port, sync=True)
+
+
+@pytest.mark.root
+async def test_sniff_halt_returns_what_was_captured(session) -> None:
+    halt = asyncio.Event()
+    task = asyncio.ensure_future(sniff(session, "127.0.0.1", icmp_id=4322, limit_time=20, halt=halt))
+    await asyncio.sleep(0.3)
+    await asyncio.to_thread(subprocess.run, "ping -q -c 2 -i 0.2 -e 4322 127.0.0.1", shell=True,
+                            capture_output=True)
+    await asyncio.sleep(0.3)  # the last reply's notification is on its way from the endpoint
+    halt.set()
+    s = await asyncio.wait_for(task, 5)
+    assert s.stop_reason == SniffStop.HALTED and s.pkt_count == 2

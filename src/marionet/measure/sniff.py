@@ -216,10 +216,18 @@ async def _gather(cap: _Capture, stream: NotificationStream, socks: set[int], de
                   halt: asyncio.Event | None) -> SniffStop:
     halt_wait = asyncio.ensure_future(halt.wait()) if halt is not None else None
     ended: set[int] = set()
+
+    def halted() -> SniffStop:
+        # what already arrived was captured before the halt: keep it
+        while (n := stream.poll()) is not None:
+            if n.kind == "ndata" and n.sock in socks and cap.offer(n):
+                return SniffStop.LIMIT_PKTC
+        return SniffStop.HALTED
+
     try:
         while True:
             if halt is not None and halt.is_set():
-                return SniffStop.HALTED
+                return halted()
             note = stream.poll()
             if note is None:
                 left = deadline - time.monotonic()
@@ -234,7 +242,7 @@ async def _gather(cap: _Capture, stream: NotificationStream, socks: set[int], de
                         await nt
                     except (asyncio.CancelledError, ConnectionLost):
                         pass
-                    return SniffStop.HALTED
+                    return halted()
                 note = nt.result()
                 if note is None:
                     continue
