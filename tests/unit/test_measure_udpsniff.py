@@ -391,3 +391,11 @@ async def test_sniff_halt_returns_what_was_captured(session) -> None:
     halt.set()
     s = await asyncio.wait_for(task, 5)
     assert s.stop_reason == SniffStop.HALTED and s.pkt_count == 2
+
+
+def test_udpprobe_without_probes_survives_warts() -> None:
+    u = Udpprobe(dst="::1", dport=53, payload=b"x", start_ns=10**18, stop_reason="error", error="send failed")
+    buf = io.BytesIO()
+    WartsWriter(buf).write(u)
+    got = WartsReader(io.BytesIO(buf.getvalue())).read()
+    assert got.probes == [] and got.stop_reason == UdpprobeStop.ERROR and str(got.dst) == "::1"

@@ -11,7 +11,7 @@ Debian's scamper 20211212 reads ours); a filter expression, which scamper's
 record has no field for, goes in field 12 — scamper's readers skip fields
 they do not know.  JSON: scamper 20211212 writes no JSON for sniff records
 (and newer releases add none), so the JSON object uses the warts record's
-field names (``type":"sniff"``, version "0.1"); marionet-only data (exact ns
+field names (``"type": "sniff"``, version "0.1"); marionet-only data (exact ns
 times, timestamp sources, kernel drops) sits under ``"marionet"``.
 """
 

@@ -486,12 +486,13 @@ def udpprobe_from_warts(body: bytes, reader: Any) -> Udpprobe:
         put("probe_sent", u8), put("stop_count", u8), put("sport", u16), put("wait_probe", u32)])
     if v.get("dst") is None:
         raise ValueError("udpprobe record without a destination address")
-    sent = v.get("probe_sent") or 1
+    sent = v.get("probe_sent", 1)  # absent: one probe; 0 only when nothing could be sent
     start = v.get("start", 0)
-    probes = [UdpprobeProbe(tx_ns=start, sport=v.get("p0_sport", 0))]
-    probes[0].replies = [_read_reply(c, start) for _ in range(v.get("p0_replyc", 0))]
+    probes = [UdpprobeProbe(tx_ns=start, sport=v.get("p0_sport", 0))] if sent else []
+    if probes:
+        probes[0].replies = [_read_reply(c, start) for _ in range(v.get("p0_replyc", 0))]
     counts = []
-    for _ in range(sent - 1):
+    for _ in range(max(0, sent - 1)):
         pv: dict[str, Any] = {}
         _warts.read_params(c, [lambda cur: pv.__setitem__("tx", cur.timeval_ns()),
                                lambda cur: pv.__setitem__("sport", cur.u16()),
