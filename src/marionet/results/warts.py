@@ -401,7 +401,7 @@ class WartsReader:
             wait_probe=_seconds(0, v.get("wait_probe", 0) * 10_000),
             tos=v.get("tos", 0), probe_size=probe_size,
             probe_count=v.get("probec", 0), userid=v.get("userid", 0),
-            hop_records=hops)
+            confidence=v.get("confidence", 0), hop_records=hops)
 
     def _hop(self, c: _Cursor, table: _AddrTable, rxerr: bool) -> TraceHop:
         v: dict[str, Any] = {}

@@ -342,6 +342,8 @@ class WartsWriter:
         f[19] = _u16(hop_count)
         f[23] = _u16(t.probe_count or 0)
         f[24] = _u8(t.wait_probe // _dt.timedelta(milliseconds=10))
+        if t.confidence:
+            f[25] = _u8(t.confidence)
         f[26] = table.ref(t.src if t.src is not None else _unspecified(t.dst))
         f[27] = table.ref(t.dst)
         if t.userid:
