@@ -697,3 +697,56 @@ async def test_loopback_trace_with_squeries(squeries):
     # the sockets closed depends on timing, and those are left out
     assert 0 <= res.extra.get("replies_past_stop", 0) <= squeries - 1
     assert res.extra.get("squeries", 1) == squeries
+
+
+# ------------------------------------------- the lab's emulated MPLS routers
+def test_emulated_lsr_sends_rfc4950_label_stacks_that_we_parse():
+    """The alias-router emulator's ``mpls_hops`` (the lab's MPLS ground truth):
+    RFC 4884 length field, 128-byte quote with TTL 1, version-2 extension with
+    a valid checksum, one MPLS object; IPv4 and IPv6; a label-less hop sends a
+    classic time exceeded, a hop without an address of the family is silent."""
+    from marionet.lab.aliasrouter import AliasConfigError, AliasEmulator, config_to_dict, load_config
+
+    cfg = load_config({"router": [{"name": "a", "addresses": ["10.200.0.1", "fd00:c8::1"], "mpls_hops": [
+        {"addresses": ["10.200.0.201", "fd00:c8::201"], "labels": [{"label": 16001, "exp": 3}, {"label": 7}]},
+        {"addresses": ["10.200.0.202"]}]}]})
+    assert load_config(config_to_dict(cfg)) == cfg
+    labels = cfg.routers[0].mpls_hops[0].labels
+    assert [(e.label, e.exp, e.s, e.ttl) for e in labels] == [(16001, 3, 0, 1), (7, 0, 1, 1)]  # s=1 at the bottom
+    emu = AliasEmulator(cfg)
+    for dst, src in (("10.200.0.1", SRC4), ("fd00:c8::1", SRC6)):
+        v6 = ":" in dst
+        run = TraceProbing(plan_trace(dst, attempts=1, sport=40000), src)
+        for ttl in (1, 2, 3):
+            pid, t, data = run.probe(0)
+            run.sent(pid, 1, "kernel")
+            if v6:
+                data = P.ipv6_header(src, dst, 17, len(data), hlim=t) + data
+            reply = emu.handle(data)
+            if reply is None:
+                assert v6 and ttl == 2
+                run.expired(pid)
+                continue
+            pkt = P.parse_ip(reply)
+            assert run.received(pkt, 5)
+            if ttl == 1:
+                msg = pkt.payload
+                assert msg[4 if v6 else 5] == (16 if v6 else 32)  # 128 bytes, in 8- / 4-byte words
+                quote, ext = msg[8:136], msg[136:]
+                assert quote[7 if v6 else 8] == 1 and ext[0] == 0x20 and P.checksum(ext) == 0
+        res = run.result(start_ns=0)
+        assert res.is_completed()
+        h1 = res.hop(1)
+        assert str(h1.src) == ("fd00:c8::201" if v6 else "10.200.0.201") and h1.is_icmp_ttl_exp()
+        assert [(m.label, m.exp, m.s, m.ttl) for m in h1.mpls_labels] == [(16001, 3, 0, 1), (7, 0, 1, 1)]
+        assert h1.icmpext[0].dl == 8 and h1.icmp_q_ttl == 1 and h1.icmp_q_ipl == res.probe_size
+        assert res.hop(2) is None if v6 else (res.hop(2).icmpext == [] and str(res.hop(2).src) == "10.200.0.202")
+    for bad, match in (({"label": 2**20}, "label"), ({"label": 1, "exp": 8}, "exp"), ({"label": 1, "s": 2}, "s"),
+                       ({"label": 1, "ttl": 256}, "ttl"), ({"exp": 1}, "label"), ({"label": 1, "x": 1}, "unknown")):
+        with pytest.raises(AliasConfigError, match=match):
+            load_config({"router": [{"addresses": ["10.200.0.1"],
+                                     "mpls_hops": [{"addresses": ["10.200.0.9"], "labels": [bad]}]}]})
+    with pytest.raises(AliasConfigError, match="already an address"):
+        load_config({"router": [{"addresses": ["10.200.0.1"], "mpls_hops": [{"addresses": ["10.200.0.1"]}]}]})
+    with pytest.raises(AliasConfigError, match="one address per family"):
+        load_config({"router": [{"addresses": ["10.200.0.1"], "mpls_hops": [{"addresses": ["10.0.0.1", "10.0.0.2"]}]}]})

@@ -41,7 +41,13 @@ first two payload bytes); icmp-paris keeps the ICMP checksum constant
 first two payload bytes.  Classic udp increments the destination port per
 probe; classic icmp lets the checksum vary.  tcp sends SYNs to ``dport``
 from a constant ``sport``; a SYN-ACK or RST from the destination completes
-the trace (with no listener the destination answers RST).
+the trace (with no listener the destination answers RST).  tcp-ack (scamper's
+other TCP method) sends ACKs on the same constant flow: firewalls that drop
+unsolicited SYNs often pass them, and the destination answers any stray ACK
+with a bare RST whose sequence number is the probe's ACK number.
+
+``confidence`` (scamper's ``-c``) replaces ``attempts`` with scamper's
+per-hop probe budget; see ``plan_trace``.
 """
 
 from __future__ import annotations
