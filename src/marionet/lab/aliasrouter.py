@@ -29,8 +29,9 @@ sends no time-exceeded (the namespace's forwarding decrements TTL before the
 TUN, and probes arriving with TTL 0 are never delivered to it).
 
 ``mpls_hops`` puts emulated label-switching routers in front of a router,
-because Linux's own MPLS forwarding drops a labelled packet whose TTL
-expires without an ICMP error, and traceroute's MPLS support (RFC 4950
+because Linux's own MPLS forwarding (``mpls_forward`` in net/mpls/af_mpls.c)
+drops a labelled packet whose TTL would expire and sends no ICMP error at
+all, while traceroute's MPLS support (RFC 4950
 label stacks in RFC 4884 extensions) needs a router that sends one.  A
 probe for one of the router's addresses that reaches the TUN with TTL t ≤
 len(mpls_hops) is answered by hop t: an ICMP time exceeded from that hop's
