@@ -750,3 +750,39 @@ def test_emulated_lsr_sends_rfc4950_label_stacks_that_we_parse():
         load_config({"router": [{"addresses": ["10.200.0.1"], "mpls_hops": [{"addresses": ["10.200.0.1"]}]}]})
     with pytest.raises(AliasConfigError, match="one address per family"):
         load_config({"router": [{"addresses": ["10.200.0.1"], "mpls_hops": [{"addresses": ["10.0.0.1", "10.0.0.2"]}]}]})
+
+
+@pytest.mark.skipif(__import__("shutil").which("sc_wartsdump") is None, reason="needs Debian's scamper tools")
+@pytest.mark.parametrize("kw,want", [
+    (dict(confidence=99, gaplimit=7, loops=2), ["confidence: 99%", "gaplimit: 7", "loops: 2"]),
+    (dict(all_attempts=True, attempts=3, gaplimit=3, loops=0), ["attempts: 3", "gaplimit: 3", "loops: 0",
+                                                                 "flags: 0x01"]),
+])
+def test_trace_parameters_in_warts_as_scamper_writes_them(tmp_path, kw, want):
+    """Our warts carries confidence, gaplimit, loops and all-attempts where
+    scamper's does (sc_wartsdump prints them), and reads them back."""
+    import io
+    import subprocess
+
+    from marionet.results.warts import WartsReader
+    from marionet.results.warts_writer import WartsWriter
+
+    run = _run(**kw)
+    while not run.done:
+        pid, _, data = _send(run, 0)
+        if run.probes[pid].ttl == 1:
+            assert run.received(_te4(R[0], data), 50)
+        else:
+            run.expired(pid)
+    res = run.result(start_ns=10**18)
+    buf = io.BytesIO()
+    WartsWriter(buf).write(res)
+    f = tmp_path / "t.warts"
+    f.write_bytes(buf.getvalue())
+    dump = subprocess.run(["sc_wartsdump", str(f)], capture_output=True, text=True, check=True).stdout
+    for w in want:
+        assert w in dump, (w, dump)
+    back = WartsReader(io.BytesIO(buf.getvalue())).read()
+    assert (back.confidence, back.gaplimit, back.loops, back.all_attempts) == \
+        (res.confidence, res.gaplimit, res.loops, res.all_attempts)
+    assert back.stop_reason == TraceStop.GAPLIMIT and back.probe_count == res.probe_count

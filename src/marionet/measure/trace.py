@@ -772,7 +772,7 @@ class TraceProbing:
             firsthop=p.firsthop, wait_timeout=_dt.timedelta(microseconds=p.wait_timeout_ns // 1000),
             wait_probe=_dt.timedelta(microseconds=p.wait_probe_ns // 1000), tos=p.tos,
             probe_size=p.size, probe_count=len(sent), userid=p.userid, hop_records=hops,
-            confidence=p.confidence,
+            confidence=p.confidence, gaplimit=p.gaplimit, loops=p.loops, all_attempts=p.all_attempts,
             vp=vp or None, extra=extra)
 
 
