@@ -631,7 +631,8 @@ class AliasEmulator:
         length = len(quote) // 8 if v6 else len(quote) // 4
         if not ext:
             length = 0  # no extension: the classic message (RFC 4884 allows either)
-        hdr = struct.pack("!BBHBBH", 3, 0, 0, length, 0, 0) if v6 else struct.pack("!BBHBBH", 11, 0, 0, 0, length, 0)
+        # ICMPv6 carries the length in byte 4, ICMPv4 in byte 5 (RFC 4884 4.1, 4.5)
+        hdr = struct.pack("!BBHBBH", *((3, 0, 0, length, 0, 0) if v6 else (11, 0, 0, 0, length, 0)))
         icmp = bytearray(hdr + quote + ext)
         if v6:
             _l4_csum(hsrc, peer, socket.IPPROTO_ICMPV6, icmp)

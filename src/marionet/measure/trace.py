@@ -609,7 +609,8 @@ class TraceProbing:
             kind = "ttl"
         elif typ == (1 if v6 else 3):
             port = code == (4 if v6 else 3)
-            kind = "done" if port and pkt.src == p.dst and not p.is_icmp and p.method not in _TCP_METHODS else "unreach"
+            mine = pkt.src == p.dst and not p.is_icmp and p.method not in _TCP_METHODS
+            kind = "done" if port and mine else "unreach"
         else:
             kind = "icmp"
         return pid, kind
