@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import socket
 import struct
 
@@ -18,7 +19,7 @@ from marionet.measure.trace import (TraceProbing, icmp_extensions, paris_word, p
 from marionet.results import Trace, TraceStop, from_json, to_json
 
 TARGETS = ["127.0.0.1", "::1"]
-METHODS = ["udp-paris", "icmp-paris", "udp", "icmp", "tcp"]
+METHODS = ["udp-paris", "icmp-paris", "udp", "icmp", "tcp", "tcp-ack"]
 
 SRC4, DST4 = "192.0.2.1", "198.51.100.9"
 SRC6, DST6 = "2001:db8::1", "2001:db8:ff::9"
@@ -57,7 +58,11 @@ def test_scamper_method_names_accepted_and_written():
     (dict(dst="nope"), "not an IPv4 or IPv6 address"),
     (dict(dst="ff02::1"), "multicast"),
     (dict(dst="127.0.0.1", method="smoke-signal"), "unknown trace method"),
-    (dict(dst="127.0.0.1", method="tcp-ack"), "not implemented yet"),
+    (dict(dst="127.0.0.1", method="tcp-syn"), "method"),
+    (dict(dst="127.0.0.1", confidence=90), "confidence 90"),
+    (dict(dst="127.0.0.1", confidence=100), "confidence"),
+    (dict(dst="127.0.0.1", confidence=95, all_attempts=True), "exclude"),
+    (dict(dst="127.0.0.1", confidence=99, squeries=4), "squeries 4"),
     (dict(dst="127.0.0.1", attempts=0), "attempts"),
     (dict(dst="127.0.0.1", attempts=21), "attempts"),
     (dict(dst="127.0.0.1", firsthop=0), "firsthop"),
@@ -369,6 +374,88 @@ def test_tcp_reply_from_destination_completes(flags):
     assert not run.received(_v4(SRC4, DST4, mine, proto=6), 9)
 
 
+@pytest.mark.parametrize("dst,src", [(DST4, SRC4), (DST6, SRC6)])
+def test_tcp_ack_constant_ports_and_the_rst_names_its_probe(dst, src):
+    run = TraceProbing(plan_trace(dst, method="tcp-ack", sport=40000, attempts=2), src, seq_base=500)
+    assert run.plan.dport == 80 and run.plan.size == (40 if dst == DST4 else 60)
+    segs = []
+    for _ in range(2):
+        pid, _ttl, data = run.probe(0)
+        run.sent(pid, 10, "kernel")
+        seg = P.parse_tcp(data[20:] if dst == DST4 else data)
+        segs.append(seg)
+        run.expired(pid)
+    assert [(t.sport, t.dport, t.flags) for t in segs] == [(40000, 80, P.TCP_ACK)] * 2
+    assert [(t.seq, t.ack) for t in segs] == [(500, 500), (501, 501)]
+    pid, ttl, _ = run.probe(0)
+    run.sent(pid, 20, "kernel")
+    # RST for the attempt-1 probe at TTL 2 (seq 502 = its ack); from the destination
+    rst = P.tcp_segment(dst, src, 80, 40000, seq=502, flags=P.TCP_RST)
+    pkt = _v4(dst, src, rst, proto=6) if dst == DST4 else _v6(dst, src, rst, nxt=6)
+    assert run.received(pkt, 30)
+    assert run.stop_reason == TraceStop.COMPLETED
+    res = run.result(start_ns=0)
+    assert res.method == "tcp-ack" and [str(h.src) if h else None for h in res.hops()] == [None, dst]
+    h = res.hop(2)
+    assert h.tcp_flags == P.TCP_RST and h.is_tcp() and h.probe_id == 1 and h.rtt_ns == 10
+    assert from_json(to_json(res)).method == "tcp-ack"
+
+
+def _confidence_hop(run: TraceProbing, answer) -> list[int]:
+    """Probe the current TTL until the trace moves on; ``answer(i, data)`` gives
+    the reply to the i-th probe (or None: it times out).  TTLs probed, in order."""
+    ttl0, ttls, i = run.ttl, [], 0
+    while not run.done and run.ttl == ttl0:
+        pid, ttl, data = _send(run, i)
+        ttls.append(ttl)
+        pkt = answer(i, data)
+        if pkt is None:
+            run.expired(pid)
+        else:
+            assert run.received(pkt, i + 50)
+        i += 1
+    return ttls
+
+
+@pytest.mark.parametrize("confidence,k1,k2", [(95, 6, 11), (99, 8, 15)])
+def test_confidence_probes_per_hop_as_scampers_table(confidence, k1, k2):
+    """One interface: k(2) probes; a second one appears: k(3); a silent hop gets
+    k(2) probes too (attempts is not consulted); the destination as well."""
+    run = _run(confidence=confidence, attempts=1)
+    assert len(_confidence_hop(run, lambda i, d: _te4(R[0], d))) == k1
+    # a load balancer: the second interface answers from the 2nd probe on
+    assert len(_confidence_hop(run, lambda i, d: _te4(R[1 + (i % 2)], d))) == k2
+    assert len(_confidence_hop(run, lambda i, d: None)) == k1
+    port = _confidence_hop(run, lambda i, d: _v4(DST4, SRC4, P.icmp_message(3, 3, 0, d[:28])))
+    assert len(port) == k1 and run.stop_reason == TraceStop.COMPLETED
+    res = run.result(start_ns=0)
+    assert res.confidence == confidence and res.probe_count == 3 * k1 + k2
+    assert {str(h.src) for h in res.hop_records if h.probe_ttl == 2} == {R[1], R[2]}
+    assert [h.probe_id for h in res.hop_records if h.probe_ttl == 1] == list(range(1, k1 + 1))
+    assert res.hop(3) is None and len([h for h in res.hop_records if h.probe_ttl == 4]) == k1
+
+
+def test_confidence_stops_probing_a_hop_past_the_table():
+    """Past 25 interfaces scamper's table ends: the hop is done at once."""
+    run = _run(confidence=95)
+    routers = [f"203.0.113.{k}" for k in range(1, 40)]
+    sent = _confidence_hop(run, lambda i, d: _te4(routers[i], d))
+    # n reaches 26 after the 25th new interface: no more probes
+    assert len(sent) == 25 and run.ttl == 2
+
+
+def test_confidence_gaplimit_counts_silent_hops_after_their_probes():
+    run = _run(confidence=95, gaplimit=2)
+    while not run.done:
+        pid, _, _ = _send(run, 0)
+        run.expired(pid)
+    assert run.stop_reason == TraceStop.GAPLIMIT and len(run.probes) == 12
+    plan = plan_trace(DST4, confidence=99, gaplimit=3, wait_timeout=5)
+    with pytest.raises(ValueError, match="confidence 99: 8 probes"):
+        plan.check_task(60)
+    plan.check_task(3 * 8 * 5)
+
+
 def test_mpls_extension_parsed():
     """RFC 4884/4950: a 128-byte padded quote, length field set, MPLS stack."""
     run = _run(attempts=1)
@@ -413,6 +500,8 @@ def _check_loopback(t: Trace, dst: str, method: str) -> None:
     assert h.rtt_ns > 0 and h.tx_ts_source == "kernel" and h.rx_ts_source == "kernel"
     if method == "tcp":
         assert h.tcp_flags & (P.TCP_RST | P.TCP_ACK) == P.TCP_RST | P.TCP_ACK
+    elif method == "tcp-ack":
+        assert h.tcp_flags == P.TCP_RST  # a bare RST answers a stray ACK
     elif method.startswith("udp"):
         assert h.is_icmp_unreach_port() and h.icmp_q_ttl == 1 and h.icmp_q_ipl == t.probe_size
     else:
@@ -609,3 +698,96 @@ async def test_loopback_trace_with_squeries(squeries):
     # the sockets closed depends on timing, and those are left out
     assert 0 <= res.extra.get("replies_past_stop", 0) <= squeries - 1
     assert res.extra.get("squeries", 1) == squeries
+
+
+# ------------------------------------------- the lab's emulated MPLS routers
+def test_emulated_lsr_sends_rfc4950_label_stacks_that_we_parse():
+    """The alias-router emulator's ``mpls_hops`` (the lab's MPLS ground truth):
+    RFC 4884 length field, 128-byte quote with TTL 1, version-2 extension with
+    a valid checksum, one MPLS object; IPv4 and IPv6; a label-less hop sends a
+    classic time exceeded, a hop without an address of the family is silent."""
+    from marionet.lab.aliasrouter import AliasConfigError, AliasEmulator, config_to_dict, load_config
+
+    cfg = load_config({"router": [{"name": "a", "addresses": ["10.200.0.1", "fd00:c8::1"], "mpls_hops": [
+        {"addresses": ["10.200.0.201", "fd00:c8::201"], "labels": [{"label": 16001, "exp": 3}, {"label": 7}]},
+        {"addresses": ["10.200.0.202"]}]}]})
+    assert load_config(config_to_dict(cfg)) == cfg
+    labels = cfg.routers[0].mpls_hops[0].labels
+    assert [(e.label, e.exp, e.s, e.ttl) for e in labels] == [(16001, 3, 0, 1), (7, 0, 1, 1)]  # s=1 at the bottom
+    emu = AliasEmulator(cfg)
+    for dst, src in (("10.200.0.1", SRC4), ("fd00:c8::1", SRC6)):
+        v6 = ":" in dst
+        run = TraceProbing(plan_trace(dst, attempts=1, sport=40000), src)
+        for ttl in (1, 2, 3):
+            pid, t, data = run.probe(0)
+            run.sent(pid, 1, "kernel")
+            if v6:
+                data = P.ipv6_header(src, dst, 17, len(data), hlim=t) + data
+            reply = emu.handle(data)
+            if reply is None:
+                assert v6 and ttl == 2
+                run.expired(pid)
+                continue
+            pkt = P.parse_ip(reply)
+            assert run.received(pkt, 5)
+            if ttl == 1:
+                msg = pkt.payload
+                assert msg[4 if v6 else 5] == (16 if v6 else 32)  # 128 bytes, in 8- / 4-byte words
+                quote, ext = msg[8:136], msg[136:]
+                assert quote[7 if v6 else 8] == 1 and ext[0] == 0x20 and P.checksum(ext) == 0
+        res = run.result(start_ns=0)
+        assert res.is_completed()
+        h1 = res.hop(1)
+        assert str(h1.src) == ("fd00:c8::201" if v6 else "10.200.0.201") and h1.is_icmp_ttl_exp()
+        assert [(m.label, m.exp, m.s, m.ttl) for m in h1.mpls_labels] == [(16001, 3, 0, 1), (7, 0, 1, 1)]
+        assert h1.icmpext[0].dl == 8 and h1.icmp_q_ttl == 1 and h1.icmp_q_ipl == res.probe_size
+        if v6:
+            assert res.hop(2) is None  # that hop has no IPv6 address: silent
+        else:
+            assert res.hop(2).icmpext == [] and str(res.hop(2).src) == "10.200.0.202"
+    for bad, match in (({"label": 2**20}, "label"), ({"label": 1, "exp": 8}, "exp"), ({"label": 1, "s": 2}, "s"),
+                       ({"label": 1, "ttl": 256}, "ttl"), ({"exp": 1}, "label"), ({"label": 1, "x": 1}, "unknown")):
+        with pytest.raises(AliasConfigError, match=match):
+            load_config({"router": [{"addresses": ["10.200.0.1"],
+                                     "mpls_hops": [{"addresses": ["10.200.0.9"], "labels": [bad]}]}]})
+    with pytest.raises(AliasConfigError, match="already an address"):
+        load_config({"router": [{"addresses": ["10.200.0.1"], "mpls_hops": [{"addresses": ["10.200.0.1"]}]}]})
+    with pytest.raises(AliasConfigError, match="one address per family"):
+        load_config({"router": [{"addresses": ["10.200.0.1"],
+                                 "mpls_hops": [{"addresses": ["10.0.0.1", "10.0.0.2"]}]}]})
+
+
+@pytest.mark.skipif(shutil.which("sc_wartsdump") is None, reason="needs Debian's scamper tools")
+@pytest.mark.parametrize("kw,want", [
+    (dict(confidence=99, gaplimit=7, loops=2), ["confidence: 99%", "gaplimit: 7", "loops: 2"]),
+    (dict(all_attempts=True, attempts=3, gaplimit=3, loops=0), ["attempts: 3", "gaplimit: 3", "loops: 0",
+                                                                 "flags: 0x01"]),
+])
+def test_trace_parameters_in_warts_as_scamper_writes_them(tmp_path, kw, want):
+    """Our warts carries confidence, gaplimit, loops and all-attempts where
+    scamper's does (sc_wartsdump prints them), and reads them back."""
+    import io
+    import subprocess
+
+    from marionet.results.warts import WartsReader
+    from marionet.results.warts_writer import WartsWriter
+
+    run = _run(**kw)
+    while not run.done:
+        pid, _, data = _send(run, 0)
+        if run.probes[pid].ttl == 1:
+            assert run.received(_te4(R[0], data), 50)
+        else:
+            run.expired(pid)
+    res = run.result(start_ns=10**18)
+    buf = io.BytesIO()
+    WartsWriter(buf).write(res)
+    f = tmp_path / "t.warts"
+    f.write_bytes(buf.getvalue())
+    dump = subprocess.run(["sc_wartsdump", str(f)], capture_output=True, text=True, check=True).stdout
+    for w in want:
+        assert w in dump, (w, dump)
+    back = WartsReader(io.BytesIO(buf.getvalue())).read()
+    assert (back.confidence, back.gaplimit, back.loops, back.all_attempts) == \
+        (res.confidence, res.gaplimit, res.loops, res.all_attempts)
+    assert back.stop_reason == TraceStop.GAPLIMIT and back.probe_count == res.probe_count

@@ -28,6 +28,21 @@ IPv4-only. Fragmented probes are ignored. The router is an end router: it
 sends no time-exceeded (the namespace's forwarding decrements TTL before the
 TUN, and probes arriving with TTL 0 are never delivered to it).
 
+``mpls_hops`` puts emulated label-switching routers in front of a router,
+because Linux's own MPLS forwarding (``mpls_forward`` in net/mpls/af_mpls.c)
+drops a labelled packet whose TTL would expire and sends no ICMP error at
+all, while traceroute's MPLS support (RFC 4950
+label stacks in RFC 4884 extensions) needs a router that sends one.  A
+probe for one of the router's addresses that reaches the TUN with TTL t ≤
+len(mpls_hops) is answered by hop t: an ICMP time exceeded from that hop's
+address (of the probe's family; a hop without one is silent) quoting the
+probe as it arrived there (TTL 1, padded to 128 bytes, the RFC 4884 length
+field set), followed by an extension structure (version 2, checksummed)
+with one MPLS label stack object (class 1, c-type 1) holding the configured
+entries.  A hop with no labels sends a plain time exceeded.  Seen from a
+traceroute: the emulator's namespace (whose kernel forwards into the TUN)
+is one hop, then the emulated hops, then the router.
+
 The packet logic is sans-I/O (:class:`AliasEmulator` turns a packet into a
 reply), so it is unit-testable without a namespace; :func:`run` is the thin
 TUN loop.
@@ -49,6 +64,10 @@ Config (TOML, JSON or a dict)::
     reply_ttl = 64
     rate_limit = 0        # replies per second (token bucket), 0 = unlimited
     rate_burst = 0        # bucket size, 0 = max(1, rate_limit / 10)
+
+    [[router.mpls_hops]]  # emulated LSRs in front of r1, nearest first
+    addresses = ["192.0.2.101", "2001:db8::101"]
+    labels = [{label = 16001, exp = 0, s = 1, ttl = 1}]   # s: 1 on the last entry by default
 """
 
 from __future__ import annotations
@@ -97,6 +116,24 @@ class AliasConfigError(ValueError):
     """The emulator config is wrong; the message names the field."""
 
 
+@dataclass(frozen=True)
+class MplsEntry:
+    """One RFC 3032 label stack entry, as an LSR quotes it (RFC 4950)."""
+
+    label: int
+    exp: int = 0
+    s: int = 0
+    ttl: int = 1
+
+
+@dataclass(frozen=True)
+class MplsHop:
+    """An emulated LSR in front of a router (see the module docstring)."""
+
+    addresses: tuple[str, ...]
+    labels: tuple[MplsEntry, ...] = ()
+
+
 # -------------------------------------------------------------------- config
 
 
@@ -114,6 +151,7 @@ class RouterConfig:
     reply_ttl: int = 64
     rate_limit: float = 0.0
     rate_burst: float = 0.0
+    mpls_hops: tuple[MplsHop, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,6 +173,60 @@ def _num(v: Any, where: str, *, integer: bool = False, lo: float | None = None, 
     return v
 
 
+def _addresses(where: str, addrs_in: Any, owner: str, seen: dict[str, str], *, empty: bool = False) -> list[str]:
+    if not isinstance(addrs_in, (list, tuple)) or (not addrs_in and not empty):
+        raise AliasConfigError(f"{where}: expected a non-empty list of IP addresses")
+    out: list[str] = []
+    for a in addrs_in:
+        try:
+            s = str(ipaddress.ip_address(a))
+        except (ValueError, TypeError):
+            raise AliasConfigError(f"{where}: {a!r} is not an IP address") from None
+        if s in seen:
+            raise AliasConfigError(f"{where}: {s} is already an address of {seen[s]}")
+        seen[s] = owner
+        out.append(s)
+    return out
+
+
+def _mpls_hops(w: str, hops_in: Any, seen: dict[str, str]) -> tuple[MplsHop, ...]:
+    if not isinstance(hops_in, (list, tuple)):
+        raise AliasConfigError(f"{w}.mpls_hops: expected a list of tables")
+    hops = []
+    for j, h in enumerate(hops_in):
+        wh = f"{w}.mpls_hops[{j}]"
+        if not isinstance(h, Mapping):
+            raise AliasConfigError(f"{wh}: expected a table, got {h!r}")
+        for k in h:
+            if k not in ("addresses", "labels"):
+                raise AliasConfigError(f"{wh}.{k}: unknown field (known: addresses, labels)")
+        addrs = _addresses(f"{wh}.addresses", h.get("addresses"), f"{wh}", seen)
+        if len({ipaddress.ip_address(a).version for a in addrs}) != len(addrs):
+            raise AliasConfigError(f"{wh}.addresses: at most one address per family")
+        labels_in = h.get("labels", [])
+        if not isinstance(labels_in, (list, tuple)):
+            raise AliasConfigError(f"{wh}.labels: expected a list of tables")
+        labels = []
+        for k, e in enumerate(labels_in):
+            we = f"{wh}.labels[{k}]"
+            if not isinstance(e, Mapping) or "label" not in e:
+                raise AliasConfigError(f"{we}: expected a table with at least 'label'")
+            for key in e:
+                if key not in ("label", "exp", "s", "ttl"):
+                    raise AliasConfigError(f"{we}.{key}: unknown field (known: label, exp, s, ttl)")
+            last = 1 if k == len(labels_in) - 1 else 0
+            labels.append(MplsEntry(_num(e["label"], f"{we}.label", integer=True, lo=0, hi=2**20 - 1),
+                                    _num(e.get("exp", 0), f"{we}.exp", integer=True, lo=0, hi=7),
+                                    _num(e.get("s", last), f"{we}.s", integer=True, lo=0, hi=1),
+                                    _num(e.get("ttl", 1), f"{we}.ttl", integer=True, lo=0, hi=255)))
+        if len(labels) > 64:
+            raise AliasConfigError(f"{wh}.labels: at most 64 entries")
+        hops.append(MplsHop(tuple(addrs), tuple(labels)))
+    if len(hops) > 32:
+        raise AliasConfigError(f"{w}.mpls_hops: at most 32 hops")
+    return tuple(hops)
+
+
 def _router(i: int, r: Any, seen: dict[str, str]) -> RouterConfig:
     w = f"router[{i}]"
     if not isinstance(r, Mapping):
@@ -147,20 +239,7 @@ def _router(i: int, r: Any, seen: dict[str, str]) -> RouterConfig:
     if not isinstance(name, str) or not name:
         raise AliasConfigError(f"{w}.name: expected a non-empty string")
     w = f"router[{i}] ({name})"
-    addrs_in = r.get("addresses")
-    if not isinstance(addrs_in, (list, tuple)) or not addrs_in:
-        raise AliasConfigError(f"{w}.addresses: expected a non-empty list of IP addresses")
-    addrs: list[str] = []
-    for a in addrs_in:
-        try:
-            ip = ipaddress.ip_address(a)
-        except (ValueError, TypeError):
-            raise AliasConfigError(f"{w}.addresses: {a!r} is not an IP address") from None
-        s = str(ip)
-        if s in seen:
-            raise AliasConfigError(f"{w}.addresses: {s} is already an address of router {seen[s]!r}")
-        seen[s] = name
-        addrs.append(s)
+    addrs = _addresses(f"{w}.addresses", r.get("addresses"), f"router {name!r}", seen)
     ipid = r.get("ipid", "shared")
     if ipid not in IPID_BEHAVIOURS:
         raise AliasConfigError(f"{w}.ipid: {ipid!r} is not one of {', '.join(IPID_BEHAVIOURS)}")
@@ -188,7 +267,8 @@ def _router(i: int, r: Any, seen: dict[str, str]) -> RouterConfig:
     ttl = _num(r.get("reply_ttl", 64), f"{w}.reply_ttl", integer=True, lo=1, hi=255)
     rate = float(_num(r.get("rate_limit", 0), f"{w}.rate_limit", lo=0))
     burst = float(_num(r.get("rate_burst", 0), f"{w}.rate_burst", lo=0))
-    return RouterConfig(name, tuple(addrs), ipid, velocity, offset, tuple(fixed), tcp, ttl, rate, burst)
+    hops = _mpls_hops(w, r.get("mpls_hops", []), seen)
+    return RouterConfig(name, tuple(addrs), ipid, velocity, offset, tuple(fixed), tcp, ttl, rate, burst, hops)
 
 
 def load_config(src: "EmulatorConfig | Mapping[str, Any] | str | os.PathLike[str]") -> EmulatorConfig:
@@ -238,6 +318,8 @@ def config_to_dict(cfg: EmulatorConfig) -> dict[str, Any]:
     for r in routers:
         r["addresses"] = list(r["addresses"])
         r["udp_reply_source"] = list(r["udp_reply_source"]) or "probed"
+        r["mpls_hops"] = [{"addresses": list(h["addresses"]), "labels": list(h["labels"])}
+                          for h in r["mpls_hops"]]
     d["router"] = list(routers)
     return d
 
@@ -410,6 +492,31 @@ def _tcp_reply(probe: memoryview) -> bytearray | None:
     return bytearray(_TCP.pack(dport, sport, 0, (seq + seg_len) & 0xFFFFFFFF, 5 << 4, _TH_RST | _TH_ACK, 0, 0, 0))
 
 
+def _mpls_extension(labels: Sequence[MplsEntry]) -> bytes:
+    """RFC 4884 extension structure (version 2, checksummed) holding one
+    RFC 4950 MPLS label stack object (class 1, c-type 1)."""
+    entries = b"".join(struct.pack("!I", (e.label << 12) | (e.exp << 9) | (e.s << 8) | e.ttl) for e in labels)
+    ext = bytearray(b"\x20\x00\x00\x00" + struct.pack("!HBB", 4 + len(entries), 1, 1) + entries)
+    struct.pack_into("=H", ext, 2, _csum(ext))
+    return bytes(ext)
+
+
+def _expired_quote(pkt: bytes, v6: bool, padded: bool) -> bytes:
+    """The probe as the expiring hop saw it (TTL 1), zero-padded to the 128
+    bytes RFC 4884 requires before an extension structure."""
+    q = bytearray(pkt[:128] if padded else pkt[: (AliasEmulator.QUOTE6 if v6 else AliasEmulator.QUOTE4)])
+    if v6:
+        q[7] = 1
+    else:
+        q[8] = 1
+        ihl = (q[0] & 0x0F) * 4
+        q[10:12] = b"\0\0"
+        struct.pack_into("=H", q, 10, _csum(q[:ihl]))
+    if padded:
+        q += bytes(128 - len(q))
+    return bytes(q)
+
+
 class AliasEmulator:
     """Sans-I/O core: :meth:`handle` maps one probe packet to its reply (or None)."""
 
@@ -480,6 +587,8 @@ class AliasEmulator:
         st = self.by_addr.get(dst)
         if st is None:
             return None
+        if _ttl <= len(st.cfg.mpls_hops):
+            return self._expired(st, st.cfg.mpls_hops[_ttl - 1], pkt[:tot], src, False, now)
         body = memoryview(pkt)[ihl:tot]
         r = st.cfg
         if proto == socket.IPPROTO_ICMP:
@@ -509,6 +618,27 @@ class AliasEmulator:
         struct.pack_into("=H", icmp, 2, _csum(icmp))
         rsrc = st.fixed4 if (st.fixed4 is not None and proto == socket.IPPROTO_UDP) else dst
         return _ip4(rsrc, src, socket.IPPROTO_ICMP, self._ipid(st, rsrc, src, now), r.reply_ttl, bytes(icmp))
+
+    def _expired(self, st: _RouterState, hop: MplsHop, pkt: bytes, peer: bytes, v6: bool, now: int) -> bytes | None:
+        """Time exceeded from an emulated LSR, with its label stack (if any)."""
+        fam = socket.AF_INET6 if v6 else socket.AF_INET
+        mine = next((a for a in hop.addresses if (":" in a) == v6), None)
+        if mine is None or not self._admit(st, now):
+            return None
+        hsrc = socket.inet_pton(fam, mine)
+        quote = _expired_quote(pkt, v6, bool(hop.labels))
+        ext = _mpls_extension(hop.labels) if hop.labels else b""
+        length = len(quote) // 8 if v6 else len(quote) // 4
+        if not ext:
+            length = 0  # no extension: the classic message (RFC 4884 allows either)
+        # ICMPv6 carries the length in byte 4, ICMPv4 in byte 5 (RFC 4884 4.1, 4.5)
+        hdr = struct.pack("!BBHBBH", *((3, 0, 0, length, 0, 0) if v6 else (11, 0, 0, 0, length, 0)))
+        icmp = bytearray(hdr + quote + ext)
+        if v6:
+            _l4_csum(hsrc, peer, socket.IPPROTO_ICMPV6, icmp)
+            return _ip6(hsrc, peer, socket.IPPROTO_ICMPV6, st.cfg.reply_ttl, bytes(icmp))
+        struct.pack_into("=H", icmp, 2, _csum(icmp))
+        return _ip4(hsrc, peer, socket.IPPROTO_ICMP, self._ipid(st, hsrc, peer, now), st.cfg.reply_ttl, bytes(icmp))
 
     def _cookie(self, src: bytes, dst: bytes, sport: int, dport: int) -> int:
         """Stateless ISN (a SYN cookie) so the handshake's final ACK is recognisable."""
@@ -549,10 +679,12 @@ class AliasEmulator:
     def _v6(self, pkt: bytes, now: int) -> bytes | None:
         if len(pkt) < 40:
             return None
-        _vtf, plen, nh, _hlim, src, dst = _IP6.unpack_from(pkt)
+        _vtf, plen, nh, hlim, src, dst = _IP6.unpack_from(pkt)
         st = self.by_addr.get(dst)
         if st is None or 40 + plen > len(pkt):
             return None
+        if hlim <= len(st.cfg.mpls_hops):
+            return self._expired(st, st.cfg.mpls_hops[hlim - 1], pkt[: 40 + plen], src, True, now)
         body = memoryview(pkt)[40 : 40 + plen]
         r = st.cfg
         if nh == socket.IPPROTO_ICMPV6:
@@ -626,6 +758,12 @@ def _write_stats(path: str | None, emu: AliasEmulator, started: float) -> None:
     os.replace(tmp, path)
 
 
+def _routed(r: RouterConfig) -> list[str]:
+    """Addresses routed to the TUN: the router's and its emulated hops' (the
+    hops' so that reverse-path filtering accepts their time exceeded)."""
+    return [*r.addresses, *(a for h in r.mpls_hops for a in h.addresses)]
+
+
 def run(cfg: EmulatorConfig, ready_file: str | None = None, stats_file: str | None = None) -> None:
     """Serve ``cfg`` on a TUN device in the current namespace until SIGTERM/SIGINT.
 
@@ -640,11 +778,11 @@ def run(cfg: EmulatorConfig, ready_file: str | None = None, stats_file: str | No
         _ip("link", "set", "dev", cfg.tun, "up")
         if cfg.forwarding:
             _sysctl("net/ipv4/ip_forward", "1")
-        has6 = any(":" in a for r in cfg.routers for a in r.addresses)
+        has6 = any(":" in a for r in cfg.routers for a in _routed(r))
         if has6 and cfg.forwarding and os.path.exists("/proc/sys/net/ipv6"):
             _sysctl("net/ipv6/conf/all/forwarding", "1")
         for r in cfg.routers:
-            for a in r.addresses:
+            for a in _routed(r):
                 if ":" in a:
                     _ip("-6", "route", "replace", f"{a}/128", "dev", cfg.tun)
                 else:

@@ -19,7 +19,8 @@ Tables (all optional except at least one node and one link)::
     [[vp]]       name, cc, asn, loc = [lat, long], tags = {k = "v"}
     [[router]]   name, icmp_ratelimit (ms), icmp_msgs_per_sec, icmp_msgs_burst,
                  unresponsive, balancer = "kernel" | "flow" | "packet"
-    [[aliasrouter]] name, options = {...}   (process from marionet.lab.aliasrouter)
+    [[aliasrouter]] name, options = {...}   (process from marionet.lab.aliasrouter;
+                 options.mpls_hops: emulated LSRs sending RFC 4950 label stacks)
     [[link]]     a, b, delay, jitter, loss, rate, cost, ipv4 = [A, B], ipv6 = [A, B]
     [[diamond]]  name, entry, exit, width, length, balancer, delay, jitter, loss, rate
     [[service]]  host, kind, options = {...}

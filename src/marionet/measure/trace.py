@@ -41,7 +41,13 @@ first two payload bytes); icmp-paris keeps the ICMP checksum constant
 first two payload bytes.  Classic udp increments the destination port per
 probe; classic icmp lets the checksum vary.  tcp sends SYNs to ``dport``
 from a constant ``sport``; a SYN-ACK or RST from the destination completes
-the trace (with no listener the destination answers RST).
+the trace (with no listener the destination answers RST).  tcp-ack (scamper's
+other TCP method) sends ACKs on the same constant flow: firewalls that drop
+unsolicited SYNs often pass them, and the destination answers any stray ACK
+with a bare RST whose sequence number is the probe's ACK number.
+
+``confidence`` (scamper's ``-c``) replaces ``attempts`` with scamper's
+per-hop probe budget; see ``plan_trace``.
 """
 
 from __future__ import annotations
@@ -72,14 +78,23 @@ from marionet.results import IcmpExt, MplsLabel, Trace, TraceHop, TraceStop
 __all__ = ["trace", "plan_trace", "TracePlan", "TraceProbing", "SUPPORTED_METHODS",
            "icmp_extensions", "paris_word"]
 
-SUPPORTED_METHODS = ("udp-paris", "icmp-paris", "udp", "icmp", "tcp")
+SUPPORTED_METHODS = ("udp-paris", "icmp-paris", "udp", "icmp", "tcp", "tcp-ack")
 #: scamper's own spellings (what its JSON writes) map onto ours.
 _ALIASES = {"icmp-echo-paris": "icmp-paris", "icmp-echo": "icmp"}
-_NOT_YET = ("tcp-ack",)
+_NOT_YET: tuple[str, ...] = ()
 #: the method name a scamper JSON reader expects.
 _SCAMPER_NAME = {"udp-paris": "udp-paris", "icmp-paris": "icmp-echo-paris", "udp": "udp",
-                 "icmp": "icmp-echo", "tcp": "tcp"}
-_TRANSPORT_HDR = {"udp-paris": 8, "udp": 8, "icmp-paris": 8, "icmp": 8, "tcp": 20}
+                 "icmp": "icmp-echo", "tcp": "tcp", "tcp-ack": "tcp-ack"}
+_TRANSPORT_HDR = {"udp-paris": 8, "udp": 8, "icmp-paris": 8, "icmp": 8, "tcp": 20, "tcp-ack": 20}
+_TCP_METHODS = ("tcp", "tcp-ack")
+#: scamper's table (scamper_trace_do.c, k()): probes to send at one hop to rule
+#: out, at 95% / 99% confidence, a load balancer with n next hops when n - 1
+#: interfaces have been seen; index n from 2 to 25.
+_CONFIDENCE_K = ((0, 0), (0, 0), (6, 8), (11, 15), (16, 21), (21, 28), (27, 36), (33, 43), (38, 51),
+                 (44, 58), (51, 66), (57, 74), (63, 82), (70, 90), (76, 98), (83, 106), (90, 115),
+                 (96, 123), (103, 132), (110, 140), (117, 149), (124, 157), (131, 166), (138, 175),
+                 (145, 183), (152, 192))
+_CONFIDENCE_MAX_N = 25
 _DEFAULT_SIZE = {4: 44, 6: 60}  # scamper's probe size for udp and icmp traces (tcp: headers only)
 _MAX_TTL = 255
 _TX_GRACE_NS = 10_000_000_000  # how long past its wait a probe's transmit stamp is awaited
@@ -117,6 +132,7 @@ class TracePlan:
     src: str | None
     userid: int
     squeries: int = 1  # consecutive TTLs that may have a probe out at once
+    confidence: int = 0  # 0, 95 or 99 (scamper trace -c)
 
     @property
     def max_ttl(self) -> int:
@@ -126,13 +142,20 @@ class TracePlan:
     def proto(self) -> int:
         if self.method in ("udp", "udp-paris"):
             return P.IPPROTO_UDP
-        if self.method == "tcp":
+        if self.method in _TCP_METHODS:
             return P.IPPROTO_TCP
         return P.IPPROTO_ICMPV6 if self.family == 6 else P.IPPROTO_ICMP
 
     @property
     def is_icmp(self) -> bool:
         return self.method in ("icmp", "icmp-paris")
+
+    def probes_due(self, n: int) -> int:
+        """With ``confidence``, how many probes a hop gets once ``n - 1``
+        distinct interfaces answered there (n ≥ 2); 0 past scamper's table."""
+        if n > _CONFIDENCE_MAX_N:
+            return 0
+        return _CONFIDENCE_K[n][0 if self.confidence == 95 else 1]
 
     def check_task(self, max_s: float = MAX_TASK_S) -> None:
         """``ValueError`` if this trace, as an endpoint task, could run longer
@@ -145,8 +168,10 @@ class TracePlan:
         rounds = -(-hops // self.squeries)
         per = (self.wait_timeout_ns + self.wait_probe_ns) / _NS
         par = f" / squeries {self.squeries}" if self.squeries > 1 else ""
-        task_duration("trace", rounds * self.attempts * per,
-                      f"{hops} silent hops (gaplimit {self.gaplimit}){par} × attempts {self.attempts} × "
+        tries = self.probes_due(2) if self.confidence else self.attempts
+        what = f"confidence {self.confidence}: {tries} probes" if self.confidence else f"attempts {tries}"
+        task_duration("trace", rounds * tries * per,
+                      f"{hops} silent hops (gaplimit {self.gaplimit}){par} × {what} × "
                       f"(wait_timeout + wait_probe) {per:g} s", max_s)
 
 
@@ -155,7 +180,7 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
                wait_timeout: Any = 5.0, wait_probe: Any = 0.0, sport: int | None = None,
                dport: int | None = None, icmp_id: int | None = None, icmp_sum: int | None = None,
                size: int | None = None, payload: bytes | str | None = None, src: Any = None,
-               tos: int = 0, userid: int = 0, squeries: int = 1,
+               tos: int = 0, userid: int = 0, squeries: int = 1, confidence: int = 0,
                rng: random.Random | None = None) -> TracePlan:
     """Check every parameter (``ValueError`` with the reason) and fill defaults.
 
@@ -167,6 +192,17 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
     IPv6, as scamper; tcp probes are headers only).  With a paris method the
     first two payload bytes are ours (they set the checksum), so a given
     payload needs at least two bytes.
+
+    ``confidence`` (scamper's ``trace -c 95|99``; 0 = off) probes every hop
+    until, at that confidence level, no further interface would answer
+    there: a hop gets 6 (95) or 8 (99) probes while one interface answers,
+    and more as more distinct interfaces do (scamper's table: 11/15 probes
+    once two answered, 16/21 for three … up to 25), then the trace moves
+    on; a silent hop gets 6 or 8 probes before it counts as a gap.  As in
+    scamper, ``attempts`` is then not consulted, every reply at the hop is
+    recorded and checked for a stop reason (the destination, too, gets its
+    6 or 8 probes), and ``all_attempts`` cannot be combined with it; scamper
+    ignores it with ``squeries`` > 1, so that combination is refused here.
     """
     rng = rng or random.SystemRandom()
     method = check_method("trace", method, SUPPORTED_METHODS, _NOT_YET, _ALIASES)
@@ -184,6 +220,13 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
     tos = _int("tos", tos, 0, 255)  # type: ignore[assignment]
     userid = _int("userid", userid, 0, 2**32 - 1)  # type: ignore[assignment]
     squeries = _int("squeries", squeries, 1, 255)  # type: ignore[assignment]
+    confidence = _int("confidence", confidence, 0, 99)  # type: ignore[assignment]
+    if confidence not in (0, 95, 99):
+        raise ValueError(f"confidence {confidence} is not one of 0 (off), 95 or 99")
+    if confidence and all_attempts:
+        raise ValueError("confidence and all_attempts exclude each other (scamper refuses trace -c with -Q)")
+    if confidence and squeries > 1:
+        raise ValueError(f"confidence works one TTL at a time; it cannot be used with squeries {squeries}")
     hdr = (20 if family == 4 else 40) + _TRANSPORT_HDR[method]
     paris = method in ("udp-paris", "icmp-paris")
     payload = check_payload(payload)
@@ -203,7 +246,7 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
         if size is not None:
             n = size - hdr
         else:
-            n = 0 if method == "tcp" else _DEFAULT_SIZE[family] - hdr
+            n = 0 if method in _TCP_METHODS else _DEFAULT_SIZE[family] - hdr
         payload = bytes(n)
     size = hdr + len(payload)
     if size > 65535:
@@ -223,7 +266,7 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
         if sp is None:
             sp = rng.randrange(0x8000, 0x10000)
         if dp is None:
-            dp = 80 if method == "tcp" else 33435
+            dp = 80 if method in _TCP_METHODS else 33435
         icmp_id = 0
     if method == "icmp-paris":
         isum = _int("icmp_sum", icmp_sum, 1, 0xFFFE, optional=True)
@@ -238,7 +281,7 @@ def plan_trace(dst: Any, *, method: str = "udp-paris", attempts: int = 2, all_at
                      wait_timeout_ns=wt, wait_probe_ns=wp, sport=sp, dport=dp,  # type: ignore[arg-type]
                      icmp_id=icmp_id, icmp_sum=isum, tos=tos, size=size, payload=payload,  # type: ignore[arg-type]
                      payload_given=payload_given, src=s, userid=userid,
-                     squeries=squeries)  # type: ignore[arg-type]
+                     squeries=squeries, confidence=confidence)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------
@@ -335,6 +378,8 @@ class _TtlState:
     attempts: int = 0
     inflight: int | None = None
     replies: list["_Got"] = field(default_factory=list)
+    ifaces: set[str] = field(default_factory=set)  # distinct responders (confidence)
+    n: int = 2  # index into the confidence table: interfaces seen + 1, at least 2
 
 
 @dataclass(slots=True)
@@ -419,6 +464,8 @@ class TraceProbing:
 
     def _more(self, st: _TtlState) -> bool:
         """Another attempt is due at this TTL (once the one out is resolved)."""
+        if self.plan.confidence:
+            return st.attempts < self.plan.probes_due(st.n)
         return st.attempts < self.plan.attempts and (self.plan.all_attempts or not st.replies)
 
     def _next_ttl(self) -> int | None:
@@ -442,7 +489,7 @@ class TraceProbing:
             return pid % 0xFFFE + 1  # the UDP checksum; never 0 or 0xFFFF
         if m == "udp":
             return (self.plan.dport + pid) & 0xFFFF
-        if m == "tcp":
+        if m in _TCP_METHODS:
             return (self._seq_base + pid) % 2**32
         return pid & 0xFFFF  # icmp sequence number
 
@@ -461,6 +508,11 @@ class TraceProbing:
             return P.udp_segment(self.src, p.dst, p.sport, key, p.payload)
         if p.method == "tcp":
             return P.tcp_segment(self.src, p.dst, p.sport, p.dport, seq=key, flags=P.TCP_SYN, payload=p.payload)
+        if p.method == "tcp-ack":
+            # The destination's RST carries our ACK number as its sequence
+            # number (RFC 9293 3.10.7.1), so the key in both fields names it.
+            return P.tcp_segment(self.src, p.dst, p.sport, p.dport, seq=key, ack=key, flags=P.TCP_ACK,
+                                 payload=p.payload)
         if p.method == "icmp-paris":
             pl = b"\0\0" + p.payload[2:]
             c0 = struct.unpack_from("!H", P.icmp_echo(p.icmp_id, key, pl, src=self.src, dst=p.dst, v6=v6), 2)[0]
@@ -523,6 +575,9 @@ class TraceProbing:
                         return None, ""
                     if seg.flags & P.TCP_ACK:
                         return self._by_key.get((seg.ack - 1) % 2**32), "done"
+                    if p.method == "tcp-ack":  # a bare RST: its seq is our ack
+                        pid = self._by_key.get(seg.seq)
+                        return (pid if pid is not None else self.inflight), "done"
                 return self.inflight, "done"
         # An ICMP error quoting one of our probes.
         if icmp is None or icmp.quote is None:
@@ -554,7 +609,8 @@ class TraceProbing:
             kind = "ttl"
         elif typ == (1 if v6 else 3):
             port = code == (4 if v6 else 3)
-            kind = "done" if port and pkt.src == p.dst and not p.is_icmp and p.method != "tcp" else "unreach"
+            mine = pkt.src == p.dst and not p.is_icmp and p.method not in _TCP_METHODS
+            kind = "done" if port and mine else "unreach"
         else:
             kind = "icmp"
         return pid, kind
@@ -579,6 +635,10 @@ class TraceProbing:
         st = self._ttls.get(pr.ttl)
         if st is not None and pr.ttl >= self.ttl and not self.done:
             st.replies.append(g)
+            if pkt.src not in st.ifaces:
+                st.ifaces.add(pkt.src)
+                if len(st.ifaces) > 1:
+                    st.n += 1
             if st.inflight == pid:
                 st.inflight = None
             self._advance()
@@ -713,6 +773,7 @@ class TraceProbing:
             firsthop=p.firsthop, wait_timeout=_dt.timedelta(microseconds=p.wait_timeout_ns // 1000),
             wait_probe=_dt.timedelta(microseconds=p.wait_probe_ns // 1000), tos=p.tos,
             probe_size=p.size, probe_count=len(sent), userid=p.userid, hop_records=hops,
+            confidence=p.confidence, gaplimit=p.gaplimit, loops=p.loops, all_attempts=p.all_attempts,
             vp=vp or None, extra=extra)
 
 
@@ -730,7 +791,8 @@ async def trace(io: PacketSession, dst: Any, *, method: str = "udp-paris", attem
                 loops: int = 1, wait_timeout: Any = 5.0, wait_probe: Any = 0.0, sport: int | None = None,
                 dport: int | None = None, icmp_id: int | None = None, icmp_sum: int | None = None,
                 size: int | None = None, payload: bytes | str | None = None, src: Any = None, tos: int = 0,
-                userid: int = 0, squeries: int = 1, halt: asyncio.Event | None = None) -> Trace:
+                userid: int = 0, squeries: int = 1, confidence: int = 0,
+                halt: asyncio.Event | None = None) -> Trace:
     """Traceroute toward ``dst`` from the endpoint behind ``io``; returns a ``Trace``.
 
     Parameters are scamper's ``do_trace`` (times as float seconds or
@@ -741,7 +803,8 @@ async def trace(io: PacketSession, dst: Any, *, method: str = "udp-paris", attem
     plan = plan_trace(dst, method=method, attempts=attempts, all_attempts=all_attempts, firsthop=firsthop,
                       hoplimit=hoplimit, gaplimit=gaplimit, loops=loops, wait_timeout=wait_timeout,
                       wait_probe=wait_probe, sport=sport, dport=dport, icmp_id=icmp_id, icmp_sum=icmp_sum,
-                      size=size, payload=payload, src=src, tos=tos, userid=userid, squeries=squeries)
+                      size=size, payload=payload, src=src, tos=tos, userid=userid, squeries=squeries,
+                      confidence=confidence)
     source = plan.src or await route_source(io, plan.family, plan.dst, plan.dport or 33435)
     run = TraceProbing(plan, source)
     socks = ProbeSockets()

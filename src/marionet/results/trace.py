@@ -179,6 +179,10 @@ class Trace:
     probe_count: int | None = None
     userid: int = 0
     hop_records: list[TraceHop] = field(default_factory=list)
+    confidence: int = 0  # scamper trace -c: 0 (off), 95 or 99; warts only (scamper's JSON omits it)
+    gaplimit: int = 5  # warts only, like loops and all_attempts
+    loops: int = 1
+    all_attempts: bool = False
     vp: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     inst: Any = field(default=None, repr=False, compare=False)
@@ -194,7 +198,7 @@ class Trace:
             raise ValueError(f"Trace.method must be a non-empty string, got {self.method!r}")
         for name in ("sport", "dport", "icmp_sum", "probe_size", "probe_count"):
             check_int(name, getattr(self, name), optional=True, minimum=0)
-        for name in ("stop_data", "attempts", "hoplimit", "tos", "userid"):
+        for name in ("stop_data", "attempts", "hoplimit", "tos", "userid", "confidence", "gaplimit", "loops"):
             check_int(name, getattr(self, name), minimum=0)
         check_int("firsthop", self.firsthop, minimum=1)
         for name in ("wait_timeout", "wait_probe"):

@@ -52,6 +52,7 @@ _PING_REPLY_FLAG_REPLY_TTL = 0x01
 _PING_REPLY_FLAG_REPLY_IPID = 0x02
 _HOP_FLAG_TCP = 0x20
 _HOP_FLAG_UDP = 0x40
+_TRACE_FLAG_ALLATTEMPTS = 0x01
 _TRACE_FLAG_ICMPCSUMDP = 0x20
 _TRACE_FLAG_RXERR = 0x80  # replies read from the error queue: no IP header
 
@@ -401,7 +402,8 @@ class WartsReader:
             wait_probe=_seconds(0, v.get("wait_probe", 0) * 10_000),
             tos=v.get("tos", 0), probe_size=probe_size,
             probe_count=v.get("probec", 0), userid=v.get("userid", 0),
-            hop_records=hops)
+            confidence=v.get("confidence", 0), gaplimit=v.get("gaplimit", 5), loops=v.get("loops", 1),
+            all_attempts=bool(flags & _TRACE_FLAG_ALLATTEMPTS), hop_records=hops)
 
     def _hop(self, c: _Cursor, table: _AddrTable, rxerr: bool) -> TraceHop:
         v: dict[str, Any] = {}

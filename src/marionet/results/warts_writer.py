@@ -317,7 +317,7 @@ class WartsWriter:
         ttype = _TRACE_TYPE.get(t.method)
         if ttype is None:
             raise ValueError(f"trace method {t.method!r} has no warts number")
-        flags = _TRACE_FLAG_ALLATTEMPTS if t.extra.get("all_attempts") else 0
+        flags = _TRACE_FLAG_ALLATTEMPTS if (t.all_attempts or t.extra.get("all_attempts")) else 0
         dport = t.dport or 0
         if t.icmp_sum is not None:
             flags |= _TRACE_FLAG_ICMPCSUMDP
@@ -337,11 +337,15 @@ class WartsWriter:
         f[15] = _u8(t.firsthop)
         f[16] = _u8(t.tos)
         f[17] = _u8(_seconds(t.wait_timeout)[0])
+        f[18] = _u8(t.loops)
         hop_count = t.hop_count if t.hop_count is not None else \
             max((h.probe_ttl for h in t.hop_records), default=0)
         f[19] = _u16(hop_count)
+        f[20] = _u8(t.gaplimit)
         f[23] = _u16(t.probe_count or 0)
         f[24] = _u8(t.wait_probe // _dt.timedelta(milliseconds=10))
+        if t.confidence:
+            f[25] = _u8(t.confidence)
         f[26] = table.ref(t.src if t.src is not None else _unspecified(t.dst))
         f[27] = table.ref(t.dst)
         if t.userid:
