@@ -45,7 +45,7 @@ def test_size_payload_and_times():
     (dict(dst="not-an-address"), "not an IPv4 or IPv6 address"),
     (dict(dst="224.0.0.1"), "multicast"),
     (dict(dst="127.0.0.1", method="carrier-pigeon"), "unknown ping method"),
-    (dict(dst="127.0.0.1", method="tcp-ack"), "not implemented yet"),
+    (dict(dst="::1", method="icmp-time"), "exists only in IPv4"),
     (dict(dst="127.0.0.1", size=27), "too small"),
     (dict(dst="::1", method="tcp-syn", size=59), "too small"),
     (dict(dst="127.0.0.1", size=70000), "within 0 - 65535"),
