@@ -392,7 +392,7 @@ class PingProbing:
                    " and (icmp[8] & 0xf0) = 0x40")
             if p.kind == "icmp":
                 rep, req = (0, 8) if p.method == "icmp-echo" else (14, 13)
-                return {"probe": f"icmp and ((icmp[0] = {rep} and icmp[4:2] = {p.icmp_id}) or "
+                return {"probe": f"icmp and ((icmp[0] = {rep} and icmp[4:2] = {p.icmp_id} and src host {p.dst}) or "
                                  f"({err} and icmp[17] = 1 and icmp[{q}] = {req} "
                                  f"and icmp[{q} + 4:2] = {p.icmp_id}))"}
             pnum = P.IPPROTO_UDP if p.kind == "udp" else P.IPPROTO_TCP
@@ -403,7 +403,8 @@ class PingProbing:
                             f"and {_range(f'icmp[{q} + 2:2]', d_lo, d_hi)}"}
         err6 = "ip6[40] >= 1 and ip6[40] <= 4"
         if p.kind == "icmp":
-            return {"probe": f"ip6 and ip6[6] = 58 and ((ip6[40] = 129 and ip6[44:2] = {p.icmp_id}) or "
+            return {"probe": f"ip6 and ip6[6] = 58 and ((ip6[40] = 129 and ip6[44:2] = {p.icmp_id} "
+                             f"and ip6 src {p.dst}) or "
                              f"({err6} and ip6[54] = 58 and ip6[88] = 128 and ip6[92:2] = {p.icmp_id}))"}
         pnum = P.IPPROTO_UDP if p.kind == "udp" else P.IPPROTO_TCP
         return {"probe": f"(ip6 and ip6[6] = {pnum} and ip6 src {p.dst} and {_range('ip6[40:2]', d_lo, d_hi)} "
@@ -529,7 +530,9 @@ class PingProbing:
         icmp = pkt.icmp
         if p.kind == "icmp":
             rep = (129 if v6 else 0) if p.method == "icmp-echo" else 14
-            if icmp is not None and icmp.type == rep and icmp.ident == p.icmp_id:
+            # From dst only: concurrent pings may share an ICMP id (scamper
+            # too tells its pings apart by destination).
+            if icmp is not None and icmp.type == rep and icmp.ident == p.icmp_id and pkt.src == p.dst:
                 return self._valid((icmp.seq - p.icmp_seq) % 0x10000), True  # type: ignore[operator]
         elif pkt.src == p.dst:
             seg = pkt.udp if p.kind == "udp" else pkt.tcp
