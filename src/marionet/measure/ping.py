@@ -27,6 +27,18 @@ Why it is shaped this way:
   SYN-ACK with a RST, because no socket owns the port: harmless, and the
   capture filter only admits packets *from* the target's port, so that RST is
   never mistaken for a reply.
+* **Every scamper method that needs no datalink**: icmp-echo, icmp-time
+  (IPv4 only: ICMPv6 has no timestamp message), udp, udp-dport, udp-sport,
+  tcp-syn, tcp-syn-sport, tcp-ack, tcp-ack-sport, tcp-synack, tcp-rst, with
+  scamper's idea of a reply (echo / timestamp reply; any TCP answer; a UDP
+  answer or a port unreachable from the target). Each TCP probe carries its
+  own number in the field the target echoes (SYN: seq + attempt, answered
+  as ack − 1; ACK / SYN-ACK: ack + attempt, answered as the RST's seq), so a
+  reply names its probe without scamper's guess by IP-ID.
+* **IPv4 options** (``ip_rr``, ``ip_ts``) go into our own header; as in
+  scamper, a reply's RR / timestamps are read from an echo or timestamp
+  reply's header, or from the probe quoted in an ICMP error (the forward
+  path), and not from TCP or UDP answers.
 
 A ``PacketSession`` has one notification stream: a running ping consumes it
 and ignores notifications for sockets it does not own. Run concurrent
