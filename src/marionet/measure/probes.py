@@ -29,8 +29,9 @@ __all__ = [
     "PacketError", "IPPROTO_ICMP", "IPPROTO_TCP", "IPPROTO_UDP", "IPPROTO_ICMPV6",
     "TCP_FIN", "TCP_SYN", "TCP_RST", "TCP_PSH", "TCP_ACK", "TCP_URG",
     "checksum", "ipv4_header", "ipv6_header", "icmp_echo", "icmp_message", "udp_segment", "tcp_segment",
+    "icmp_timestamp", "ipopt_rr", "ipopt_ts", "IPOPT_TS_TSONLY", "IPOPT_TS_TSANDADDR", "IPOPT_TS_PRESPEC",
     "IPPacket", "Icmp", "Tcp", "Udp",
-    "parse_packet", "parse_ip", "parse_icmp", "parse_tcp", "parse_udp",
+    "parse_packet", "parse_ip", "parse_icmp", "parse_tcp", "parse_udp", "parse_rr", "parse_ts",
 ]
 
 IPPROTO_ICMP = 1
@@ -99,20 +100,103 @@ def _pseudo_sum(src: str, dst: str, proto: int, length: int) -> int:
 
 
 def ipv4_header(src: str | None, dst: str, proto: int, payload_len: int, *, ttl: int = 64,
-                tos: int = 0, ipid: int = 0, df: bool = False) -> bytes:
-    """A 20-byte IPv4 header with a correct checksum.
+                tos: int = 0, ipid: int = 0, df: bool = False, options: bytes = b"") -> bytes:
+    """An IPv4 header (20 bytes plus ``options``) with a correct checksum.
 
     ``src=None`` writes 0.0.0.0, which a Linux ``IP_HDRINCL`` socket replaces
     with the route's source address (and then fixes the checksum).
+    ``options`` (e.g. ``ipopt_rr()``) is padded with end-of-options to a
+    multiple of 4 bytes; at most 40.
     """
-    total = 20 + payload_len
+    if len(options) % 4:
+        options += bytes(4 - len(options) % 4)
+    if len(options) > 40:
+        raise PacketError(f"IPv4 options of {len(options)} bytes exceed 40")
+    hlen = 20 + len(options)
+    total = hlen + payload_len
     if total > 0xFFFF:
         raise PacketError(f"IPv4 packet of {total} bytes exceeds 65535")
     s = socket.inet_pton(socket.AF_INET, src) if src else b"\0\0\0\0"
     d = socket.inet_pton(socket.AF_INET, dst)
     frag = 0x4000 if df else 0
-    hdr = _IPV4.pack(0x45, tos & 0xFF, total, ipid & 0xFFFF, frag, ttl & 0xFF, proto, 0, s, d)
+    hdr = _IPV4.pack(0x40 | (hlen // 4), tos & 0xFF, total, ipid & 0xFFFF, frag, ttl & 0xFF, proto, 0,
+                     s, d) + options
     return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
+
+
+IPOPT_RR = 7
+IPOPT_TS = 68
+IPOPT_TS_TSONLY, IPOPT_TS_TSANDADDR, IPOPT_TS_PRESPEC = 0, 1, 3
+
+
+def ipopt_rr(slots: int = 9) -> bytes:
+    """An empty record-route option with room for ``slots`` addresses (9,
+    the most that fits in 40 bytes, as scamper sends it): 39 bytes, padded
+    to 40 by ``ipv4_header``."""
+    if not 1 <= slots <= 9:
+        raise PacketError(f"record route holds 1 to 9 addresses, not {slots}")
+    return struct.pack("!BBB", IPOPT_RR, 3 + 4 * slots, 4) + bytes(4 * slots)
+
+
+def ipopt_ts(flag: int, prespec: list[str] | tuple[str, ...] = ()) -> bytes:
+    """An IP timestamp option (RFC 791) as scamper sends it: ``tsonly``
+    (flag 0, 9 timestamps: 40 bytes), ``tsandaddr`` (flag 1, 4 pairs: 36
+    bytes) or prespecified (flag 3, one pair per address in ``prespec``,
+    1 to 4 of them: routers stamp only when their address is next)."""
+    if flag == IPOPT_TS_TSONLY:
+        body = bytes(36)
+    elif flag == IPOPT_TS_TSANDADDR:
+        body = bytes(32)
+    elif flag == IPOPT_TS_PRESPEC:
+        if not 1 <= len(prespec) <= 4:
+            raise PacketError(f"prespecified timestamps take 1 to 4 addresses, not {len(prespec)}")
+        body = b"".join(socket.inet_pton(socket.AF_INET, a) + bytes(4) for a in prespec)
+    else:
+        raise PacketError(f"IP timestamp flag {flag} is not 0, 1 or 3")
+    return struct.pack("!BBBB", IPOPT_TS, 4 + len(body), 5, flag) + body
+
+
+def _ipv4_options(options: bytes) -> dict[int, bytes]:
+    """type -> whole option (type, length, data) of a header's options."""
+    out: dict[int, bytes] = {}
+    i = 0
+    while i < len(options):
+        t = options[i]
+        if t == 0:  # end of options
+            break
+        if t == 1:  # no-op
+            i += 1
+            continue
+        if i + 1 >= len(options) or options[i + 1] < 2:
+            break
+        n = options[i + 1]
+        out.setdefault(t, bytes(options[i:i + n]))
+        i += n
+    return out
+
+
+def parse_rr(options: bytes) -> list[str] | None:
+    """The addresses recorded in a record-route option, None if there is none."""
+    opt = _ipv4_options(options).get(IPOPT_RR)
+    if opt is None or len(opt) < 3:
+        return None
+    n = max(0, min(opt[2] - 4, len(opt) - 3)) // 4
+    return [socket.inet_ntop(socket.AF_INET, opt[3 + 4 * k:7 + 4 * k]) for k in range(n)]
+
+
+def parse_ts(options: bytes) -> tuple[list[int], list[str] | None] | None:
+    """(timestamps, addresses or None for tsonly) filled in an IP timestamp
+    option, None if the header has none."""
+    opt = _ipv4_options(options).get(IPOPT_TS)
+    if opt is None or len(opt) < 4:
+        return None
+    ptr, flag = opt[2], opt[3] & 0x0F
+    used = max(0, min(ptr - 5, len(opt) - 4))
+    if flag == IPOPT_TS_TSONLY:
+        return [struct.unpack_from("!I", opt, 4 + 4 * k)[0] for k in range(used // 4)], None
+    pairs = used // 8
+    return ([struct.unpack_from("!I", opt, 8 + 8 * k)[0] for k in range(pairs)],
+            [socket.inet_ntop(socket.AF_INET, opt[4 + 8 * k:8 + 8 * k]) for k in range(pairs)])
 
 
 def ipv6_header(src: str, dst: str, nxt: int, payload_len: int, *, hlim: int = 64,
@@ -148,6 +232,13 @@ def icmp_message(typ: int, code: int, word: int = 0, body: bytes = b"", *, src: 
     else:
         csum = checksum(body)
     return body[:2] + struct.pack("!H", csum) + body[4:]
+
+
+def icmp_timestamp(ident: int, seq: int, originate: int, payload: bytes = b"") -> bytes:
+    """An ICMP timestamp request (type 13): originate (ms since midnight
+    UTC), receive and transmit (0), then ``payload``."""
+    return icmp_message(13, 0, ((ident & 0xFFFF) << 16) | (seq & 0xFFFF),
+                        struct.pack("!III", originate & 0xFFFFFFFF, 0, 0) + payload)
 
 
 def udp_segment(src: str, dst: str, sport: int, dport: int, payload: bytes = b"") -> bytes:
@@ -226,6 +317,7 @@ class IPPacket:
     payload: bytes = b""
     truncated: bool = False
     transport: Icmp | Tcp | Udp | None = field(default=None)
+    options: bytes = b""  #: IPv4 header options (bytes 20..IHL), as received
 
     @property
     def icmp(self) -> Icmp | None:
@@ -314,7 +406,8 @@ def _parse_v4(data: bytes, truncated_ok: bool, quoted: bool) -> IPPacket:
         raise PacketError(f"IPv4 packet claims {total} bytes but only {len(data)} present")
     payload = bytes(data[ihl:min(total, len(data))])
     pkt = IPPacket(4, socket.inet_ntop(socket.AF_INET, s), socket.inet_ntop(socket.AF_INET, d),
-                   ttl, tos, proto, total, ipid=ipid, payload=payload, truncated=truncated)
+                   ttl, tos, proto, total, ipid=ipid, payload=payload, truncated=truncated,
+                   options=bytes(data[20:ihl]))
     if _frag & 0x1FFF == 0:  # only a first fragment carries the transport header
         pkt.transport = _transport(proto, payload, False, quoted)
     return pkt

@@ -16,7 +16,7 @@ from .errors import FormatError
 from .file import File
 from .http import Http, HttpBuf, HttpHeaders, HttpStop
 from .jsonfmt import dumps, from_json, loads, to_json
-from .ping import PING_METHODS, Ping, PingReply, PingStop
+from .ping import PING_METHODS, Ping, PingReply, PingStop, PingTsReply, PingV4TS
 from .trace import (TRACE_METHODS, IcmpExt, MplsLabel, Trace, TraceHop,
                     TraceStop)
 from .udpprobe import Udpprobe, UdpprobeProbe, UdpprobeReply, UdpprobeStop
@@ -26,7 +26,7 @@ __all__ = [
     "Addr", "ns_to_datetime", "ns_to_timedelta",
     "CycleStart", "CycleStop", "UnknownResult", "FormatError", "File",
     "to_json", "from_json", "dumps", "loads",
-    "Ping", "PingReply", "PingStop", "PING_METHODS",
+    "Ping", "PingReply", "PingStop", "PING_METHODS", "PingV4TS", "PingTsReply",
     "Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel", "TRACE_METHODS",
     "Http", "HttpBuf", "HttpHeaders", "HttpStop",
     "DnsResult", "DnsQuery", "DnsRR", "DnsMX", "DnsSOA", "DnsStop",

@@ -40,7 +40,7 @@ from .common import (Addr, NS_PER_US, datetime_to_ns, ns_to_ms_str,
                      ns_to_timeval, timeval_to_ns)
 from .cycle import CycleStart, CycleStop, UnknownResult
 from .errors import FormatError
-from .ping import Ping, PingReply
+from .ping import PING_FLAGS, Ping, PingReply, PingTsReply, PingV4TS
 from .trace import IcmpExt, MplsLabel, Trace, TraceHop, TraceStop
 
 __all__ = ["to_json", "from_json", "dumps", "loads", "RawNumber",
@@ -146,11 +146,14 @@ _PING_KEYS = frozenset({
     "type", "version", "method", "src", "dst", "start", "ping_sent",
     "probe_size", "userid", "ttl", "tos", "wait", "wait_us", "timeout",
     "timeout_us", "sport", "dport", "tcp_seq", "tcp_ack", "responses",
-    "statistics", EXT_KEY})
+    "statistics", "probe_tsps", EXT_KEY})
+#: scamper ping flags ``Ping.flags`` models (the IP options marionet sends);
+#: other flags scamper writes ("payload", "spoof", ...) stay in ``extra``.
+_OPT_FLAGS = ("v4rr", "tsonly", "tsandaddr")
 _REPLY_KEYS = frozenset({
     "from", "seq", "reply_size", "reply_ttl", "reply_proto", "ifname", "tx",
     "rx", "rtt", "probe_ipid", "reply_ipid", "reply_tos", "icmp_type",
-    "icmp_code", "tcp_flags", EXT_KEY})
+    "icmp_code", "tcp_flags", "RR", "tsonly", "tsandaddr", EXT_KEY})
 _TRACE_KEYS = frozenset({
     "type", "version", "userid", "method", "src", "dst", "sport", "dport",
     "icmp_sum", "stop_reason", "stop_data", "start", "hop_count", "attempts",
@@ -189,13 +192,30 @@ def _reply_to_json(r: PingReply) -> dict[str, Any]:
         v = getattr(r, k)
         if v is not None:
             d[k] = v
+    if r.v4rr is not None:
+        d["RR"] = [str(a) for a in r.v4rr]
+    if r.v4ts is not None:
+        if r.v4ts.ips is None:
+            d["tsonly"] = list(r.v4ts.tss)
+        else:
+            d["tsandaddr"] = [{"ip": str(a), "ts": t} for a, t in zip(r.v4ts.ips, r.v4ts.tss)]
     _put_extra(d, r.extra, _REPLY_KEYS)
     ext: dict[str, Any] = {}
     _times_ext(ext, r, ("tx_ns", "rx_ns", "rtt_ns"))
     _sources_ext(ext, r)
+    if r.tsreply is not None:  # in warts, not in scamper's JSON
+        ext["tsreply"] = {"tso": r.tsreply.tso, "tsr": r.tsreply.tsr, "tst": r.tsreply.tst}
     if ext:
         d[EXT_KEY] = ext
     return d
+
+
+def _merge_flags(kept: Any, modeled: tuple[str, ...]) -> list[str]:
+    """extra's flags and ``Ping.flags`` together, in scamper's order."""
+    names = [x for x in kept if isinstance(x, str)] if isinstance(kept, list) else []
+    names += [x for x in modeled if x not in names]
+    rank = {n: i for i, n in enumerate(PING_FLAGS)}
+    return sorted(names, key=lambda n: rank.get(n, len(rank)))
 
 
 def _ping_stats(p: Ping) -> dict[str, Any]:
@@ -249,6 +269,10 @@ def _ping_to_json(p: Ping) -> dict[str, Any]:
         if v is not None:
             d[k] = v
     _put_extra(d, p.extra, _PING_KEYS)
+    if p.flags:  # else extra's "flags", if any, went out as it came in
+        d["flags"] = _merge_flags(p.extra.get("flags"), p.flags)
+    if p.probe_tsps:
+        d["probe_tsps"] = [str(a) for a in p.probe_tsps]
     d["responses"] = [_reply_to_json(r) for r in p.replies]
     d["statistics"] = _ping_stats(p)
     ext: dict[str, Any] = {}
@@ -509,6 +533,24 @@ def _reply_from_json(raw: Any, i: int) -> PingReply:
     src = f.addr("from", True)
     assert src is not None
     attempt = f.int("seq") if f.d.get("seq") is not None else f.int("probe_id", default=0)
+    rr = [_list_addr(f, "RR", j, a) for j, a in enumerate(f.list("RR"))] if "RR" in f.d else None
+    v4ts = None
+    if "tsonly" in f.d:
+        tss = f.list("tsonly")
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tss):
+            raise f.fail("tsonly", "must be a list of non-negative integers")
+        v4ts = PingV4TS(tuple(tss))
+    elif "tsandaddr" in f.d:
+        pairs = [_Fields(x, f"{f.what}.tsandaddr[{j}]") for j, x in enumerate(f.list("tsandaddr"))]
+        tss = [x.int("ts", True) for x in pairs]
+        if any(t < 0 for t in tss):
+            raise f.fail("tsandaddr", "timestamps must be non-negative")
+        v4ts = PingV4TS(tuple(tss), tuple(x.addr("ip", True) for x in pairs))
+    tsr = ext.get("tsreply")
+    tsreply = None
+    if isinstance(tsr, dict):
+        tf = _Fields(tsr, f"{f.what}.{EXT_KEY}.tsreply")
+        tsreply = PingTsReply(tf.int("tso", True), tf.int("tsr", True), tf.int("tst", True))
     return PingReply(
         src=src, attempt=attempt,
         tx_ns=tx, rx_ns=rx, rtt_ns=rtt,
@@ -517,6 +559,7 @@ def _reply_from_json(raw: Any, i: int) -> PingReply:
         reply_size=f.int("reply_size"), reply_proto=proto,
         icmp_type=f.int("icmp_type"), icmp_code=f.int("icmp_code"),
         tcp_flags=f.int("tcp_flags"), ifname=f.str("ifname"),
+        v4rr=tuple(rr) if rr is not None else None, v4ts=v4ts, tsreply=tsreply,
         tx_ts_source=_source(ext, "tx_ts_source"),
         rx_ts_source=_source(ext, "rx_ts_source"),
         extra=f.extra(_REPLY_KEYS))
@@ -537,6 +580,17 @@ def _ping_from_json(d: dict[str, Any]) -> Ping:
     stop = ext.get("stop_reason") if isinstance(ext.get("stop_reason"), str) else None
     start = _exact(ext, "start_ns", f.timeval("start", True))
     assert start is not None
+    extra = f.extra(_PING_KEYS)
+    raw = d.get("flags")
+    flags: list[str] = []
+    if isinstance(raw, list) and all(isinstance(x, str) for x in raw) and set(raw) & set(_OPT_FLAGS):
+        flags = [x for x in raw if x in _OPT_FLAGS]
+        others = [x for x in raw if x not in _OPT_FLAGS]
+        if others:
+            extra["flags"] = others
+        else:
+            extra.pop("flags", None)
+    tsps = [_list_addr(f, "probe_tsps", j, a) for j, a in enumerate(f.list("probe_tsps"))]
     return Ping(
         dst=f.addr("dst", True), src=f.addr("src"),
         method=f.str("method") or "icmp-echo", start_ns=start,
@@ -547,7 +601,18 @@ def _ping_from_json(d: dict[str, Any]) -> Ping:
         sport=f.int("sport"), dport=f.int("dport"),
         tcp_seq=f.int("tcp_seq"), tcp_ack=f.int("tcp_ack"), icmp_id=icmp_id,
         userid=f.int("userid", default=0), stop_reason=stop,
-        replies=replies, vp=vp, extra=f.extra(_PING_KEYS))
+        replies=replies, flags=tuple(flags), probe_tsps=tuple(tsps), vp=vp,
+        extra=extra)
+
+
+def _list_addr(f: "_Fields", key: str, j: int, v: Any) -> Addr:
+    """An address inside a list field (``RR``, ``probe_tsps``)."""
+    try:
+        if isinstance(v, str):
+            return Addr(v)
+    except ValueError:
+        pass
+    raise f.fail(f"{key}[{j}]", f"must be an IP address, got {v!r}")
 
 
 def _icmpext_from_json(raw: Any, where: str) -> IcmpExt:

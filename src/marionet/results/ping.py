@@ -28,7 +28,7 @@ from typing import Any, Iterator
 from .common import (Addr, StopReason, TimedReply, complete_times, check_int, ns_to_datetime,
                      ns_to_timedelta, seconds_to_ns, to_addr)
 
-__all__ = ["Ping", "PingReply", "PingStop", "PING_METHODS"]
+__all__ = ["Ping", "PingReply", "PingStop", "PingV4TS", "PingTsReply", "PING_METHODS", "PING_FLAGS"]
 
 PING_METHODS = (
     "icmp-echo", "icmp-time", "udp", "udp-dport", "udp-sport", "tcp-syn",
@@ -36,6 +36,45 @@ PING_METHODS = (
 )
 
 TS_SOURCES = ("kernel", "user")
+
+#: scamper's ping flags, in its bit order (warts flag bit ``1 << index``).
+PING_FLAGS = ("v4rr", "spoof", "payload", "tsonly", "tsandaddr", "icmpsum", "dl", "tbt", "nosrc", "raw")
+
+
+@dataclass(frozen=True, slots=True)
+class PingV4TS:
+    """The IP timestamp option of a reply (scamper's ``v4ts``): the
+    timestamps routers wrote (ms since midnight UTC, RFC 791) and, for
+    tsandaddr / prespecified, the address paired with each (``ips`` None
+    for tsonly)."""
+
+    tss: tuple[int, ...]
+    ips: tuple[Addr, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tss", tuple(self.tss))
+        for t in self.tss:
+            check_int("v4ts timestamp", t, minimum=0)
+        if self.ips is not None:
+            ips = tuple(to_addr(a) for a in self.ips)
+            if len(ips) != len(self.tss) or any(a is None for a in ips):
+                raise ValueError("PingV4TS.ips must hold one address per timestamp")
+            object.__setattr__(self, "ips", ips)
+
+
+@dataclass(frozen=True, slots=True)
+class PingTsReply:
+    """An ICMP timestamp reply's three stamps (scamper's ``tsreply``):
+    originate (ours, echoed), receive and transmit (the target's), each in
+    ms since midnight UTC."""
+
+    tso: int
+    tsr: int
+    tst: int
+
+    def __post_init__(self) -> None:
+        for name in ("tso", "tsr", "tst"):
+            check_int(name, getattr(self, name), minimum=0)
 
 
 class PingStop(StopReason):
@@ -73,6 +112,9 @@ class PingReply(TimedReply):
     tx_ts_source: str | None = None
     rx_ts_source: str | None = None
     ifname: str | None = None
+    v4rr: tuple[Addr, ...] | None = None  # record-route addresses (scamper "RR")
+    v4ts: PingV4TS | None = None  # IP timestamp option ("tsonly" / "tsandaddr")
+    tsreply: PingTsReply | None = None  # icmp-time: the timestamp reply's stamps
     extra: dict[str, Any] = field(default_factory=dict)
     # set by Ping so that is_from_target() works without an argument
     _ctx: tuple[str, Addr] | None = field(default=None, init=False,
@@ -100,6 +142,15 @@ class PingReply(TimedReply):
             v = getattr(self, name)
             if v is not None and v not in TS_SOURCES:
                 raise ValueError(f"{name} must be one of {TS_SOURCES} or None, got {v!r}")
+        if self.v4rr is not None:
+            rr = tuple(to_addr(a) for a in self.v4rr)
+            if any(a is None for a in rr):
+                raise ValueError("PingReply.v4rr must hold addresses")
+            self.v4rr = rr  # type: ignore[assignment]
+        if self.v4ts is not None and not isinstance(self.v4ts, PingV4TS):
+            raise TypeError(f"PingReply.v4ts must be a PingV4TS, got {type(self.v4ts).__name__}")
+        if self.tsreply is not None and not isinstance(self.tsreply, PingTsReply):
+            raise TypeError(f"PingReply.tsreply must be a PingTsReply, got {type(self.tsreply).__name__}")
         if not isinstance(self.extra, dict):
             raise TypeError("extra must be a dict")
 
@@ -197,6 +248,8 @@ class Ping:
     userid: int = 0
     stop_reason: PingStop | str | None = None
     replies: list[PingReply] = field(default_factory=list)
+    flags: tuple[str, ...] = ()  # scamper's ping flags ("v4rr", "tsonly", "tsandaddr", ...)
+    probe_tsps: tuple[Addr, ...] = ()  # prespecified IP timestamp addresses
     vp: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     inst: Any = field(default=None, repr=False, compare=False)
@@ -220,6 +273,13 @@ class Ping:
             if not isinstance(v, _dt.timedelta):
                 setattr(self, name, _dt.timedelta(microseconds=seconds_to_ns(v) // 1000))
         self.stop_reason = PingStop.coerce(self.stop_reason)
+        if isinstance(self.flags, str) or not all(isinstance(f, str) for f in self.flags):
+            raise ValueError(f"Ping.flags must be a sequence of flag names, got {self.flags!r}")
+        self.flags = tuple(self.flags)
+        tsps = tuple(to_addr(a) for a in self.probe_tsps)
+        if any(a is None for a in tsps):
+            raise ValueError("Ping.probe_tsps must hold addresses")
+        self.probe_tsps = tsps  # type: ignore[assignment]
         if self.vp is not None and not isinstance(self.vp, str):
             raise TypeError(f"Ping.vp must be a string, got {self.vp!r}")
         self.replies = list(self.replies)

@@ -24,7 +24,7 @@ from typing import IO, Any, Callable
 from .common import Addr, NS_PER_US, timeval_to_ns
 from .cycle import CycleStart, CycleStop, UnknownResult
 from .errors import FormatError
-from .ping import Ping, PingReply, PingStop
+from .ping import PING_FLAGS, Ping, PingReply, PingStop, PingTsReply, PingV4TS
 from .trace import IcmpExt, MplsLabel, Trace, TraceHop, TraceStop
 
 __all__ = ["WartsReader", "WARTS_TYPES", "register", "Cursor", "AddrTable", "read_params", "Truncated"]
@@ -48,6 +48,7 @@ TRACE_STOPS = [TraceStop.NONE, TraceStop.COMPLETED, TraceStop.UNREACH,
                TraceStop.ERROR, TraceStop.HOPLIMIT, TraceStop.GSS,
                TraceStop.HALTED]
 
+_OPT_FLAGS = ("v4rr", "tsonly", "tsandaddr")  # as Ping.flags models them (see jsonfmt)
 _PING_REPLY_FLAG_REPLY_TTL = 0x01
 _PING_REPLY_FLAG_REPLY_IPID = 0x02
 _HOP_FLAG_TCP = 0x20
@@ -277,7 +278,7 @@ class WartsReader:
             put("method", u8), put("sport", u16), put("dport", u16),
             put("userid", u32), put("src", table.read), put("dst", table.read),
             put("flags8", u8), put("tos", u8),
-            lambda c: [table.read(c) for _ in range(c.u8())],  # tsps
+            put("tsps", lambda c: [table.read(c) for _ in range(c.u8())]),
             put("icmpsum", u16), put("pmtu", u16), put("timeout", u8),
             put("wait_us", u32), put("tcp_ack", u32), put("flags", u32),
             put("tcp_seq", u32), None,  # rtr: static address, not supported
@@ -297,8 +298,11 @@ class WartsReader:
         if "data" in v:
             extra["pattern" if not v.get("flags", v.get("flags8", 0)) & 0x04 else "payload"] = \
                 v["data"].hex()
+        bits = v.get("flags", v.get("flags8", 0))
         return Ping(
             dst=v["dst"], src=v.get("src"), method=method,
+            flags=tuple(n for i, n in enumerate(PING_FLAGS) if bits & (1 << i) and n in _OPT_FLAGS),
+            probe_tsps=tuple(v.get("tsps", ())),
             start_ns=v.get("start", 0), ping_sent=v.get("ping_sent", 0),
             probe_size=v.get("probe_size"), ttl=v.get("ttl"), tos=v.get("tos"),
             wait_probe=_seconds(wait_s, v.get("wait_us", 0)),
@@ -325,9 +329,10 @@ class WartsReader:
             put("icmp", lambda c: (c.u8(), c.u8())), put("rtt", u32),
             put("probe_id", u16), put("reply_ipid", u16), put("probe_ipid", u16),
             put("proto", u8), put("tcp_flags", u8), put("addr", table.read),
-            lambda c: [table.read(c) for _ in range(c.u8())],  # v4rr
-            _skip_v4ts(table), put("ipid32", u32), put("tx", _Cursor.timeval_ns),
-            lambda c: c.take(12),  # tsreply
+            put("v4rr", lambda c: [table.read(c) for _ in range(c.u8())]),
+            put("v4ts", _read_v4ts(table)), put("ipid32", u32), put("tx", _Cursor.timeval_ns),
+            put("tsreply", lambda c: PingTsReply(c.u32(), c.u32(), c.u32())),
+            put("probe_sport", u16), put("reply_tos", u8),
         ]
         present = _params(c, readers)
         src = v.get("addr")
@@ -350,7 +355,10 @@ class WartsReader:
                                               or 3 in present) else None,
             reply_size=v.get("reply_size"), reply_proto=proto,
             icmp_type=icmp_t, icmp_code=icmp_c,
-            tcp_flags=v.get("tcp_flags", 0) if proto == 6 else None)
+            tcp_flags=v.get("tcp_flags", 0) if proto == 6 else None,
+            reply_tos=v.get("reply_tos"),
+            v4rr=tuple(v["v4rr"]) if v.get("v4rr") else None, v4ts=v.get("v4ts"),
+            tsreply=v.get("tsreply"))
 
     def _trace(self, c: _Cursor) -> Trace:
         table = _AddrTable()
@@ -455,12 +463,16 @@ def _seconds(sec: int, usec: int) -> _dt.timedelta:
     return _dt.timedelta(seconds=sec, microseconds=usec)
 
 
-def _skip_v4ts(table: _AddrTable) -> Callable[[_Cursor], None]:
-    def reader(c: _Cursor) -> None:
+def _read_v4ts(table: _AddrTable) -> Callable[[_Cursor], PingV4TS]:
+    """scamper's v4ts: u8 timestamp count, u8 address count (0 or the
+    same), the timestamps, then the addresses."""
+    def reader(c: _Cursor) -> PingV4TS:
         tsc, ipc = c.u8(), c.u8()
-        c.take(4 * tsc)
-        for _ in range(ipc):
-            table.read(c)
+        if ipc not in (0, tsc):
+            raise _Truncated(f"ping reply v4ts with {tsc} timestamps but {ipc} addresses")
+        tss = tuple(c.u32() for _ in range(tsc))
+        ips = tuple(table.read(c) for _ in range(ipc))
+        return PingV4TS(tss, ips if ipc else None)
     return reader
 
 

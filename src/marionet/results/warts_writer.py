@@ -22,7 +22,7 @@ from typing import IO, Any, Callable, Iterable
 
 from .common import NS_PER_US, Addr
 from .cycle import CycleStart, CycleStop
-from .ping import Ping, PingReply
+from .ping import PING_FLAGS, Ping, PingReply
 from .trace import IcmpExt, Trace, TraceHop
 from .warts import MAGIC, PING_METHODS, PING_STOPS, TRACE_METHODS, TRACE_STOPS
 
@@ -259,10 +259,17 @@ class WartsWriter:
             f[19] = _u32(p.userid)
         f[20] = table.ref(p.src if p.src is not None else _unspecified(p.dst))
         f[21] = table.ref(p.dst)
+        for name in p.flags:
+            if name in PING_FLAGS:
+                flags |= 1 << PING_FLAGS.index(name)
         if flags:
             f[22] = _u8(flags)
+            if flags > 0xFF:
+                f[30] = _u32(flags)
         if p.tos:
             f[23] = _u8(p.tos)
+        if p.probe_tsps:
+            f[24] = _u8(len(p.probe_tsps)) + b"".join(table.ref(a) for a in p.probe_tsps)
         timeout_s, _ = _seconds(p.wait_timeout)
         if timeout_s != wait_s:
             f[27] = _u8(timeout_s)
@@ -305,10 +312,20 @@ class WartsWriter:
         if proto == 6:
             f[11] = _u8(r.tcp_flags or 0)
         f[12] = table.ref(r.src)
+        if r.v4rr is not None:
+            f[13] = _u8(len(r.v4rr)) + b"".join(table.ref(a) for a in r.v4rr)
+        if r.v4ts is not None:
+            ips = r.v4ts.ips or ()
+            f[14] = (_u8(len(r.v4ts.tss)) + _u8(len(ips)) + b"".join(_u32(t) for t in r.v4ts.tss)
+                     + b"".join(table.ref(a) for a in ips))
         if not v4 and r.reply_ipid is not None:
             f[15] = _u32(r.reply_ipid)
         if r.tx_ns:
             f[16] = _timeval(r.tx_ns)
+        if r.tsreply is not None:
+            f[17] = _u32(r.tsreply.tso) + _u32(r.tsreply.tsr) + _u32(r.tsreply.tst)
+        if r.reply_tos:  # scamper omits a zero ToS
+            f[19] = _u8(r.reply_tos)
         return _params(f)
 
     # -- trace ---------------------------------------------------------------------
