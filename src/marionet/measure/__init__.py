@@ -10,6 +10,7 @@ from marionet.measure.ping import SUPPORTED_METHODS as PING_METHODS_SUPPORTED
 from marionet.measure.ping import ping, plan_ping
 from marionet.measure.registry import PRIMITIVES, run_primitive
 from marionet.measure.trace import plan_trace, trace
+from marionet.measure.tracelb import plan_tracelb, tracelb
 
 __all__ = ["ping", "plan_ping", "PING_METHODS_SUPPORTED", "trace", "plan_trace", "dns", "plan_dns", "http", "plan_http",
-           "PRIMITIVES", "run_primitive"]
+           "tracelb", "plan_tracelb", "PRIMITIVES", "run_primitive"]

@@ -19,6 +19,8 @@ from .jsonfmt import dumps, from_json, loads, to_json
 from .ping import PING_METHODS, Ping, PingReply, PingStop
 from .trace import (TRACE_METHODS, IcmpExt, MplsLabel, Trace, TraceHop,
                     TraceStop)
+from .tracelb import (TRACELB_METHODS, Tracelb, TracelbLink, TracelbNode, TracelbProbe,
+                      TracelbProbeset, TracelbReply, TracelbStop)
 
 __all__ = [
     "Addr", "ns_to_datetime", "ns_to_timedelta",
@@ -27,6 +29,8 @@ __all__ = [
     "Ping", "PingReply", "PingStop", "PING_METHODS",
     "Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel", "TRACE_METHODS",
     "Http", "HttpBuf", "HttpHeaders", "HttpStop",
+    "Tracelb", "TracelbNode", "TracelbLink", "TracelbProbeset", "TracelbProbe", "TracelbReply",
+    "TracelbStop", "TRACELB_METHODS",
     "DnsResult", "DnsQuery", "DnsRR", "DnsMX", "DnsSOA", "DnsStop",
     "to_frame", "to_parquet", "read_parquet",
 ]
