@@ -260,7 +260,13 @@ class Tracelb:
         lines = [head]
         for ln in self.links():
             near, far = ln.pair()
-            parts = [near] + ["*"] * (ln.length - 1) + [far or "*"]
+            mids = ln.probesets[:-1] if ln.far is not None else ln.probesets
+            parts = [near]
+            for ps in mids:
+                a = [str(x) for x in ps.addrs()]
+                parts.append("*" if not a else a[0] if len(a) == 1 else f"({', '.join(a)})")
+            if ln.far is not None:
+                parts.append(far or "*")
             lines.append(" -> ".join(parts))
         return "\n".join(lines) + "\n"
 
