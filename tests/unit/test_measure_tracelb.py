@@ -169,10 +169,15 @@ def test_per_node_stopping_rule():
     mda, t = run_core(SimNet(diamond(2, 2)), sport=40000)
     ex = {e.node: e for e in mda.explores}
     assert len(ex["10.1.0.1"].answered) == 11 and len(ex["10.1.0.1"].succ) == 2
-    for a in ("10.2.0.1", "10.2.1.1", "10.2.0.2", "10.2.1.2"):
-        assert len(ex[a].answered) == 6 and len(ex[a].succ) == 1, a
-        for f in ex[a].answered:  # node control: each flow was seen at the node first
-            assert mda.flow_at[(f, ex[a].ttl)] == a
+    for level in (("10.2.0.1", "10.2.1.1"), ("10.2.0.2", "10.2.1.2")):
+        for a in level:
+            assert len(ex[a].succ) == 1 and ex[a].why in ("confident", "hop"), a
+            assert ex[a].why == "hop" or len(ex[a].answered) == 6
+            for f in ex[a].answered:  # node control: each flow was seen at the node first
+                assert mda.flow_at[(f, ex[a].ttl)] == a
+        # nodes short of n_1 flows of their own stop when the hop's flows rule
+        # out a third next hop (n_2 = 11), as scamper's clumps do
+        assert sum(len(ex[a].answered) for a in level) >= 11
     for a in ("10.3.0.1", "10.3.1.1"):
         assert ex[a].why == "destination" and len(ex[a].answered) == 1
     by_near: dict[str, set[int]] = {}
@@ -180,6 +185,20 @@ def test_per_node_stopping_rule():
         by_near.setdefault(str(ln.near.addr), set()).update(p.flowid for p in ln.probesets[0].probes)
     assert len(by_near["10.1.0.1"]) >= 11  # plus flows brought forward that landed behind r1
     assert t.probec == len([p for p in mda.probes if p.error is None])
+
+
+def test_meshed_hop_gets_node_control():
+    """r1 → {a, b} → {c1..c4} with each of a, b balancing over all four c's:
+    a and b each show four next hops, so each needs n_4 = 21 flows of its
+    own (flows are brought forward), and every one of the 8 links is found."""
+    layers = [["10.1.0.1"], ["10.2.0.1", "10.2.1.1"], [f"10.4.{i}.1" for i in range(4)], ["10.5.0.1"]]
+    mda, t = run_core(SimNet(layers), sport=40000, confidence=99)
+    assert t.is_completed()
+    assert {ln.pair() for ln in t.links()} == truth(layers)
+    ex = {e.node: e for e in mda.explores}
+    for a in ("10.2.0.1", "10.2.1.1"):
+        assert ex[a].why == "confident" and len(ex[a].answered) >= n_k(99, 4) and len(ex[a].succ) == 4
+    assert t.extra["bringfwd_probes"] > 0
 
 
 def test_silent_hop_makes_a_longer_link_and_gaplimit_ends_it():

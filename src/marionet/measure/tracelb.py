@@ -35,8 +35,14 @@ The MDA (``TracelbProbing``, sans-I/O) works node by node, hop by hop:
   one probe more at k = 7, 8, 13, 16.
 * When ``v`` has too few known flows, new flow ids are probed at ``t``
   itself until enough of them land on ``v`` ("bringing flows forward"; each
-  lands on some node at ``t`` and helps that node too), at most ``n_K`` new
-  flows per node, ``K`` the number of nodes known at ``t``.
+  lands on some node at ``t`` and helps that node too); after ``n_K``
+  misses in a row (``K`` the nodes known at ``t``) ``v`` gives up.
+* Except on an unmeshed hop (scamper's "clump", MDA-Lite's hop-level
+  rule): when every node at ``t`` has used all its known flows and each
+  shows exactly one next hop, the hop's flows together — ``n_K`` for the
+  ``K`` next hops the hop shows — rule out another, without bringing flows
+  forward (which costs about ``K`` probes per flow on a ``K``-wide hop).
+  A node with two or more next hops always gets its own ``n_k``.
 * Hops are explored in TTL order (all nodes at ``t`` before any at
   ``t + 1``), so every flow found at ``t`` is there to be reused at ``t + 1``.
 * As scamper does, the first hop is probed with one flow (it is assumed not
@@ -266,7 +272,7 @@ class _Explore:
     lost: set[int] = field(default_factory=set)  # flows lost at probe_ttl
     silent: list[list[int]] = field(default_factory=list)  # pids per silent TTL passed over
     tried_pids: list[int] = field(default_factory=list)  # pids at the current probe_ttl
-    bringfwd: int = 0
+    bringfwd: int = 0  # flows brought forward in a row that landed elsewhere
     done: bool = False
     why: str = ""
 
@@ -500,6 +506,8 @@ class TracelbProbing:
         self._flows_at_ttl.setdefault(pr.ttl, {})[pr.flow] = addr
         ex = pr.owner
         if pr.bringfwd:
+            if ex is not None and addr == ex.node:
+                ex.bringfwd = 0  # landed: the miss count starts again for the next flow
             # A flow brought forward landed on ``addr``; if every flow passed one
             # node just before, that is a link from it (maybe one its MDA missed).
             prev = self._sole(pr.ttl - 1) if pr.ttl > self.plan.firsthop else None
@@ -543,24 +551,43 @@ class TracelbProbing:
                 self.explores.append(_Explore(n.addr, n.ttl, n.ttl + 1))
 
     def _decide(self) -> None:
-        """Choose the next probe, or finish."""
+        """Choose the next probe, or finish.  First every active node uses
+        the flows known to reach it; only then, for nodes still short of
+        flows, the hop-level rule may conclude or flows are brought forward."""
         if self.done or self.inflight is not None or self._pending is not None:
             return
         while True:
             active = self._active()
             if not active:
                 return self._stop(TracelbStop.COMPLETED)
+            short: list[_Explore] = []
+            nxt = None
             for ex in active:
-                nxt = self._next_for(ex)
-                if nxt is not None:
-                    if len(self.probes) >= self.plan.probec_max:
-                        return self._stop(TracelbStop.PROBEC_MAX)
-                    self._pending = nxt
-                    return
+                r = self._own(ex)
+                if r == "short":
+                    short.append(ex)
+                elif r is not None:
+                    nxt = r
+                    break
+            if nxt is None and short:
+                if self._hop_covered(short[0].ttl):
+                    for ex in short:
+                        ex.done, ex.why = True, "hop"
+                    continue
+                for ex in short:
+                    nxt = self._bring_forward(ex)
+                    if nxt is not None:
+                        break
+            if nxt is not None:
+                if len(self.probes) >= self.plan.probec_max:
+                    return self._stop(TracelbStop.PROBEC_MAX)
+                self._pending = nxt  # type: ignore[assignment]
+                return
             # every active exploration just finished: look again
 
-    def _next_for(self, ex: _Explore) -> tuple[int, int, int, _Explore, bool] | None:
-        """The next (flow, ttl, attempt, owner, bringfwd) for ``ex``, or None when it is done."""
+    def _own(self, ex: _Explore) -> tuple[int, int, int, _Explore, bool] | str | None:
+        """The next probe for ``ex`` on a flow known to reach its node;
+        None when it is done, "short" when it needs more flows."""
         p = self.plan
         if ex.done:
             return None
@@ -590,8 +617,25 @@ class TracelbProbing:
             flow = self.next_flow
             self.next_flow += 1
             return (flow, ex.probe_ttl, 0, ex, False)
-        # Too few flows reach this node: bring new ones forward at its TTL.
-        cap = n_k(p.confidence, max(1, sum(1 for n in self.nodes.values() if n.ttl == ex.ttl)))
+        return "short"
+
+    def _hop_covered(self, ttl: int) -> bool:
+        """The hop-level rule (scamper's clumps, MDA-Lite's unmeshed hops):
+        when every node at ``ttl`` has used all its flows and shows exactly
+        one next hop, the hop's flows together (n_K for the K next hops the
+        hop shows) rule out another next hop; bringing flows forward to give
+        each node n_1 of its own would cost ~K probes per flow."""
+        exs = [e for e in self.explores if e.ttl == ttl and e.node != ROOT]
+        if not exs or any(len(e.succ) != 1 or e.silent for e in exs):
+            return False
+        succ = {a for e in exs for a in e.succ}
+        return sum(len(e.answered) for e in exs) >= n_k(self.plan.confidence, len(succ))
+
+    def _bring_forward(self, ex: _Explore) -> tuple[int, int, int, _Explore, bool] | None:
+        """A new flow probed at the node's own TTL, hoping it lands there;
+        after n_K misses in a row (K the nodes known at that TTL) the node
+        gives up, as scamper does."""
+        cap = n_k(self.plan.confidence, max(1, sum(1 for n in self.nodes.values() if n.ttl == ex.ttl)))
         if ex.bringfwd >= cap:
             ex.done, ex.why = True, "bringfwd"
             return None
