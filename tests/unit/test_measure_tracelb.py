@@ -143,9 +143,11 @@ def test_plan_defaults_are_scampers():
 @pytest.mark.parametrize("width,length", [(2, 1), (2, 2), (4, 2), (8, 1)])
 @pytest.mark.parametrize("method", ["udp-dport", "udp-sport", "icmp-echo", "tcp-sport"])
 def test_finds_every_link_of_a_diamond(width, length, method):
+    """Fixed flows and balancer keys, so the outcome is fixed: at 99% a miss
+    is possible (about 1% per hop here) and these flows do not miss."""
     layers = diamond(width, length)
     kw = {} if method == "icmp-echo" else {"sport": 40000}
-    t = run(SimNet(layers), method=method, confidence=99, **kw)
+    t = run(SimNet(layers, salt=1), method=method, confidence=99, **kw)
     assert t.stop_reason == TracelbStop.COMPLETED
     links = {(str(a.near.addr), str(a.far.addr)) for a in t.links()}
     assert links == truth(layers), (method, links ^ truth(layers))
@@ -172,7 +174,8 @@ def test_per_node_stopping_rule():
     for level in (("10.2.0.1", "10.2.1.1"), ("10.2.0.2", "10.2.1.2")):
         for a in level:
             assert len(ex[a].succ) == 1 and ex[a].why in ("confident", "hop"), a
-            assert ex[a].why == "hop" or len(ex[a].answered) == 6
+            # its own n_1 = 6 (more when its spare flows served the hop-level rule)
+            assert ex[a].why == "hop" or len(ex[a].answered) >= 6
             for f in ex[a].answered:  # node control: each flow was seen at the node first
                 assert mda.flow_at[(f, ex[a].ttl)] == a
         # nodes short of n_1 flows of their own stop when the hop's flows rule

@@ -515,6 +515,8 @@ class TracelbProbing:
             if pex is not None:
                 pex.succ.setdefault(addr, []).append(pr.pid)
         elif ex is not None and pr.ttl == ex.probe_ttl:
+            if addr not in ex.succ and ex.done and ex.why in ("confident", "hop"):
+                ex.done, ex.why = False, ""  # a spare flow found another next hop: explore on
             ex.succ.setdefault(addr, []).append(pr.pid)
             ex.answered.add(pr.flow)
             if kind == "done":
@@ -574,7 +576,8 @@ class TracelbProbing:
                     for ex in short:
                         ex.done, ex.why = True, "hop"
                     continue
-                for ex in short:
+                nxt = self._spare(short[0].ttl)
+                for ex in short if nxt is None else ():
                     nxt = self._bring_forward(ex)
                     if nxt is not None:
                         break
@@ -613,7 +616,10 @@ class TracelbProbing:
         for f in self._flows_through(ex):
             if f not in used:
                 return (f, ex.probe_ttl, 0, ex, False)
-        if self._sole(ex.ttl) == ex.node:  # every flow passes this node: any new one will do
+        if ex.ttl == self.plan.firsthop and self._sole(ex.ttl) == ex.node:
+            # The first hop is assumed unbalanced (as scamper does): any new
+            # flow passes it.  Deeper, "sole" rests on an MDA conclusion that
+            # may be the rare miss, so new flows are checked at the node's TTL.
             flow = self.next_flow
             self.next_flow += 1
             return (flow, ex.probe_ttl, 0, ex, False)
@@ -630,6 +636,18 @@ class TracelbProbing:
             return False
         succ = {a for e in exs for a in e.succ}
         return sum(len(e.answered) for e in exs) >= n_k(self.plan.confidence, len(succ))
+
+    def _spare(self, ttl: int) -> tuple[int, int, int, _Explore, bool] | None:
+        """A flow not yet used by a node at ``ttl`` that already met its own
+        n_k with one next hop: probing it (one probe) adds to the hop's flows
+        for the hop-level rule, far cheaper than bringing a flow forward."""
+        for e in self.explores:
+            if e.ttl == ttl and e.node != ROOT and e.why == "confident" and len(e.succ) == 1:
+                used = e.answered | e.lost
+                for f in self._flows_through(e):
+                    if f not in used:
+                        return (f, e.probe_ttl, 0, e, False)
+        return None
 
     def _bring_forward(self, ex: _Explore) -> tuple[int, int, int, _Explore, bool] | None:
         """A new flow probed at the node's own TTL, hoping it lands there;
