@@ -7,6 +7,8 @@ import hashlib
 import json
 import math
 import random
+import shutil
+import subprocess
 from typing import Callable
 
 import pytest
@@ -310,3 +312,29 @@ def test_reads_scampers_clumped_json():
               "wait_timeout"):
         assert again[k] == SCAMPER[k], k
     assert json.loads(dumps(again))["nodes"][0]["links"][0] == SCAMPER["nodes"][0]["links"][0]
+
+
+@pytest.mark.skipif(shutil.which("sc_warts2json") is None, reason="needs Debian's scamper (sc_warts2json)")
+@pytest.mark.parametrize("layers,method", [(diamond(2, 2), "udp-dport"), (diamond(4, 1), "icmp-echo"),
+                                           ([["10.1.0.1"], ["10.2.0.1"], ["10.3.0.1"]], "tcp-sport")])
+def test_warts_record_reads_back_in_scampers_tools(tmp_path, layers, method):
+    """Our type-8 record, read by sc_warts2json, gives exactly our JSON."""
+    from marionet.results import CycleStart, CycleStop
+    from marionet.results.warts_writer import WartsWriter
+
+    kw = {} if method == "icmp-echo" else {"sport": 40000}
+    silent = {"10.2.0.1"} if method == "tcp-sport" else set()
+    t = run(SimNet(layers, silent=silent, salt=1), method=method, userid=7, **kw)
+    path = tmp_path / "x.warts"
+    with open(path, "wb") as fh:
+        w = WartsWriter(fh)
+        w.write(CycleStart(start_time=1_700_000_000, hostname="h"))
+        w.write(t)
+        w.write(CycleStop(stop_time=1_700_000_001))
+    cp = subprocess.run(["sc_warts2json", str(path)], capture_output=True, text=True, check=True)
+    (theirs,) = [d for d in map(json.loads, cp.stdout.splitlines()) if d["type"] == "tracelb"]
+    ours = to_json(t)
+    ours.pop("marionet")
+    assert theirs == json.loads(dumps(ours))
+    text = subprocess.run(["sc_warts2text", str(path)], capture_output=True, text=True, check=True).stdout
+    assert set(text.splitlines()[1:]) == set(t.to_text().splitlines()[1:])

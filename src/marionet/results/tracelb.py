@@ -477,3 +477,4 @@ def tracelb_from_json(d: dict[str, Any]) -> Tracelb:
 
 
 register("tracelb", Tracelb, tracelb_to_json, tracelb_from_json)
+from . import warts_tracelb as _warts_tracelb  # noqa: E402,F401  (registers warts type 8)
