@@ -338,3 +338,30 @@ def test_warts_record_reads_back_in_scampers_tools(tmp_path, layers, method):
     assert theirs == json.loads(dumps(ours))
     text = subprocess.run(["sc_warts2text", str(path)], capture_output=True, text=True, check=True).stdout
     assert set(text.splitlines()[1:]) == set(t.to_text().splitlines()[1:])
+
+
+def test_halt_keeps_the_partial_graph():
+    net = SimNet(diamond(4, 2))
+    mda = TracelbProbing(plan_tracelb(DST, sport=40000, wait_probe=0), SRC)
+    for t in range(20):
+        pid, _ttl, data = mda.probe(t)
+        mda.sent(pid, t, "kernel")
+        mda.received(P.parse_packet(net.answer(data)), t + 1)
+    mda.halt()
+    assert mda.done and not mda.wants_probe()
+    r = mda.result(start_ns=0)
+    assert r.stop_reason == TracelbStop.HALTED and r.probec == 20
+    assert {ln.pair() for ln in r.links()} <= truth(diamond(4, 2)) and r.linkc >= 2
+
+
+def test_registered_as_an_endpoint_primitive():
+    from marionet.measure.registry import PRIMITIVES, check_params
+
+    assert "tracelb" in PRIMITIVES
+    check_params("tracelb", {"dst": DST, "confidence": 99, "method": "icmp-echo"})
+    with pytest.raises(ValueError, match="unknown tracelb parameter"):
+        check_params("tracelb", {"dst": DST, "confidance": 99})
+    with pytest.raises(ValueError, match="confidence"):
+        check_params("tracelb", {"dst": DST, "confidence": 50})
+    with pytest.raises(ValueError, match="tracelb could run"):
+        check_params("tracelb", {"dst": DST, "gaplimit": 255, "wait_timeout": 60})
