@@ -896,6 +896,7 @@ def _primitive(name: str, *positional: str) -> Callable[..., Any]:
 
 # Primitives whose endpoint side lands later are one line each here.
 AsyncCtrl.do_trace = _primitive("trace", "dst")  # type: ignore[attr-defined]
+AsyncCtrl.do_tracelb = _primitive("tracelb", "dst")  # type: ignore[attr-defined]
 AsyncCtrl.do_dns = _primitive("dns", "qname")  # type: ignore[attr-defined]
 AsyncCtrl.do_http = _primitive("http", "dst", "url")  # type: ignore[attr-defined]
 AsyncCtrl.do_udpprobe = _primitive("udpprobe", "dst", "dport")  # type: ignore[attr-defined]

@@ -224,6 +224,7 @@ class Ctrl:
     # ------------------------------------------------------------ tasks
     do_ping = _sync(AsyncCtrl.do_ping)
     do_trace = _sync(AsyncCtrl.do_trace)  # type: ignore[attr-defined]
+    do_tracelb = _sync(AsyncCtrl.do_tracelb)  # type: ignore[attr-defined]
     do_dns = _sync(AsyncCtrl.do_dns)  # type: ignore[attr-defined]
     do_http = _sync(AsyncCtrl.do_http)  # type: ignore[attr-defined]
     do_udpprobe = _sync(AsyncCtrl.do_udpprobe)  # type: ignore[attr-defined]

@@ -12,6 +12,8 @@ from marionet.measure.registry import PRIMITIVES, run_primitive
 from marionet.measure.trace import plan_trace, trace
 from marionet.measure.udpprobe import plan_udpprobe, udpprobe
 from marionet.measure.sniff import plan_sniff, sniff
+from marionet.measure.tracelb import plan_tracelb, tracelb
 
 __all__ = ["ping", "plan_ping", "PING_METHODS_SUPPORTED", "trace", "plan_trace", "dns", "plan_dns", "http", "plan_http",
-           "udpprobe", "plan_udpprobe", "sniff", "plan_sniff", "PRIMITIVES", "run_primitive"]
+           "udpprobe", "plan_udpprobe", "sniff", "plan_sniff", "tracelb", "plan_tracelb",
+           "PRIMITIVES", "run_primitive"]

@@ -24,6 +24,7 @@ from marionet.measure.ping import ping, plan_ping
 from marionet.measure.trace import plan_trace, trace
 from marionet.measure.udpprobe import plan_udpprobe, udpprobe
 from marionet.measure.sniff import plan_sniff, sniff
+from marionet.measure.tracelb import plan_tracelb, tracelb
 
 __all__ = ["PRIMITIVES", "VALIDATORS", "run_primitive", "check_params", "UnknownPrimitive"]
 
@@ -37,6 +38,7 @@ PRIMITIVES: dict[str, Primitive] = {
     "http": http,
     "udpprobe": udpprobe,
     "sniff": sniff,
+    "tracelb": tracelb,
 }
 
 #: name -> a function taking the same parameters that raises ``ValueError``
@@ -48,6 +50,7 @@ VALIDATORS: dict[str, Callable[..., Any]] = {
     "http": plan_http,
     "udpprobe": plan_udpprobe,
     "sniff": plan_sniff,
+    "tracelb": plan_tracelb,
 }
 
 # Keyword arguments the runner supplies itself; never accepted from a Task.

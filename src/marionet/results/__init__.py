@@ -21,6 +21,8 @@ from .trace import (TRACE_METHODS, IcmpExt, MplsLabel, Trace, TraceHop,
                     TraceStop)
 from .udpprobe import Udpprobe, UdpprobeProbe, UdpprobeReply, UdpprobeStop
 from .sniff import Sniff, SniffPkt, SniffStop
+from .tracelb import (TRACELB_METHODS, Tracelb, TracelbLink, TracelbNode, TracelbProbe,
+                      TracelbProbeset, TracelbReply, TracelbStop)
 
 __all__ = [
     "Addr", "ns_to_datetime", "ns_to_timedelta",
@@ -29,6 +31,8 @@ __all__ = [
     "Ping", "PingReply", "PingStop", "PING_METHODS", "PingV4TS", "PingTsReply",
     "Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel", "TRACE_METHODS",
     "Http", "HttpBuf", "HttpHeaders", "HttpStop",
+    "Tracelb", "TracelbNode", "TracelbLink", "TracelbProbeset", "TracelbProbe", "TracelbReply",
+    "TracelbStop", "TRACELB_METHODS",
     "DnsResult", "DnsQuery", "DnsRR", "DnsMX", "DnsSOA", "DnsStop",
     "Udpprobe", "UdpprobeProbe", "UdpprobeReply", "UdpprobeStop", "Sniff", "SniffPkt", "SniffStop",
     "to_frame", "to_parquet", "read_parquet",
