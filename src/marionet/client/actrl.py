@@ -821,6 +821,7 @@ def _primitive(name: str, *positional: str) -> Callable[..., Any]:
 AsyncCtrl.do_trace = _primitive("trace", "dst")  # type: ignore[attr-defined]
 AsyncCtrl.do_dns = _primitive("dns", "qname")  # type: ignore[attr-defined]
 AsyncCtrl.do_http = _primitive("http", "dst", "url")  # type: ignore[attr-defined]
+AsyncCtrl.do_tbit = _primitive("tbit", "dst")  # type: ignore[attr-defined]
 
 __all__ = ["AsyncCtrl", "BadParams", "InstError", "Inst", "Task", "VpInfo", "params_of", "deadline_of",
            "local_vp_specs", "check_task_params"]

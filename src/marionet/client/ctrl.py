@@ -226,6 +226,7 @@ class Ctrl:
     do_trace = _sync(AsyncCtrl.do_trace)  # type: ignore[attr-defined]
     do_dns = _sync(AsyncCtrl.do_dns)  # type: ignore[attr-defined]
     do_http = _sync(AsyncCtrl.do_http)  # type: ignore[attr-defined]
+    do_tbit = _sync(AsyncCtrl.do_tbit)  # type: ignore[attr-defined]
 
     def _do(self, primitive: str, params: dict[str, Any], inst: Any = None, sync: bool = False,
             userid: int | None = None) -> Any:

@@ -9,7 +9,9 @@ from marionet.measure.http import http, plan_http
 from marionet.measure.ping import SUPPORTED_METHODS as PING_METHODS_SUPPORTED
 from marionet.measure.ping import ping, plan_ping
 from marionet.measure.registry import PRIMITIVES, run_primitive
+from marionet.measure.tbit import plan_tbit, tbit
 from marionet.measure.trace import plan_trace, trace
 
 __all__ = ["ping", "plan_ping", "PING_METHODS_SUPPORTED", "trace", "plan_trace", "dns", "plan_dns", "http", "plan_http",
+           "tbit", "plan_tbit",
            "PRIMITIVES", "run_primitive"]

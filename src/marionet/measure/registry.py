@@ -21,6 +21,7 @@ from marionet.measure.dns import dns, plan_dns
 from marionet.measure.http import http, plan_http
 from marionet.measure.params import MAX_TASK_S, shown
 from marionet.measure.ping import ping, plan_ping
+from marionet.measure.tbit import plan_tbit, tbit
 from marionet.measure.trace import plan_trace, trace
 
 __all__ = ["PRIMITIVES", "VALIDATORS", "run_primitive", "check_params", "UnknownPrimitive"]
@@ -33,6 +34,7 @@ PRIMITIVES: dict[str, Primitive] = {
     "dns": dns,
     "trace": trace,
     "http": http,
+    "tbit": tbit,
 }
 
 #: name -> a function taking the same parameters that raises ``ValueError``
@@ -42,6 +44,7 @@ VALIDATORS: dict[str, Callable[..., Any]] = {
     "dns": plan_dns,
     "trace": plan_trace,
     "http": plan_http,
+    "tbit": plan_tbit,
 }
 
 # Keyword arguments the runner supplies itself; never accepted from a Task.

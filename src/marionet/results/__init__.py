@@ -17,6 +17,7 @@ from .file import File
 from .http import Http, HttpBuf, HttpHeaders, HttpStop
 from .jsonfmt import dumps, from_json, loads, to_json
 from .ping import PING_METHODS, Ping, PingReply, PingStop
+from .tbit import Tbit, TbitPkt, TbitResult
 from .trace import (TRACE_METHODS, IcmpExt, MplsLabel, Trace, TraceHop,
                     TraceStop)
 
@@ -27,6 +28,7 @@ __all__ = [
     "Ping", "PingReply", "PingStop", "PING_METHODS",
     "Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel", "TRACE_METHODS",
     "Http", "HttpBuf", "HttpHeaders", "HttpStop",
+    "Tbit", "TbitPkt", "TbitResult",
     "DnsResult", "DnsQuery", "DnsRR", "DnsMX", "DnsSOA", "DnsStop",
     "to_frame", "to_parquet", "read_parquet",
 ]
