@@ -1,0 +1,258 @@
+"""tbit against Linux TCP in the lab: results flip with the server's sysctls.
+
+    client ─5ms─ r1 ── target (nginx, plain http, a 100 kB file)
+
+The endpoint runs inside the client namespace (native: an in-process
+endpoint called directly; endpoint placement: the same endpoint runs the
+``tbit`` task). The ground truth is the target's own configuration, set in
+its namespace: ``net.ipv4.tcp_ecn`` 0 → ``ecn-incapable``, 1 or 2 →
+``ecn-success``; ``net.ipv4.tcp_sack`` 0 → ``sack-incapable``, 1 →
+``sack-rcvr-success``; the route's ``initcwnd`` is the ICW the ``icw`` test
+must infer. tbit needs the client's own RSTs dropped for its source ports
+(see marionet.measure.tbit), so the client namespace gets scamper users'
+iptables rule for ports 40000-40999; a test outside that range checks that
+the missing rule is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from typing import Any, AsyncIterator, Iterator
+
+import pytest
+
+from marionet.lab import parse_spec
+from marionet.lab.pytest_plugin import make_lab
+from marionet.measure.tbit import tbit
+from marionet.results import Tbit, TbitResult, from_json, loads, dumps
+from marionet.measure import tcpseg as T
+
+pytestmark = pytest.mark.root
+
+SPEC = """
+[lab]
+name = "tbit"
+controller = false
+
+[[host]]
+name = "client"
+
+[[router]]
+name = "r1"
+
+[[host]]
+name = "target"
+
+[[link]]
+a = "client"
+b = "r1"
+delay = "5ms"
+
+[[link]]
+a = "r1"
+b = "target"
+
+[[service]]
+host = "target"
+kind = "http"
+options = { hostnames = ["www.lab.example"], files = { "big.bin" = 100000, "index.html" = "<p>tbit lab</p>" } }
+"""
+PORTS = itertools.count(40001)  # inside the client's RST-dropping rule
+RULE = "iptables -A OUTPUT -p tcp --tcp-flags RST RST --sport 40000:40999 -j DROP"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Any]:
+    with make_lab(parse_spec(SPEC)) as lab:
+        lab.exec("client", RULE, check=True)
+        yield lab
+
+
+def sysctl(lab: Any, name: str, value: int) -> None:
+    lab.exec("target", ["sysctl", "-qw", f"{name}={value}"], check=True)
+
+
+@contextlib.asynccontextmanager
+async def client_endpoint(lab: Any) -> AsyncIterator[Any]:
+    """(session to an endpoint in the client namespace, native session there)."""
+    from marionet import aio
+    from marionet.endpoint.daemon import Endpoint, EndpointConfig
+    from marionet.endpoint.local import native_session
+
+    from . import pathlab
+
+    with pathlab.inside(lab.netns("client")):
+        ep = Endpoint(EndpointConfig(name="tbit-lab"))
+        try:
+            srv = await ep.serve("127.0.0.1", 0, None)
+            s = await aio.connect(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", insecure=True)
+            try:
+                async with native_session() as ns:
+                    yield s, ns
+            finally:
+                await s.close()
+        finally:
+            await ep.close()
+
+
+async def task_tbit(session: Any, params: dict) -> Tbit:
+    tid = await session.task("tbit", params)
+
+    async def wait() -> Any:
+        while True:
+            n = await session.next_notification(60)
+            assert n is not None, f"no result for task {tid}"
+            if n.kind == "taskres" and n.task == tid:
+                return n
+    n = await asyncio.wait_for(wait(), 60)
+    assert n.error is None, n.error
+    return from_json(n.result)
+
+
+def run_native(lab: Any, **kw: Any) -> Tbit:
+    async def go() -> Tbit:
+        async with client_endpoint(lab) as (_s, native):
+            return await tbit(native, lab.addr("target"), sport=next(PORTS), max_time=30, **kw)
+    return asyncio.run(go())
+
+
+def flags_of(t: Tbit, direction: str) -> list[int]:
+    return [p.tcp()[3] for p in t.pkts if p.dir == direction]
+
+
+def check_record(t: Tbit) -> None:
+    """Every packet kernel-stamped, and the record survives scamper JSON."""
+    assert t.pkts and all(p.ts_source == "kernel" for p in t.pkts), [(p.dir, p.ts_source) for p in t.pkts]
+    back = loads(dumps(t))
+    assert back == t
+
+
+@pytest.mark.parametrize("ecn, expect", [(0, TbitResult.ECN_INCAPABLE), (1, TbitResult.ECN_SUCCESS),
+                                         (2, TbitResult.ECN_SUCCESS)])
+def test_ecn_follows_the_servers_tcp_ecn(lab: Any, ecn: int, expect: TbitResult) -> None:
+    sysctl(lab, "net.ipv4.tcp_ecn", ecn)
+    t = run_native(lab, method="ecn")
+    assert t.result == expect, t.to_text()
+    check_record(t)
+    syn, synack = t.pkts[0], next(p for p in t.pkts if p.dir == "rx")
+    assert syn.tcp()[3] & (T.TH_ECE | T.TH_CWR) == T.TH_ECE | T.TH_CWR
+    assert bool(synack.tcp()[3] & T.TH_ECE) == (ecn != 0)
+    data_tx = [p for p in t.pkts if p.dir == "tx" and p.tcp_datalen]
+    assert data_tx and (data_tx[0].data[1] & 3 == T.ECN_CE) == (ecn != 0)  # request marked CE
+    if ecn:
+        assert any(f & T.TH_ECE for f in flags_of(t, "rx")[1:])  # the echo
+    assert t.server_mss == 1460 and t.result_str == expect.text
+
+
+@pytest.mark.parametrize("sack, expect", [(1, TbitResult.SACK_RCVR_SUCCESS), (0, TbitResult.SACK_INCAPABLE)])
+def test_sack_follows_the_servers_tcp_sack(lab: Any, sack: int, expect: TbitResult) -> None:
+    sysctl(lab, "net.ipv4.tcp_sack", sack)
+    try:
+        t = run_native(lab, method="sack-rcvr")
+    finally:
+        sysctl(lab, "net.ipv4.tcp_sack", 1)
+    assert t.result == expect, t.to_text()
+    check_record(t)
+    from marionet.results.tbit import _pkts_json
+    blocks = [o["blocks"] for p in _pkts_json(t) if p["dir"] == "rx"
+              for o in p.get("tcp_options", []) if o["kind"] == "sack"]
+    if sack:
+        # each duplicate ACK names the latest one-byte segment first
+        firsts = [b[0] for b in blocks]
+        assert firsts == [{"left": 3 + 2 * i, "right": 4 + 2 * i} for i in range(6)], firsts
+    else:
+        assert blocks == []
+
+
+def test_null_completes_an_http_get(lab: Any) -> None:
+    t = run_native(lab, method="null")
+    assert t.result == TbitResult.NULL_SUCCESS, t.to_text()
+    check_record(t)
+    body = b"".join(T.parse_segment(p.data).payload for p in t.pkts if p.dir == "rx")
+    assert body.startswith(b"HTTP/1.1 200") and body.endswith(b"<p>tbit lab</p>"), body[:40]
+    assert any(f & T.TH_FIN for f in flags_of(t, "rx")) and any(f & T.TH_FIN for f in flags_of(t, "tx"))
+
+
+def _target_route(lab: Any) -> str:
+    """The target's route toward the client, as ``ip route`` prints it."""
+    import ipaddress
+
+    client = ipaddress.ip_address(lab.addr("client"))
+    best = None
+    for line in lab.exec("target", ["ip", "-4", "route", "show"], check=True).stdout.splitlines():
+        dst = line.split()[0]
+        net = ipaddress.ip_network("0.0.0.0/0" if dst == "default" else dst, strict=False)
+        if client in net and (best is None or net.prefixlen > best[0].prefixlen):
+            best = (net, line.split(" initcwnd")[0].strip())
+    assert best is not None, "the target has no route to the client"
+    return best[1]
+
+
+@pytest.mark.parametrize("initcwnd", [None, 4])
+def test_icw_is_the_servers_initial_window(lab: Any, initcwnd: int | None) -> None:
+    route = _target_route(lab)
+    if initcwnd is not None:
+        lab.exec("target", f"ip -4 route change {route} initcwnd {initcwnd}", check=True)
+    try:
+        t = run_native(lab, method="icw", url="http://www.lab.example/big.bin")
+    finally:
+        if initcwnd is not None:
+            lab.exec("target", f"ip -4 route change {route}", check=True)
+    assert t.result == TbitResult.ICW_SUCCESS, t.to_text()
+    check_record(t)
+    assert t.icw_segments == (initcwnd or 10), (t.icw_bytes, t.server_mss)  # Linux's default is 10
+    assert loads(dumps(t)).icw_bytes == t.icw_bytes and dumps(t).count('"icw_bytes":') == 1
+
+
+def test_native_and_endpoint_placements_agree(lab: Any) -> None:
+    sysctl(lab, "net.ipv4.tcp_ecn", 2)
+
+    async def go() -> list[tuple[Tbit, Tbit]]:
+        out = []
+        async with client_endpoint(lab) as (session, native):
+            for method, url in (("ecn", None), ("sack-rcvr", None), ("null", None),
+                                ("icw", "http://www.lab.example/big.bin")):
+                params = {"dst": lab.addr("target"), "method": method, "max_time": 30}
+                if url:
+                    params["url"] = url
+                a = await tbit(native, sport=next(PORTS), **params)
+                b = await task_tbit(session, {**params, "sport": next(PORTS)})
+                out.append((a, b))
+        return out
+
+    for a, b in asyncio.run(go()):
+        assert a.result == b.result and a.result in (TbitResult.ECN_SUCCESS, TbitResult.SACK_RCVR_SUCCESS,
+                                                     TbitResult.NULL_SUCCESS, TbitResult.ICW_SUCCESS), \
+            (a.to_text(), b.to_text())
+        assert (a.server_mss, a.icw_bytes, a.client_mss) == (b.server_mss, b.icw_bytes, b.client_mss)
+        assert b.vp == "tbit-lab" and str(b.src) == lab.addr("client")
+        # the same conversation: the same flags on the same relative sequence numbers
+        from marionet.results.tbit import _pkts_json
+
+        def shape(t: Tbit) -> list[tuple]:
+            return [(p["dir"], tuple(p["tcp_flags"]), p["tcp_seq"], p["tcp_datalen"])
+                    for p in _pkts_json(t) if p["dir"] == "tx"]
+        if a.type != "icw":  # how many ACKs icw sends depends on how the flight arrived
+            assert shape(a) == shape(b)
+
+
+def test_missing_rst_rule_is_reported(lab: Any) -> None:
+    """Port 41000 is outside the rule: the client kernel resets the SYN-ACK."""
+    async def go() -> Tbit:
+        async with client_endpoint(lab) as (_s, native):
+            return await tbit(native, lab.addr("target"), method="null", sport=41000, max_time=20)
+    t = asyncio.run(go())
+    assert t.result == TbitResult.TCP_RST, t.to_text()
+    assert t.error and "iptables" in t.error and "--sport 41000" in t.error
+
+
+def test_closed_port_is_noconn_rst(lab: Any) -> None:
+    async def go() -> Tbit:
+        async with client_endpoint(lab) as (_s, native):
+            return await tbit(native, lab.addr("target"), method="ecn", dport=81, sport=next(PORTS),
+                              max_time=20)
+    t = asyncio.run(go())
+    assert t.result == TbitResult.TCP_NOCONN_RST and t.result_str == "tcp-noconn-rst", t.to_text()
+    assert [p.dir for p in t.pkts] == ["tx", "rx"]
