@@ -256,3 +256,31 @@ def test_closed_port_is_noconn_rst(lab: Any) -> None:
     t = asyncio.run(go())
     assert t.result == TbitResult.TCP_NOCONN_RST and t.result_str == "tcp-noconn-rst", t.to_text()
     assert [p.dir for p in t.pkts] == ["tx", "rx"]
+
+
+@pytest.mark.parametrize("locked, expect", [(False, TbitResult.PMTUD_SUCCESS), (True, TbitResult.PMTUD_NODF)])
+def test_pmtud_follows_the_servers_route(lab: Any, locked: bool, expect: TbitResult) -> None:
+    """Our "fragmentation needed" (MTU 1280) answers the server's first full
+    segment: a server doing PMTUD resends it smaller; with the route's MTU
+    locked (``mtu lock 1500``) it sends without DF, so there is nothing to
+    answer."""
+    route = _target_route(lab)
+    if locked:
+        lab.exec("target", f"ip -4 route change {route} mtu lock 1500", check=True)
+    try:
+        t = run_native(lab, method="pmtud", mtu=1280, url="http://www.lab.example/big.bin", wait_idle=2)
+    finally:
+        if locked:
+            lab.exec("target", f"ip -4 route change {route}", check=True)
+        lab.exec("target", "ip route flush cache", check=True)  # forget the learnt PMTU
+    assert t.result == expect, t.to_text()
+    check_record(t)
+    rx = [T.parse_segment(p.data) for p in t.pkts if p.dir == "rx"]
+    ptbs = [p for p in t.pkts if p.dir == "tx" and p.data[9] == 1]
+    if expect == TbitResult.PMTUD_SUCCESS:
+        assert len(ptbs) == 1
+        big = next(i for i, s in enumerate(rx) if s.size > 1280)
+        assert rx[big].df and any(s.size <= 1280 and s.datalen for s in rx[big + 1:])  # it shrank
+        assert t.mtu == 1280 and '"mtu":1280' in dumps(t)
+    else:
+        assert ptbs == [] and all(not s.df for s in rx if s.datalen)

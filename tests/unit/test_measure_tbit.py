@@ -96,7 +96,8 @@ def test_frag_needed_quotes_the_packet() -> None:
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"method": "pmtud"}, "not implemented yet"),
+    ({"method": "blind-rst"}, "not implemented yet"),
+    ({"method": "pmtud", "mtu": 1500}, "mtu 1500 must be below"), ({"mtu": 60}, "mtu"), ({"ptb_retx": 0}, "ptb_retx"),
     ({"method": "bogus"}, "unknown tbit method"),
     ({"dport": 0}, "dport"), ({"sport": 70000}, "sport"), ({"mss": 10}, "mss"),
     ({"wscale": 15}, "wscale"), ({"ttl": 0}, "ttl"), ({"syn_retx": 0}, "syn_retx"),
@@ -326,6 +327,45 @@ def test_timestamps_when_offered_and_echoed() -> None:
     c.received(srv.seg(T.TH_SYN | T.TH_ACK, 0, ISN + 1, mss=1400, ts=(777, 0)), 10**18 + 5 * MS)
     ack, req = sent(c)
     assert ack.ts == (5, 777) and req.ts == (5, 777)
+
+
+def test_pmtud_answers_a_big_segment_and_sees_it_shrink() -> None:
+    c, srv = conv("pmtud", mtu=1280, ptb_retx=2)
+    handshake(c, srv)
+    ack = ISN + 1 + len(REQ)
+    c.received(srv.seg(T.TH_ACK, 1, ack, payload=b"h" * 300), 10**18 + 2 * MS)  # small: acked
+    (a,) = sent(c)
+    assert a.ack == (SISN + 301) & 0xFFFFFFFF
+    big = srv.seg(T.TH_ACK, 301, ack, payload=b"d" * 1460)
+    c.received(big, 10**18 + 3 * MS)
+    (ptb,) = [data for _p, data in c.take()]
+    icmp = P.parse_packet(ptb)
+    assert (icmp.src, icmp.dst, icmp.icmp.type, icmp.icmp.code) == (CLIENT, SERVER, 3, 4)
+    assert struct.unpack("!H", ptb[26:28])[0] == 1280 and ptb[28:] == big[:28]  # IP header + 8 bytes
+    c.received(big, 10**18 + 4 * MS)  # still too big: another PTB
+    assert len(c.take()) == 1
+    c.received(srv.seg(T.TH_ACK, 301, ack, payload=b"d" * 1200), 10**18 + 5 * MS)
+    assert c.code == TbitResult.PMTUD_SUCCESS and c.mode == "fin"
+    d = json.loads(dumps(c.result()))
+    assert (d["mtu"], d["ptb_retx"], d["pmtud_options"]) == (1280, 2, [])
+    ptb_json = [p for p in d["pkts"] if p["dir"] == "tx" and "tcp_flags" not in p]
+    assert len(ptb_json) == 2 and ptb_json[0]["len"] == 56
+    # a server that ignores the PTBs
+    c, srv = conv("pmtud", mtu=1280, ptb_retx=2)
+    handshake(c, srv)
+    for k in range(3):
+        c.received(srv.seg(T.TH_ACK, 1, ack, payload=b"d" * 1460), 10**18 + (2 + k) * MS)
+    assert c.done and c.code == TbitResult.PMTUD_FAIL
+    # one that sends big segments without DF
+    c, srv = conv("pmtud", mtu=1280)
+    handshake(c, srv)
+    s = bytearray(srv.seg(T.TH_ACK, 1, ack, payload=b"d" * 1460))
+    s[6] = 0
+    s[10:12] = b"\0\0"
+    s[10:12] = struct.pack("!H", P.checksum(bytes(s[:20])))
+    c.received(bytes(s), 10**18 + 2 * MS)
+    c.timeout(10**18 + 20 * 10**9)
+    assert c.code == TbitResult.PMTUD_NODF
 
 
 def test_halt() -> None:

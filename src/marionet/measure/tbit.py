@@ -19,6 +19,11 @@ Behaviour"; Medina, Allman & Floyd). Methods:
 * ``icw``: an HTTP GET of a large object whose data we do not acknowledge
   until the server retransmits its first segment: what it sent before that
   is its initial window (``Tbit.icw_bytes``): ``icw-success``/``-tooshort``.
+* ``pmtud``: an HTTP GET of a large object; the first segment larger than
+  ``mtu`` with DF set is answered with an ICMP "fragmentation needed"
+  quoting it (from a raw ICMP socket); the server must resend it smaller:
+  ``pmtud-success``, ``-cleardf`` (resent without DF), ``-fail`` (PTBs
+  ignored), ``-nodf`` (big segments never had DF), ``-toosmall``, ``-nodata``.
 
 The state machine (``TbitConversation``) follows ``scamper_tbit_do.c``: the
 same probes (16-bit ISN, DF set, window 65535, scamper's HTTP/1.0 request),
@@ -77,7 +82,7 @@ from marionet.results.tbit import NULL_OPTIONS, Tbit, TbitPkt, TbitResult
 __all__ = ["tbit", "plan_tbit", "TbitPlan", "TbitConversation", "SUPPORTED_METHODS", "http_request",
            "RST_RULE"]
 
-SUPPORTED_METHODS = ("ecn", "sack-rcvr", "null", "icw")
+SUPPORTED_METHODS = ("ecn", "sack-rcvr", "null", "icw", "pmtud")
 _KNOWN_METHODS = ("pmtud", "ecn", "null", "sack-rcvr", "icw", "abc", "blind-rst", "blind-syn",
                   "blind-data", "blind-fin")
 _OPTIONS = ("sack", "tcpts")
@@ -115,6 +120,8 @@ class TbitPlan:
     wait_idle_ns: int
     max_time_ns: int
     userid: int
+    mtu: int = 1280  # pmtud: the MTU our "fragmentation needed" messages advertise
+    ptb_retx: int = 4  # pmtud: PTBs sent for one segment before giving up
 
     def check_task(self, max_s: float = MAX_TASK_S) -> None:
         """The driver stops the test at ``max_time`` whatever happens."""
@@ -125,7 +132,7 @@ def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: i
               sport: int | None = None, src: Any = None, mss: int = 1460, wscale: int = 0,
               ttl: int = 255, options: Any = (), syn_retx: int = 3, dat_retx: int = 3,
               wait_probe: Any = 10.0, wait_idle: Any = 10.0, max_time: Any = 60.0, userid: int = 0,
-              rng: random.Random | None = None) -> TbitPlan:
+              mtu: int = 1280, ptb_retx: int = 4, rng: random.Random | None = None) -> TbitPlan:
     """Check every parameter (``ValueError`` with the reason) and fill defaults.
 
     ``url`` is the HTTP URL requested (scamper's ``-u``; default
@@ -135,6 +142,9 @@ def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: i
     is how long a SYN or request waits before it is sent again
     (``syn_retx``/``dat_retx`` times), ``wait_idle`` how long a silent
     server is waited for, ``max_time`` the bound on the whole test.
+    ``mtu`` (pmtud, scamper's ``-M``) is what our ICMP "fragmentation
+    needed" messages advertise; ``ptb_retx`` how many are sent for one
+    segment before the server is declared to ignore them.
     """
     rng = rng or random.SystemRandom()
     method = check_method("tbit", method, SUPPORTED_METHODS, _KNOWN_METHODS)
@@ -151,6 +161,11 @@ def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: i
     syn_retx = _int("syn_retx", syn_retx, 1, 10)  # type: ignore[assignment]
     dat_retx = _int("dat_retx", dat_retx, 1, 10)  # type: ignore[assignment]
     userid = _int("userid", userid, 0, 2**32 - 1)  # type: ignore[assignment]
+    mtu = _int("mtu", mtu, 68, 65535)  # type: ignore[assignment]
+    ptb_retx = _int("ptb_retx", ptb_retx, 1, 10)  # type: ignore[assignment]
+    if method == "pmtud" and mtu >= mss + 40:
+        raise ValueError(f"mtu {mtu} must be below mss {mss} + 40: the server's full segments must be "
+                         "too big for it")
     wp = _seconds("wait_probe", wait_probe, 0.1, 60)
     wi = _seconds("wait_idle", wait_idle, 0.1, 120)
     mt = _seconds("max_time", max_time, 1, 3600)
@@ -178,7 +193,7 @@ def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: i
     return TbitPlan(dst=d, method=method, url=f"http://{host}{file}", host=host, file=file, src=s,
                     sport=sp, dport=dport, mss=mss, wscale=wscale, ttl=ttl, options=obits,
                     syn_retx=syn_retx, dat_retx=dat_retx, wait_probe_ns=wp, wait_idle_ns=wi,
-                    max_time_ns=mt, userid=userid)
+                    max_time_ns=mt, userid=userid, mtu=mtu, ptb_retx=ptb_retx)
 
 
 def http_request(host: str, file: str) -> bytes:
@@ -230,6 +245,10 @@ class _State:
     icw_seq: int | None = None
     icw_count: int = 0
     icw_tail: int = 0
+    # pmtud
+    nodf: bool = False
+    ptb_quote: bytes = b""
+    ptb_c: int = 0
 
 
 def _after(a: int, b: int) -> bool:
@@ -277,6 +296,7 @@ class TbitConversation:
         self._ipid = ipid if ipid is not None else rnd.randrange(0, 0x10000)
         self._tx: list[_Tp] = []
         self._want_fin = False
+        self._last_raw = b""
         self._now = start_ns
 
     # -- public ---------------------------------------------------------------
@@ -300,7 +320,8 @@ class TbitConversation:
                 or seg.dport != p.sport):
             return False
         self._now = rx_ns
-        self.pkts.append(TbitPkt("rx", rx_ns, bytes(raw), ts_source))
+        self._last_raw = bytes(raw)
+        self.pkts.append(TbitPkt("rx", rx_ns, self._last_raw, ts_source))
         if self.mode == "done":
             return True
         if self.mode != "syn":
@@ -314,7 +335,7 @@ class TbitConversation:
                 T.seq_diff(seg.seq, self.ts_lastack) <= 0 < T.seq_diff(seg.seq + seg.datalen, self.ts_lastack):
             self.ts_recent = seg.ts[0]
         {"syn": self._dl_syn, "data": self._dl_data, "fin": self._dl_fin,
-         "moredata": self._dl_moredata}[self.mode](seg)
+         "moredata": self._dl_moredata, "pmtud": self._dl_pmtud}[self.mode](seg)
         self._flush()
         return True
 
@@ -329,6 +350,10 @@ class TbitConversation:
                 self._send_syn()
         elif self.mode == "data":
             self._timeout_data()
+        elif self.mode == "pmtud":
+            self._classify()
+            if self.mode == "pmtud":
+                self.mode = "done"
         elif self.mode in ("fin", "moredata"):
             if self.code == R.NONE:
                 self._classify()
@@ -351,7 +376,8 @@ class TbitConversation:
                     dport=p.dport, userid=p.userid, client_mss=p.mss, server_mss=self.server_mss,
                     ttl=p.ttl, result=self.code, options=p.options, wscale=p.wscale, url=p.url, pkts=pkts,
                     icw_start_seq=self.icw_start_seq, error=self.error, vp=vp or None,
-                    extra=dict(extra or {}))
+                    mtu=p.mtu if p.method == "pmtud" else None,
+                    ptb_retx=p.ptb_retx if p.method == "pmtud" else None, extra=dict(extra or {}))
 
     # -- sending ---------------------------------------------------------------
     def _tp(self) -> _Tp:
@@ -472,6 +498,17 @@ class TbitConversation:
                 self._result(R.SACK_RCVR_SUCCESS)
         elif m == "icw":
             self._result(R.TCP_RST if st.rst_seen else R.TCP_FIN if st.fin_seen else R.NONE)
+        elif m == "pmtud":
+            if st.rst_seen:
+                self._result(R.PMTUD_FAIL if st.ptb_c >= 2 else R.TCP_RST)
+            elif not st.seen_data:
+                self._result(R.PMTUD_NODATA)
+            elif st.ptb_c > 0:
+                self._result(R.PMTUD_FAIL)
+            elif st.nodf:
+                self._result(R.PMTUD_NODF)
+            else:
+                self._result(R.PMTUD_TOOSMALL)
 
     def _rst(self, seg: T.Segment) -> None:
         st = self.st
@@ -537,7 +574,7 @@ class TbitConversation:
             self.unacked = self.unacked[ab:]
             self.snd_nxt = (self.snd_nxt + ab) & 0xFFFFFFFF
         {"ecn": self._data_ecn, "null": self._data_null, "sack-rcvr": self._data_sack,
-         "icw": self._data_icw}[self.plan.method](seg)
+         "icw": self._data_icw, "pmtud": self._data_pmtud}[self.plan.method](seg)
 
     def _data_ecn(self, seg: T.Segment) -> None:
         st = self.st
@@ -741,6 +778,67 @@ class TbitConversation:
                 self._classify()
             self.mode = "done"
 
+    # -- pmtud ----------------------------------------------------------------
+    def _send_ptb(self) -> None:
+        """An ICMP "fragmentation needed" quoting the too-big segment."""
+        p = self.plan
+        self._ipid = (self._ipid + 1) & 0xFFFF
+        self.attempt += 1
+        self.st.ptb_c += 1
+        self._emit(T.icmp_frag_needed(self.src, p.dst, p.mtu, self.st.ptb_quote, ipid=self._ipid, ttl=p.ttl),
+                   0)
+
+    def _data_pmtud(self, seg: T.Segment) -> None:
+        """scamper's ``dl_data_pmtud``: read until a segment too big for
+        ``mtu`` arrives with DF set, then answer it with a PTB."""
+        st, p = self.st, self.plan
+        if seg.seq != self.rcv_nxt:
+            self._tp()
+            return
+        if seg.datalen:
+            st.seen_data = True
+        if seg.datalen == 0 or not seg.df or seg.size <= p.mtu:
+            if seg.datalen:
+                self.rcv_nxt = (self.rcv_nxt + seg.datalen) & 0xFFFFFFFF
+                if not seg.df and seg.size > p.mtu:
+                    st.nodf = True
+            if seg.datalen or seg.flags & T.TH_FIN:
+                tp = self._tp()
+                if seg.flags & T.TH_FIN:
+                    tp.flags |= T.TH_FIN
+                    self.rcv_nxt = (self.rcv_nxt + 1) & 0xFFFFFFFF
+                    tp.ack = self.rcv_nxt
+                    self.mode = "fin"
+                    st.fin_seen = True
+            return
+        self.mode = "pmtud"
+        st.ptb_quote = self._last_raw[:(self._last_raw[0] & 0x0F) * 4 + 8]
+        self.attempt = 0
+        st.ptb_c = 0
+        self._send_ptb()
+
+    def _dl_pmtud(self, seg: T.Segment) -> None:
+        """scamper's ``dl_pmtud``: did the server shrink its segments?"""
+        st, p = self.st, self.plan
+        if seg.seq != self.rcv_nxt:
+            if seg.size <= p.mtu:
+                self._tp()
+            return
+        if seg.size <= p.mtu or not seg.df:
+            self.rcv_nxt = (self.rcv_nxt + seg.datalen) & 0xFFFFFFFF
+            self._result(R.PMTUD_CLEARDF if not seg.df else R.PMTUD_SUCCESS)
+            tp = self._tp()
+            if seg.flags & T.TH_FIN:
+                tp.flags |= T.TH_FIN
+                st.fin_seen = True
+                self.rcv_nxt = (self.rcv_nxt + 1) & 0xFFFFFFFF
+                tp.ack = self.rcv_nxt
+            return
+        if self.attempt >= p.ptb_retx:
+            self._result(R.PMTUD_FAIL)
+            return
+        self._send_ptb()
+
     # -- FIN ------------------------------------------------------------------
     def _dl_fin(self, seg: T.Segment) -> None:
         st = self.st
@@ -836,31 +934,37 @@ async def tbit(io: PacketSession, dst: Any, *, method: str = "ecn", url: str | N
                dport: int = 80, sport: int | None = None, src: Any = None, mss: int = 1460,
                wscale: int = 0, ttl: int = 255, options: Any = (), syn_retx: int = 3, dat_retx: int = 3,
                wait_probe: Any = 10.0, wait_idle: Any = 10.0, max_time: Any = 60.0, userid: int = 0,
-               halt: asyncio.Event | None = None) -> Tbit:
+               mtu: int = 1280, ptb_retx: int = 4, halt: asyncio.Event | None = None) -> Tbit:
     """Run tbit test ``method`` against ``dst`` from the endpoint behind
     ``io``; returns a ``Tbit``. Parameters as ``plan_tbit``. Needs the VP's
     own RSTs dropped for ``sport`` (see the module docstring)."""
     plan = plan_tbit(dst, method=method, url=url, dport=dport, sport=sport, src=src, mss=mss,
                      wscale=wscale, ttl=ttl, options=options, syn_retx=syn_retx, dat_retx=dat_retx,
-                     wait_probe=wait_probe, wait_idle=wait_idle, max_time=max_time, userid=userid)
+                     wait_probe=wait_probe, wait_idle=wait_idle, max_time=max_time, userid=userid,
+                     mtu=mtu, ptb_retx=ptb_retx)
     source = plan.src or await route_source(io, 4, plan.dst, plan.dport)
     with io.stream() as stream:
-        sock: int | None = None
+        socks: dict[int, int] = {}  # IP protocol -> socket
         try:
-            sock = await io.nopen("raw", family=4, ipproto=P.IPPROTO_TCP, hdrincl=True, laddr=source,
-                                  stream=stream)
-            await io.ncap(sock, _filter(plan))
-            return await _drive(io, plan, source, sock, stream, halt)
+            socks[P.IPPROTO_TCP] = await io.nopen("raw", family=4, ipproto=P.IPPROTO_TCP, hdrincl=True,
+                                                  laddr=source, stream=stream)
+            await io.ncap(socks[P.IPPROTO_TCP], _filter(plan))
+            if plan.method == "pmtud":  # our PTBs leave from a raw ICMP socket; it captures nothing
+                socks[P.IPPROTO_ICMP] = await io.nopen("raw", family=4, ipproto=P.IPPROTO_ICMP,
+                                                       hdrincl=True, laddr=source, stream=stream)
+                await io.ncap(socks[P.IPPROTO_ICMP], program=[(0x06, 0, 0, 0)])
+            return await _drive(io, plan, source, socks, stream, halt)
         finally:
-            if sock is not None:
+            for sid in socks.values():
                 try:
-                    await io.nclose(sock)
+                    await io.nclose(sid)
                 except (EndpointError, ConnectionLost):
                     pass
 
 
-async def _drive(io: PacketSession, plan: TbitPlan, source: str, sock: int, stream: Any,
+async def _drive(io: PacketSession, plan: TbitPlan, source: str, socks: dict[int, int], stream: Any,
                  halt: asyncio.Event | None) -> Tbit:
+    sock = socks[P.IPPROTO_TCP]
     off = await io.clock_offset(samples=3)
     offset = off.offset_ns
 
@@ -879,7 +983,7 @@ async def _drive(io: PacketSession, plan: TbitPlan, source: str, sock: int, stre
             tag = tag_base + len(tags)
             tags[tag] = pkt
             try:
-                await io.nsend(sock, data, dst=plan.dst, tag=tag)
+                await io.nsend(socks.get(data[9], sock), data, dst=plan.dst, tag=tag)
             except EndpointError as exc:
                 conv.halt(R.ERROR, f"send failed: {exc}")
                 return
