@@ -284,3 +284,55 @@ def test_pmtud_follows_the_servers_route(lab: Any, locked: bool, expect: TbitRes
         assert t.mtu == 1280 and '"mtu":1280' in dumps(t)
     else:
         assert ptbs == [] and all(not s.df for s in rx if s.datalen)
+
+
+VP_SPEC = """
+[lab]
+name = "tbitvp"
+controller = "auto"
+
+[[vp]]
+name = "vp-nz"
+
+[[host]]
+name = "target"
+
+[[link]]
+a = "vp-nz"
+b = "target"
+delay = "3ms"
+
+[[service]]
+host = "target"
+kind = "http"
+options = { hostnames = ["www.lab.example"], files = { "index.html" = "<p>tbit lab</p>" } }
+"""
+
+
+def test_do_tbit_from_a_vp_and_remote_placement() -> None:
+    """``Ctrl.do_tbit`` runs the task on a lab VP through the controller; the
+    same test run remotely (conversation here, packets via the VP) agrees."""
+    with make_lab(parse_spec(VP_SPEC)) as vlab:
+        vlab.exec("vp-nz", RULE, check=True)
+        dst = vlab.addr("target")
+        with vlab.ctrl() as ctrl:
+            (inst,) = [i for i in ctrl.instances() if i.name == "vp-nz"]
+            t = ctrl.do_tbit(dst, method="ecn", sport=next(PORTS), max_time=20, inst=inst, sync=True)
+        assert isinstance(t, Tbit) and t.vp == "vp-nz" and t.result == TbitResult.ECN_SUCCESS, t.to_text()
+        assert str(t.src) == vlab.addr("vp-nz") and all(p.ts_source == "kernel" for p in t.pkts)
+
+        async def remote() -> Tbit:
+            conn = await vlab.aconnect()
+            try:
+                s = await conn.attach("vp-nz")
+                try:
+                    return await tbit(s, dst, method="ecn", sport=next(PORTS), max_time=20)
+                finally:
+                    await s.close()
+            finally:
+                await conn.close()
+        r = asyncio.run(remote())
+        assert r.result == TbitResult.ECN_SUCCESS and r.vp == "vp-nz", r.to_text()
+        # kernel stamps on the VP: the SYN/SYN-ACK round trip is the path's 6 ms, not the control path's
+        synack_rtt = [p.time_ns for p in r.pkts[:2]]
+        assert 5.5e6 <= synack_rtt[1] - synack_rtt[0] < 30e6, synack_rtt
