@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
+import json
+import shutil
+import subprocess
 from typing import Any, AsyncIterator, Iterator
 
 import pytest
@@ -26,8 +30,9 @@ import pytest
 from marionet.lab import parse_spec
 from marionet.lab.pytest_plugin import make_lab
 from marionet.measure.tbit import tbit
-from marionet.results import Tbit, TbitResult, from_json, loads, dumps
 from marionet.measure import tcpseg as T
+from marionet.results import Tbit, TbitResult, dumps, from_json, loads
+from marionet.results.warts_writer import WartsWriter
 
 pytestmark = pytest.mark.root
 
@@ -123,10 +128,19 @@ def flags_of(t: Tbit, direction: str) -> list[int]:
 
 
 def check_record(t: Tbit) -> None:
-    """Every packet kernel-stamped, and the record survives scamper JSON."""
+    """Every packet kernel-stamped; the record survives our JSON, and written
+    as warts, Debian scamper's ``sc_warts2json`` says what our JSON says."""
     assert t.pkts and all(p.ts_source == "kernel" for p in t.pkts), [(p.dir, p.ts_source) for p in t.pkts]
     back = loads(dumps(t))
     assert back == t
+    if shutil.which("sc_warts2json"):
+        buf = io.BytesIO()
+        WartsWriter(buf).write(t)
+        cp = subprocess.run(["sc_warts2json"], input=buf.getvalue(), capture_output=True, timeout=30)
+        assert cp.returncode == 0, cp.stderr
+        ours = json.loads(dumps(t))
+        del ours["marionet"]
+        assert json.loads(cp.stdout.decode().splitlines()[0]) == ours
 
 
 @pytest.mark.parametrize("ecn, expect", [(0, TbitResult.ECN_INCAPABLE), (1, TbitResult.ECN_SUCCESS),

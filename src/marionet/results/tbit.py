@@ -221,6 +221,8 @@ class Tbit:
     null_options: int = 0
     null_results: int = 0
     icw_start_seq: int = 1  # icw: offset of the response's first byte from the SYN-ACK's seq
+    syn_retx: int = 3  # SYNs, and request transmissions, tried before giving up
+    dat_retx: int = 3
     error: str | None = None
     vp: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -460,6 +462,7 @@ def tbit_to_json(t: Tbit) -> dict[str, Any]:
         d["http_url"] = t.url
     d["pkts"] = _pkts_json(t)
     ext: dict[str, Any] = {"result_code": int(t.result), "icw_start_seq": t.icw_start_seq,
+                           "syn_retx": t.syn_retx, "dat_retx": t.dat_retx,
                            "pkts": [{"data": p.data.hex(), "time_ns": p.time_ns,
                                      **({"ts_source": p.ts_source} if p.ts_source else {})}
                                     for p in t.pkts]}
@@ -544,7 +547,8 @@ def tbit_from_json(d: dict[str, Any]) -> Tbit:
              pmtud_options=_unbits(d.get("pmtud_options"), _PMTUD_OPTIONS, "pmtud option"),
              null_options=_unbits(d.get("null_options"), NULL_OPTIONS, "null option"),
              null_results=_unbits(d.get("null_results"), NULL_RESULTS, "null result"),
-             icw_start_seq=int(ext.get("icw_start_seq", 1)), error=ext.get("error"), vp=ext.get("vp"),
+             icw_start_seq=int(ext.get("icw_start_seq", 1)), syn_retx=int(ext.get("syn_retx", 3)),
+             dat_retx=int(ext.get("dat_retx", 3)), error=ext.get("error"), vp=ext.get("vp"),
              extra=dict(ext.get("extra") or {}))
     raw = ext.get("pkts")
     pkts = d.get("pkts") or []
@@ -566,3 +570,137 @@ def tbit_from_json(d: dict[str, Any]) -> Tbit:
 
 
 register("tbit", Tbit, tbit_to_json, tbit_from_json)
+
+
+# ---------------------------------------------------------------------------
+# warts (record type 0x0b), as scamper_tbit_warts.c
+# ---------------------------------------------------------------------------
+
+WARTS_TBIT = 0x0B
+_STRUCT_EOF, _STRUCT_TYPE, _STRUCT_APP = 0, 1, 2
+_TYPE_BY_NUM = {v: k for k, v in TBIT_TYPES.items()}
+
+
+def _warts_body(t: Tbit, ctx: Any) -> bytes:
+    """The record body: parameters, packets, the type's and the app's structs."""
+    table = ctx.AddrTable()
+    f: dict[int, bytes] = {}
+    ctx.in_cycle(f)
+    if t.userid:
+        f[3] = ctx.u32(t.userid)
+    if t.src is not None:
+        f[4] = table.ref(t.src)
+    f[5] = table.ref(t.dst)
+    f.update({6: ctx.u16(t.sport), 7: ctx.u16(t.dport), 8: ctx.timeval(t.start_ns), 9: ctx.u16(int(t.result)),
+              10: ctx.u8(TBIT_TYPES[t.type]), 11: ctx.u8(1 if t.url else 0), 12: ctx.u16(t.client_mss),
+              13: ctx.u16(t.server_mss), 14: ctx.u8(t.syn_retx), 15: ctx.u8(t.dat_retx),
+              17: ctx.u32(len(t.pkts))})
+    if t.wscale:
+        f[19] = ctx.u8(t.wscale)
+    if t.options:
+        f[20] = ctx.u32(t.options)
+    if t.ttl != 255:
+        f[21] = ctx.u8(t.ttl)
+    out = [ctx.params(f)]
+    for p in t.pkts:
+        pf = {1: ctx.u8(1 if p.dir == "tx" else 2), 2: ctx.timeval(p.time_ns), 3: ctx.u16(len(p.data))}
+        if p.data:
+            pf[4] = bytes(p.data)
+        out.append(ctx.params(pf))
+    sub: dict[int, bytes] | None = None
+    if t.type == "pmtud":
+        sub = {}
+        if t.mtu:
+            sub[1] = ctx.u16(t.mtu)
+        if t.ptb_retx:
+            sub[2] = ctx.u8(t.ptb_retx)
+        if t.pmtud_options:
+            sub[3] = ctx.u8(t.pmtud_options)
+        if t.ptbsrc is not None:
+            sub[4] = table.ref(t.ptbsrc)
+    elif t.type == "null":
+        sub = {k: ctx.u16(v) for k, v in ((1, t.null_options), (2, t.null_results)) if v}
+    elif t.type == "icw":
+        sub = {1: ctx.u32(t.icw_start_seq)} if t.icw_start_seq else {}
+    if sub is not None:
+        block = ctx.params(sub)
+        out.append(ctx.u16(_STRUCT_TYPE) + ctx.u32(len(block)) + block)
+    if t.url:
+        parts = t.url.split("://", 1)[-1]
+        host, _, path = parts.partition("/")
+        block = ctx.params({1: ctx.string(host), 2: ctx.string("/" + path)})
+        out.append(ctx.u16(_STRUCT_APP) + ctx.u32(len(block)) + block)
+    out.append(ctx.u16(_STRUCT_EOF))
+    return b"".join(out)
+
+
+def _warts_decode(body: bytes, _reader: Any) -> Tbit:
+    from .warts import AddrTable, Cursor, Truncated, read_params
+
+    c = Cursor(body)
+    table = AddrTable()
+    v: dict[str, Any] = {}
+
+    def put(name: str, fn: Any) -> Any:
+        return lambda cur: v.__setitem__(name, fn(cur))
+
+    def cookie(cur: Any) -> None:
+        cur.take(cur.u8())
+
+    u8, u16, u32 = Cursor.u8, Cursor.u16, Cursor.u32
+    read_params(c, [put("list", u32), put("cycle", u32), put("userid", u32), put("src", table.read),
+                    put("dst", table.read), put("sport", u16), put("dport", u16), put("start", Cursor.timeval_ns),
+                    put("result", u16), put("type", u8), put("app", u8), put("cmss", u16), put("smss", u16),
+                    put("synretx", u8), put("datretx", u8), put("pktc16", u16), put("pktc", u32), cookie,
+                    put("wscale", u8), put("options", u32), put("ttl", u8)])
+    if v.get("dst") is None or v.get("type") not in _TYPE_BY_NUM:
+        raise Truncated("tbit record without a destination or with an unknown test type")
+    pkts = []
+    for _ in range(v.get("pktc") or v.get("pktc16") or 0):
+        pv: dict[str, Any] = {}
+        read_params(c, [lambda cur: pv.__setitem__("dir", cur.u8()),
+                        lambda cur: pv.__setitem__("time", cur.timeval_ns()),
+                        lambda cur: pv.__setitem__("len", cur.u16()),
+                        lambda cur: pv.__setitem__("data", cur.take(pv.get("len", 0)))])
+        pkts.append(TbitPkt("tx" if pv.get("dir") == 1 else "rx", pv.get("time", 0), bytes(pv.get("data", b""))))
+    t = Tbit(type=_TYPE_BY_NUM[v["type"]], dst=v["dst"], start_ns=v.get("start", 0), src=v.get("src"),
+             sport=v.get("sport", 0), dport=v.get("dport", 0), userid=v.get("userid", 0),
+             client_mss=v.get("cmss", 0), server_mss=v.get("smss", 0), ttl=v.get("ttl", 255),
+             result=v.get("result", 0), options=v.get("options", 0), wscale=v.get("wscale", 0), pkts=pkts,
+             syn_retx=v.get("synretx", 0), dat_retx=v.get("datretx", 0),
+             icw_start_seq=0 if v["type"] == TBIT_TYPES["icw"] else 1)
+    while True:
+        kind = c.u16()
+        if kind == _STRUCT_EOF:
+            break
+        n = c.u32()
+        inner = Cursor(body, c.off, c.off + n)
+        c.take(n)
+        sv: dict[str, Any] = {}
+        if kind == _STRUCT_TYPE and t.type == "pmtud":
+            read_params(inner, [put("mtu", u16), put("ptb_retx", u8), put("pmtud_options", u8),
+                                put("ptbsrc", table.read)])
+            t.mtu, t.ptb_retx = v.get("mtu", 0), v.get("ptb_retx", 0)
+            t.pmtud_options, t.ptbsrc = v.get("pmtud_options", 0), to_addr(v.get("ptbsrc"))
+        elif kind == _STRUCT_TYPE and t.type == "null":
+            read_params(inner, [put("nopt", u16), put("nres", u16)])
+            t.null_options, t.null_results = v.get("nopt", 0), v.get("nres", 0)
+        elif kind == _STRUCT_TYPE and t.type == "icw":
+            read_params(inner, [put("icw", u32)])
+            t.icw_start_seq = v.get("icw", 0)
+        elif kind == _STRUCT_APP and v.get("app") == 1:
+            read_params(inner, [lambda cur: sv.__setitem__("host", cur.string()),
+                                lambda cur: sv.__setitem__("file", cur.string()), Cursor.u8])
+            if "host" in sv:
+                t.url = f"http://{sv['host']}{sv.get('file', '')}"
+    return t
+
+
+def _register_warts() -> None:
+    from . import warts, warts_writer
+
+    warts.register(WARTS_TBIT, _warts_decode)
+    warts_writer.register(Tbit, WARTS_TBIT, _warts_body)
+
+
+_register_warts()
