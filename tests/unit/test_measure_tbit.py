@@ -105,6 +105,7 @@ def test_frag_needed_quotes_the_packet() -> None:
     ({"max_time": 0.5}, "max_time"), ({"userid": -1}, "userid"), ({"options": ["ipts-syn"]}, "not supported"),
     ({"options": ["nope"]}, "unknown tbit option"), ({"options": 3}, "options must be"),
     ({"url": "https://x/"}, "plain HTTP"), ({"url": "http://x/\r\nEvil: 1"}, "url"), ({"url": 5}, "url"),
+    ({"url": "http://h:99999/"}, "bad port"), ({"url": "http://u:p@h/"}, "plain HTTP"),
     ({"src": "2001:db8::1"}, "src"),
 ])
 def test_bad_parameters_name_themselves(kw: dict, match: str) -> None:
@@ -118,6 +119,7 @@ def test_plan_defaults_and_ipv6() -> None:
     assert (p.host, p.file, p.url) == ("www.example", "/x?y=1", "http://www.example/x?y=1")
     assert 0x8000 <= p.sport <= 0xFFFF
     assert plan_tbit(SERVER).url == f"http://{SERVER}/"
+    assert plan_tbit(SERVER, url="http://h:8080").host == "h:8080" and plan_tbit(SERVER, url="http://h:8080").file == "/"
     with pytest.raises(ValueError, match="IPv4 only"):
         plan_tbit("2001:db8::1")
     assert http_request("h", "/f").startswith(b"GET /f HTTP/1.0\r\nHost: h\r\nConnection: Keep-Alive\r\n")
@@ -519,3 +521,17 @@ def test_warts_record_reads_back_and_scamper_agrees(method: str) -> None:
     ours = json.loads(dumps(t))
     del ours["marionet"]
     assert json.loads(cp.stdout.decode().splitlines()[0]) == ours
+
+
+@pytest.mark.parametrize("suffix", [".json", ".warts", ".warts.gz"])
+def test_results_file_holds_tbit_records(tmp_path, suffix: str) -> None:
+    from marionet.results import File
+
+    t = finished("icw")
+    path = tmp_path / f"t{suffix}"
+    with File(path, "w") as f:
+        f.write(t)
+    with File(path) as f:
+        (back,) = [r for r in f if isinstance(r, Tbit)]
+    assert (back.type, back.result, back.icw_bytes, back.url) == ("icw", TbitResult.ICW_SUCCESS, 3000, "http://h/")
+    assert [p.data for p in back.pkts] == [p.data for p in t.pkts]

@@ -124,8 +124,10 @@ class TbitPlan:
     ptb_retx: int = 4  # pmtud: PTBs sent for one segment before giving up
 
     def check_task(self, max_s: float = MAX_TASK_S) -> None:
-        """The driver stops the test at ``max_time`` whatever happens."""
-        task_duration("tbit", self.max_time_ns / _NS, f"max_time {self.max_time_ns / _NS:g} s", max_s)
+        """The driver stops the test at ``max_time`` whatever happens, then
+        waits at most a second for the last transmit stamps."""
+        task_duration("tbit", self.max_time_ns / _NS + 1,
+                      f"max_time {self.max_time_ns / _NS:g} s + 1 s for the last transmit stamps", max_s)
 
 
 def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: int = 80,
@@ -184,9 +186,15 @@ def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: i
     if not isinstance(url, str) or len(url) > 400 or any(c in url for c in "\r\n \t"):
         raise ValueError(f"url must be an http:// URL of at most 400 characters without spaces, got {url!r:.60}")
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"url {url!r} must be http://host/path (tbit speaks plain HTTP)")
-    host = parts.netloc
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"url {url!r} has a bad port") from None
+    if parts.scheme != "http" or not parts.hostname or parts.username or parts.password:
+        raise ValueError(f"url {url!r} must be http://host[:port]/path (tbit speaks plain HTTP)")
+    host = parts.hostname if port is None else f"{parts.hostname}:{port}"
+    if ":" in parts.hostname:
+        host = f"[{parts.hostname}]" + (f":{port}" if port is not None else "")
     file = parts.path or "/"
     if parts.query:
         file += "?" + parts.query

@@ -91,7 +91,7 @@ class TbitResult(enum.IntEnum):
     def text(self) -> str:
         """scamper's name for the code (``scamper_tbit_res2str``)."""
         n = self.name.lower().replace("_", "-")
-        return {"error": "sys-error", "sack-incapable": "sack-incapable"}.get(n, n)
+        return "sys-error" if n == "error" else n
 
 
 TBIT_RESULTS = {r.value: r.text for r in TbitResult}
