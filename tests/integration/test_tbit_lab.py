@@ -66,12 +66,14 @@ options = { hostnames = ["www.lab.example"], files = { "big.bin" = 100000, "inde
 """
 PORTS = itertools.count(40001)  # inside the client's RST-dropping rule
 RULE = "iptables -A OUTPUT -p tcp --tcp-flags RST RST --sport 40000:40999 -j DROP"
+RULE6 = "ip6" + RULE[2:]  # ip6tables
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Any]:
     with make_lab(parse_spec(SPEC)) as lab:
         lab.exec("client", RULE, check=True)
+        lab.exec("client", RULE6, check=True)
         yield lab
 
 
@@ -116,10 +118,10 @@ async def task_tbit(session: Any, params: dict) -> Tbit:
     return from_json(n.result)
 
 
-def run_native(lab: Any, **kw: Any) -> Tbit:
+def run_native(lab: Any, family: int = 4, **kw: Any) -> Tbit:
     async def go() -> Tbit:
         async with client_endpoint(lab) as (_s, native):
-            return await tbit(native, lab.addr("target"), sport=next(PORTS), max_time=30, **kw)
+            return await tbit(native, lab.addr("target", family), sport=next(PORTS), max_time=30, **kw)
     return asyncio.run(go())
 
 
@@ -143,28 +145,31 @@ def check_record(t: Tbit) -> None:
         assert json.loads(cp.stdout.decode().splitlines()[0]) == ours
 
 
+@pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("ecn, expect", [(0, TbitResult.ECN_INCAPABLE), (1, TbitResult.ECN_SUCCESS),
                                          (2, TbitResult.ECN_SUCCESS)])
-def test_ecn_follows_the_servers_tcp_ecn(lab: Any, ecn: int, expect: TbitResult) -> None:
-    sysctl(lab, "net.ipv4.tcp_ecn", ecn)
-    t = run_native(lab, method="ecn")
+def test_ecn_follows_the_servers_tcp_ecn(lab: Any, ecn: int, expect: TbitResult, family: int) -> None:
+    sysctl(lab, "net.ipv4.tcp_ecn", ecn)  # Linux's one switch for both families
+    t = run_native(lab, family, method="ecn")
     assert t.result == expect, t.to_text()
     check_record(t)
     syn, synack = t.pkts[0], next(p for p in t.pkts if p.dir == "rx")
     assert syn.tcp()[3] & (T.TH_ECE | T.TH_CWR) == T.TH_ECE | T.TH_CWR
     assert bool(synack.tcp()[3] & T.TH_ECE) == (ecn != 0)
     data_tx = [p for p in t.pkts if p.dir == "tx" and p.tcp_datalen]
-    assert data_tx and (data_tx[0].data[1] & 3 == T.ECN_CE) == (ecn != 0)  # request marked CE
+    assert data_tx and (T.parse_segment(data_tx[0].data).ecn == T.ECN_CE) == (ecn != 0)  # request marked CE
     if ecn:
         assert any(f & T.TH_ECE for f in flags_of(t, "rx")[1:])  # the echo
-    assert t.server_mss == 1460 and t.result_str == expect.text
+    assert t.server_mss == (1460 if family == 4 else 1440) and t.result_str == expect.text
+    assert t.dst.version == family
 
 
+@pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("sack, expect", [(1, TbitResult.SACK_RCVR_SUCCESS), (0, TbitResult.SACK_INCAPABLE)])
-def test_sack_follows_the_servers_tcp_sack(lab: Any, sack: int, expect: TbitResult) -> None:
+def test_sack_follows_the_servers_tcp_sack(lab: Any, sack: int, expect: TbitResult, family: int) -> None:
     sysctl(lab, "net.ipv4.tcp_sack", sack)
     try:
-        t = run_native(lab, method="sack-rcvr")
+        t = run_native(lab, family, method="sack-rcvr")
     finally:
         sysctl(lab, "net.ipv4.tcp_sack", 1)
     assert t.result == expect, t.to_text()
@@ -180,8 +185,9 @@ def test_sack_follows_the_servers_tcp_sack(lab: Any, sack: int, expect: TbitResu
         assert blocks == []
 
 
-def test_null_completes_an_http_get(lab: Any) -> None:
-    t = run_native(lab, method="null")
+@pytest.mark.parametrize("family", [4, 6])
+def test_null_completes_an_http_get(lab: Any, family: int) -> None:
+    t = run_native(lab, family, method="null")
     assert t.result == TbitResult.NULL_SUCCESS, t.to_text()
     check_record(t)
     body = b"".join(T.parse_segment(p.data).payload for p in t.pkts if p.dir == "rx")

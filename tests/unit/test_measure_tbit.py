@@ -121,7 +121,9 @@ def test_plan_defaults_and_ipv6() -> None:
     assert plan_tbit(SERVER).url == f"http://{SERVER}/"
     assert plan_tbit(SERVER, url="http://h:8080").host == "h:8080" and plan_tbit(SERVER, url="http://h:8080").file == "/"
     with pytest.raises(ValueError, match="IPv4 only"):
-        plan_tbit("2001:db8::1")
+        plan_tbit("2001:db8::1", method="pmtud")
+    v6 = plan_tbit("2001:db8::1")
+    assert (v6.url, v6.host) == ("http://[2001:db8::1]/", "[2001:db8::1]")
     assert http_request("h", "/f").startswith(b"GET /f HTTP/1.0\r\nHost: h\r\nConnection: Keep-Alive\r\n")
 
 
@@ -535,3 +537,29 @@ def test_results_file_holds_tbit_records(tmp_path, suffix: str) -> None:
         (back,) = [r for r in f if isinstance(r, Tbit)]
     assert (back.type, back.result, back.icw_bytes, back.url) == ("icw", TbitResult.ICW_SUCCESS, 3000, "http://h/")
     assert [p.data for p in back.pkts] == [p.data for p in t.pkts]
+
+
+def test_ipv6_conversation() -> None:
+    c6, s6 = "2001:db8::1", "2001:db8:1::7"
+    plan = plan_tbit(s6, method="ecn", sport=40000, url="http://h/")
+    c = TbitConversation(plan, c6, start_ns=10**18, isn=ISN)
+    c.start(10**18)
+    ((_pkt, syn),) = c.take()
+    assert syn[0] >> 4 == 6 and syn[6] == 6 and syn[7] == 255  # our record of it: IPv6, TCP, hop limit
+    s = T.parse_segment(syn)
+    assert (s.src, s.dst, s.flags & (T.TH_ECE | T.TH_CWR)) == (c6, s6, T.TH_ECE | T.TH_CWR)
+    ph = bytes.fromhex("20010db8000000000000000000000001") + bytes.fromhex("20010db8000100000000000000000007")
+    assert P.checksum(syn[40:], sum(struct.unpack("!20H", ph + struct.pack("!IxxxB", len(syn) - 40, 6)))) == 0
+
+    def seg(flags: int, off: int, ack: int, payload: bytes = b"", **o: object) -> bytes:
+        body = T.tcp_segment(s6, c6, 80, 40000, seq=SISN + off, ack=ack, flags=flags,
+                             options=T.tcp_options(**o) if o else b"", payload=payload)
+        return T.ip_tcp(s6, c6, body, ttl=60)
+    assert c.received(seg(T.TH_SYN | T.TH_ACK | T.TH_ECE, 0, ISN + 1, mss=1440), 10**18 + MS)
+    _ack, (_p, req) = c.take()
+    assert T.parse_segment(req).ecn == T.ECN_CE and (req[1] >> 4) & 3 == 3  # CE in the traffic class
+    c.received(seg(T.TH_ACK | T.TH_ECE, 1, ISN + 1 + len(REQ), b"ok"), 10**18 + 2 * MS)
+    assert c.code == TbitResult.ECN_SUCCESS
+    d = json.loads(dumps(c.result()))
+    assert d["pkts"][0]["ip_hlen"] == 40 and "frag_id" not in d["pkts"][0] and d["server_mss"] == 1440
+    assert loads(dumps(c.result())) == c.result()

@@ -1,8 +1,9 @@
 """tbit (TCP behaviour inference), written once over the packet interface.
 
 ``tbit(io, dst, method=…)`` holds one TCP conversation with a remote server
-from raw IPv4 sockets — our own IP and TCP headers (``hdrincl``), replies
-from a kernel-stamped capture (``ncap``) — and infers how the remote TCP
+from raw sockets — IPv4 with our own IP and TCP headers (``hdrincl``);
+IPv6 with our TCP header, the hop limit set on the socket and the traffic
+class (ECN) per send — and replies from a kernel-stamped capture (``ncap``) — and infers how the remote TCP
 behaves, as scamper's tbit does (Padhye & Floyd, "On Inferring TCP
 Behaviour"; Medina, Allman & Floyd). Methods:
 
@@ -49,6 +50,7 @@ endpoint feature: see docs/decisions.md). So tbit requires the VP to drop
 its own RSTs for the test's source port, as scamper's users do on Linux::
 
     iptables -A OUTPUT -p tcp --tcp-flags RST RST --sport SPORT -j DROP
+    (ip6tables for IPv6)
 
 and gives the port to use as ``sport`` (a rule can cover a range). When the
 RSTs were not suppressed, the server's reset of our handshake-completing ACK
@@ -151,8 +153,8 @@ def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: i
     rng = rng or random.SystemRandom()
     method = check_method("tbit", method, SUPPORTED_METHODS, _KNOWN_METHODS)
     d, family, s = check_target(dst, src)
-    if family != 4:
-        raise ValueError(f"tbit runs over IPv4 only for now (dst {d} is IPv6)")
+    if family != 4 and method == "pmtud":
+        raise ValueError(f"tbit pmtud runs over IPv4 only for now (dst {d} is IPv6)")
     dport = _int("dport", dport, 1, 65535)  # type: ignore[assignment]
     sp = _int("sport", sport, 1, 65535, optional=True)
     if sp is None:
@@ -182,7 +184,7 @@ def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: i
             raise ValueError(f"unknown tbit option {o!r} (use {known})")
         obits |= 1 << _OPTIONS[::-1].index(o)  # tcpts = 0x01, sack = 0x02
     if url is None:
-        url = f"http://{d}/"
+        url = f"http://[{d}]/" if family == 6 else f"http://{d}/"
     if not isinstance(url, str) or len(url) > 400 or any(c in url for c in "\r\n \t"):
         raise ValueError(f"url must be an http:// URL of at most 400 characters without spaces, got {url!r:.60}")
     parts = urlsplit(url)
@@ -398,7 +400,7 @@ class TbitConversation:
         seg = T.tcp_segment(self.src, p.dst, p.sport, p.dport, seq=seq, ack=ack, flags=flags,
                             window=65535, options=opts, payload=payload)
         self._ipid = (self._ipid + 1) & 0xFFFF
-        return T.ipv4_tcp(self.src, p.dst, seg, ttl=p.ttl, tos=tos, ipid=self._ipid, df=True)
+        return T.ip_tcp(self.src, p.dst, seg, ttl=p.ttl, tos=tos, ipid=self._ipid, df=True)
 
     def _emit(self, data: bytes, wait_ns: int) -> None:
         pkt = TbitPkt("tx", self._now, data, "user")
@@ -525,7 +527,8 @@ class TbitConversation:
             self.error = ("the server reset the connection right after the handshake: the VP's own "
                           "kernel most likely answered the SYN-ACK with a RST (no socket owns source "
                           f"port {self.plan.sport}); tbit needs the VP to drop its RSTs for that port, "
-                          "e.g. " + RST_RULE.format(sport=self.plan.sport))
+                          "e.g. " + RST_RULE.format(sport=self.plan.sport).replace(
+                              "iptables", "ip6tables" if ":" in self.plan.dst else "iptables"))
         st.rst_seen = True
         self._classify()
         self.mode = "done"
@@ -935,6 +938,9 @@ class TbitConversation:
 
 
 def _filter(plan: TbitPlan) -> str:
+    if ":" in plan.dst:  # the endpoint captures whole IPv6 packets (no extension headers expected)
+        return (f"ip6 and ip6[6] = 6 and ip6 src {plan.dst} and ip6[40:2] = {plan.dport} "
+                f"and ip6[42:2] = {plan.sport}")
     return f"tcp and src host {plan.dst} and src port {plan.dport} and dst port {plan.sport}"
 
 
@@ -950,12 +956,17 @@ async def tbit(io: PacketSession, dst: Any, *, method: str = "ecn", url: str | N
                      wscale=wscale, ttl=ttl, options=options, syn_retx=syn_retx, dat_retx=dat_retx,
                      wait_probe=wait_probe, wait_idle=wait_idle, max_time=max_time, userid=userid,
                      mtu=mtu, ptb_retx=ptb_retx)
-    source = plan.src or await route_source(io, 4, plan.dst, plan.dport)
+    family = 6 if ":" in plan.dst else 4
+    source = plan.src or await route_source(io, family, plan.dst, plan.dport)
     with io.stream() as stream:
         socks: dict[int, int] = {}  # IP protocol -> socket
         try:
-            socks[P.IPPROTO_TCP] = await io.nopen("raw", family=4, ipproto=P.IPPROTO_TCP, hdrincl=True,
-                                                  laddr=source, stream=stream)
+            if family == 4:
+                socks[P.IPPROTO_TCP] = await io.nopen("raw", family=4, ipproto=P.IPPROTO_TCP, hdrincl=True,
+                                                      laddr=source, stream=stream)
+            else:
+                socks[P.IPPROTO_TCP] = await io.nopen("raw", family=6, ipproto=P.IPPROTO_TCP, laddr=source,
+                                                      ttl=plan.ttl, stream=stream)
             await io.ncap(socks[P.IPPROTO_TCP], _filter(plan))
             if plan.method == "pmtud":  # our PTBs leave from a raw ICMP socket; it captures nothing
                 socks[P.IPPROTO_ICMP] = await io.nopen("raw", family=4, ipproto=P.IPPROTO_ICMP,
@@ -991,7 +1002,11 @@ async def _drive(io: PacketSession, plan: TbitPlan, source: str, socks: dict[int
             tag = tag_base + len(tags)
             tags[tag] = pkt
             try:
-                await io.nsend(socks.get(data[9], sock), data, dst=plan.dst, tag=tag)
+                if data[0] >> 4 == 6:  # the kernel writes the IPv6 header: ours is the record's
+                    tclass = ((data[0] & 0x0F) << 4) | (data[1] >> 4)
+                    await io.nsend(sock, data[40:], dst=plan.dst, tag=tag, tos=tclass or None)
+                else:
+                    await io.nsend(socks.get(data[9], sock), data, dst=plan.dst, tag=tag)
             except EndpointError as exc:
                 conv.halt(R.ERROR, f"send failed: {exc}")
                 return
