@@ -1,11 +1,14 @@
 """tbit (TCP behaviour inference), written once over the packet interface.
 
 ``tbit(io, dst, method=…)`` holds one TCP conversation with a remote server
-from raw sockets — IPv4 with our own IP and TCP headers (``hdrincl``);
+from raw sockets — IPv4 with our own IP and TCP headers (``hdrincl``),
 IPv6 with our TCP header, the hop limit set on the socket and the traffic
-class (ECN) per send — and replies from a kernel-stamped capture (``ncap``) — and infers how the remote TCP
-behaves, as scamper's tbit does (Padhye & Floyd, "On Inferring TCP
-Behaviour"; Medina, Allman & Floyd). Methods:
+class (ECN) per send — with replies from a kernel-stamped capture
+(``ncap``), and infers how the remote TCP behaves, as scamper's tbit does
+(Padhye & Floyd, "On Inferring TCP Behaviour"; Medina, Allman & Floyd).
+Every packet is recorded with its kernel time; a sent IPv6 packet's header
+is the one the kernel writes for those settings, except that we record flow
+label 0 (the kernel may choose one). Methods (pmtud: IPv4 only):
 
 * ``ecn``: SYN with ECE|CWR; a SYN-ACK with ECE (and not CWR) means the
   server negotiated ECN, then the request goes out marked CE and the server
