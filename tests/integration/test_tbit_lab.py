@@ -325,7 +325,7 @@ delay = "3ms"
 [[service]]
 host = "target"
 kind = "http"
-options = { hostnames = ["www.lab.example"], files = { "index.html" = "<p>tbit lab</p>" } }
+options = { hostnames = ["www.lab.example"], files = { "index.html" = "<p>tbit lab</p>", "big.bin" = 100000 } }
 """
 
 
@@ -341,18 +341,25 @@ def test_do_tbit_from_a_vp_and_remote_placement() -> None:
         assert isinstance(t, Tbit) and t.vp == "vp-nz" and t.result == TbitResult.ECN_SUCCESS, t.to_text()
         assert str(t.src) == vlab.addr("vp-nz") and all(p.ts_source == "kernel" for p in t.pkts)
 
-        async def remote() -> Tbit:
+        async def remote() -> list[Tbit]:
             conn = await vlab.aconnect()
             try:
                 s = await conn.attach("vp-nz")
                 try:
-                    return await tbit(s, dst, method="ecn", sport=next(PORTS), max_time=20)
+                    return [await tbit(s, dst, method=m, sport=next(PORTS), max_time=20, url=url)
+                            for m, url in (("ecn", None), ("sack-rcvr", None), ("null", None),
+                                           ("icw", "http://www.lab.example/big.bin"))]
                 finally:
                     await s.close()
             finally:
                 await conn.close()
-        r = asyncio.run(remote())
-        assert r.result == TbitResult.ECN_SUCCESS and r.vp == "vp-nz", r.to_text()
+        results = asyncio.run(remote())
+        assert [x.result for x in results] == [TbitResult.ECN_SUCCESS, TbitResult.SACK_RCVR_SUCCESS,
+                                               TbitResult.NULL_SUCCESS, TbitResult.ICW_SUCCESS], \
+            [x.to_text() for x in results]
+        assert results[3].icw_segments == 10
+        r = results[0]
+        assert r.vp == "vp-nz" and all(p.ts_source == "kernel" for x in results for p in x.pkts)
         # kernel stamps on the VP: the SYN/SYN-ACK round trip is the path's 6 ms, not the control path's
         synack_rtt = [p.time_ns for p in r.pkts[:2]]
         assert 5.5e6 <= synack_rtt[1] - synack_rtt[0] < 30e6, synack_rtt
