@@ -363,3 +363,59 @@ def test_do_tbit_from_a_vp_and_remote_placement() -> None:
         # kernel stamps on the VP: the SYN/SYN-ACK round trip is the path's 6 ms, not the control path's
         synack_rtt = [p.time_ns for p in r.pkts[:2]]
         assert 5.5e6 <= synack_rtt[1] - synack_rtt[0] < 30e6, synack_rtt
+
+
+@contextlib.contextmanager
+def port_hold(lab: Any, port: int) -> Iterator[None]:
+    """A listening socket on the client's ``port`` whose socket filter drops
+    every segment: the kernel finds it for the SYN-ACK and discards the
+    segment before TCP would answer it, so no RST — and, unlike a firewall
+    rule, our own blinded RSTs still leave (see docs/decisions.md)."""
+    import ctypes
+    import socket
+    import struct as st
+
+    from . import pathlab
+
+    with pathlab.inside(lab.netns("client")):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((lab.addr("client"), port))
+        s.listen(1)
+        insn = ctypes.create_string_buffer(st.pack("HBBI", 0x06, 0, 0, 0), 8)  # BPF "ret #0"
+        s.setsockopt(socket.SOL_SOCKET, 26, st.pack("HP", 1, ctypes.addressof(insn)))  # SO_ATTACH_FILTER
+        yield
+    finally:
+        s.close()
+
+
+HOLD_PORTS = itertools.count(42001)  # outside the RST rule: a plain rule would drop our blinded RSTs
+
+
+@pytest.mark.parametrize("method, off, expect", [
+    ("blind-rst", 10, TbitResult.BLIND_CHALLENGE),  # RFC 5961: an in-window guess gets a challenge ACK
+    # the exact sequence number resets the connection: scamper says blind-accepted, or tcp-rst when
+    # the server's reply to a later segment of ours was what showed it (its response came in two)
+    ("blind-rst", 0, (TbitResult.BLIND_ACCEPTED, TbitResult.TCP_RST)),
+    ("blind-syn", 10, TbitResult.BLIND_CHALLENGE),
+])
+def test_blind_rst_and_syn(lab: Any, method: str, off: int, expect: Any) -> None:
+    port = next(HOLD_PORTS)
+
+    async def go() -> Tbit:
+        async with client_endpoint(lab) as (_s, native):
+            return await tbit(native, lab.addr("target"), method=method, sport=port, blind_off=off,
+                              wait_idle=2, max_time=30)
+    with port_hold(lab, port):
+        t = asyncio.run(go())
+    assert t.result in (expect if isinstance(expect, tuple) else (expect,)), t.to_text()
+    check_record(t)
+    blinded = [p for p in t.pkts[1:] if p.dir == "tx" and p.tcp()[3] & (T.TH_RST | T.TH_SYN)]
+    assert blinded and T.parse_segment(blinded[0].data).seq == (t.client_isn + 1 + 167 + off) & 0xFFFFFFFF
+    assert json.loads(dumps(t))["blind_off"] == off
+
+
+def test_a_rst_rule_that_drops_our_own_rsts_is_reported(lab: Any) -> None:
+    t = run_native(lab, method="blind-rst", wait_idle=2)
+    assert t.result == TbitResult.ERROR and "spare" in (t.error or ""), t.to_text()

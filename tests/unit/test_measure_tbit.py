@@ -96,7 +96,7 @@ def test_frag_needed_quotes_the_packet() -> None:
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"method": "blind-rst"}, "not implemented yet"),
+    ({"method": "blind-data"}, "not implemented yet"), ({"blind_retx": 0}, "blind_retx"),
     ({"method": "pmtud", "mtu": 1500}, "mtu 1500 must be below"), ({"mtu": 60}, "mtu"), ({"ptb_retx": 0}, "ptb_retx"),
     ({"method": "bogus"}, "unknown tbit method"),
     ({"dport": 0}, "dport"), ({"sport": 70000}, "sport"), ({"mss": 10}, "mss"),
@@ -115,7 +115,8 @@ def test_bad_parameters_name_themselves(kw: dict, match: str) -> None:
 
 def test_plan_defaults_and_ipv6() -> None:
     p = plan_tbit(SERVER, options="sack,tcpts", url="http://www.example/x?y=1")
-    assert (p.method, p.dport, p.mss, p.ttl, p.options) == ("ecn", 80, 1460, 255, 0x03)
+    assert (p.method, p.dport, p.mss, p.ttl, p.options, p.dat_retx) == ("null", 80, 1460, 255, 0x03, 3)
+    assert plan_tbit(SERVER, method="sack-rcvr").dat_retx == 1  # scamper's defaults
     assert (p.host, p.file, p.url) == ("www.example", "/x?y=1", "http://www.example/x?y=1")
     assert 0x8000 <= p.sport <= 0xFFFF
     assert plan_tbit(SERVER).url == f"http://{SERVER}/"
@@ -372,6 +373,29 @@ def test_pmtud_answers_a_big_segment_and_sees_it_shrink() -> None:
     assert c.code == TbitResult.PMTUD_NODF
 
 
+@pytest.mark.parametrize("method, flag", [("blind-rst", T.TH_RST), ("blind-syn", T.TH_SYN)])
+def test_blind_segment_and_challenge_ack(method: str, flag: int) -> None:
+    c, srv = conv(method, blind_off=10)
+    handshake(c, srv)
+    ack = ISN + 1 + len(REQ)
+    c.received(srv.seg(T.TH_ACK, 1, ack, payload=b"x" * 10), 10**18 + 2 * MS)
+    (blind,) = sent(c)
+    assert blind.flags == flag and blind.seq == ack + 10 and blind.ack == (SISN + 1) & 0xFFFFFFFF
+    c.received(srv.seg(T.TH_ACK, 1, ack), 10**18 + 3 * MS)  # acknowledges nothing new: a challenge
+    c.received(srv.seg(T.TH_ACK, 1, ack, payload=b"x" * 10), 10**18 + 4 * MS)  # retransmitted: accept
+    (a,) = sent(c)
+    assert a.flags == T.TH_ACK and a.ack == (SISN + 11) & 0xFFFFFFFF
+    c.timeout(10**18 + 20 * 10**9)
+    assert c.code == TbitResult.BLIND_CHALLENGE
+    # a server that takes the exact RST resets, and the next thing it sees of us is answered with RST
+    c, srv = conv("blind-rst", blind_off=0)
+    handshake(c, srv)
+    c.received(srv.seg(T.TH_ACK, 1, ack, payload=b"x" * 10), 10**18 + 2 * MS)
+    assert sent(c)[0].seq == ack
+    c.timeout(10**18 + 20 * 10**9)
+    assert c.code == TbitResult.BLIND_ACCEPTED
+
+
 def test_halt() -> None:
     c, _srv = conv("ecn")
     c.halt()
@@ -486,6 +510,11 @@ def finished(method: str) -> Tbit:
     if method == "pmtud":
         c.received(srv.seg(T.TH_ACK, 1, ack, payload=b"d" * 1460), 10**18 + 2 * MS)
         c.received(srv.seg(T.TH_ACK, 1, ack, payload=b"d" * 1200), 10**18 + 3 * MS)
+    elif method.startswith("blind-"):
+        c.received(srv.seg(T.TH_ACK, 1, ack), 10**18 + 2 * MS)
+        c.received(srv.seg(T.TH_ACK, 1, ack, payload=b"x" * 10), 10**18 + 3 * MS)
+        c.received(srv.seg(T.TH_ACK, 1, ack), 10**18 + 4 * MS)  # challenge ACK
+        c.timeout(10**18 + 20 * 10**9)
     elif method == "icw":
         for k in range(3):
             c.received(srv.seg(T.TH_ACK, 1 + 1000 * k, ack, payload=b"d" * 1000), 10**18 + (2 + k) * MS)
@@ -496,7 +525,7 @@ def finished(method: str) -> Tbit:
     return c.result()
 
 
-@pytest.mark.parametrize("method", ["ecn", "null", "sack-rcvr", "icw", "pmtud"])
+@pytest.mark.parametrize("method", ["ecn", "null", "sack-rcvr", "icw", "pmtud", "blind-rst", "blind-syn"])
 def test_warts_record_reads_back_and_scamper_agrees(method: str) -> None:
     import io
 
@@ -511,7 +540,7 @@ def test_warts_record_reads_back_and_scamper_agrees(method: str) -> None:
     assert isinstance(back, Tbit)
     for name in ("type", "dst", "src", "sport", "dport", "userid", "client_mss", "server_mss", "ttl", "result",
                  "options", "wscale", "url", "mtu", "ptb_retx", "icw_start_seq", "syn_retx", "dat_retx",
-                 "icw_bytes"):
+                 "icw_bytes", "blind_off", "blind_retx"):
         assert getattr(back, name) == getattr(t, name), name
     assert [(p.dir, p.data, p.time_ns // 1000) for p in back.pkts] == \
         [(p.dir, p.data, p.time_ns // 1000) for p in t.pkts]

@@ -28,6 +28,11 @@ label 0 (the kernel may choose one). Methods (pmtud: IPv4 only):
   quoting it (from a raw ICMP socket); the server must resend it smaller:
   ``pmtud-success``, ``-cleardf`` (resent without DF), ``-fail`` (PTBs
   ignored), ``-nodf`` (big segments never had DF), ``-toosmall``, ``-nodata``.
+* ``blind-rst`` / ``blind-syn``: each of the first data segments is answered
+  with a RST (SYN) ``blind_off`` past the right sequence number, as an
+  off-path attacker would guess (RFC 5961): ``blind-challenge`` (a challenge
+  ACK), ``blind-accepted``, ``blind-ignored``, ``blind-rst`` (the server
+  reset in answer to the SYN).
 
 The state machine (``TbitConversation``) follows ``scamper_tbit_do.c``: the
 same probes (16-bit ISN, DF set, window 65535, scamper's HTTP/1.0 request),
@@ -59,7 +64,9 @@ and gives the port to use as ``sport`` (a rule can cover a range). When the
 RSTs were not suppressed, the server's reset of our handshake-completing ACK
 has a telltale shape (a bare RST, no data yet, seq = the server's ISN + 1):
 the result is ``tcp-rst`` and ``error`` says that the VP's RSTs must be
-dropped, with the rule.
+dropped, with the rule. That rule also drops blind-rst's own RSTs (the send
+fails with EPERM, and ``error`` says so): for blind-rst the rule must spare
+them (e.g. match only the kernel's TTL) or the port be held another way.
 """
 
 from __future__ import annotations
@@ -87,7 +94,7 @@ from marionet.results.tbit import NULL_OPTIONS, Tbit, TbitPkt, TbitResult
 __all__ = ["tbit", "plan_tbit", "TbitPlan", "TbitConversation", "SUPPORTED_METHODS", "http_request",
            "RST_RULE"]
 
-SUPPORTED_METHODS = ("ecn", "sack-rcvr", "null", "icw", "pmtud")
+SUPPORTED_METHODS = ("ecn", "sack-rcvr", "null", "icw", "pmtud", "blind-rst", "blind-syn")
 _KNOWN_METHODS = ("pmtud", "ecn", "null", "sack-rcvr", "icw", "abc", "blind-rst", "blind-syn",
                   "blind-data", "blind-fin")
 _OPTIONS = ("sack", "tcpts")
@@ -127,6 +134,8 @@ class TbitPlan:
     userid: int
     mtu: int = 1280  # pmtud: the MTU our "fragmentation needed" messages advertise
     ptb_retx: int = 4  # pmtud: PTBs sent for one segment before giving up
+    blind_off: int = 10  # blind-rst/-syn: sequence offset of the blinded segment
+    blind_retx: int = 3  # blind-rst/-syn: how many data segments get one
 
     def check_task(self, max_s: float = MAX_TASK_S) -> None:
         """The driver stops the test at ``max_time`` whatever happens, then
@@ -135,11 +144,12 @@ class TbitPlan:
                       f"max_time {self.max_time_ns / _NS:g} s + 1 s for the last transmit stamps", max_s)
 
 
-def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: int = 80,
+def plan_tbit(dst: Any, *, method: str = "null", url: str | None = None, dport: int = 80,
               sport: int | None = None, src: Any = None, mss: int = 1460, wscale: int = 0,
-              ttl: int = 255, options: Any = (), syn_retx: int = 3, dat_retx: int = 3,
+              ttl: int = 255, options: Any = (), syn_retx: int = 3, dat_retx: int | None = None,
               wait_probe: Any = 10.0, wait_idle: Any = 10.0, max_time: Any = 60.0, userid: int = 0,
-              mtu: int = 1280, ptb_retx: int = 4, rng: random.Random | None = None) -> TbitPlan:
+              mtu: int = 1280, ptb_retx: int = 4, blind_off: int = 10, blind_retx: int = 3,
+              rng: random.Random | None = None) -> TbitPlan:
     """Check every parameter (``ValueError`` with the reason) and fill defaults.
 
     ``url`` is the HTTP URL requested (scamper's ``-u``; default
@@ -151,7 +161,11 @@ def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: i
     server is waited for, ``max_time`` the bound on the whole test.
     ``mtu`` (pmtud, scamper's ``-M``) is what our ICMP "fragmentation
     needed" messages advertise; ``ptb_retx`` how many are sent for one
-    segment before the server is declared to ignore them.
+    segment before the server is declared to ignore them. ``blind_off``
+    and ``blind_retx`` (blind-rst/-syn, scamper's ``-o``/``-q``): each of the
+    first ``blind_retx`` data segments is answered with a RST (or SYN) whose
+    sequence number is ``blind_off`` past the right one, as an off-path
+    attacker would guess.
     """
     rng = rng or random.SystemRandom()
     method = check_method("tbit", method, SUPPORTED_METHODS, _KNOWN_METHODS)
@@ -166,10 +180,14 @@ def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: i
     wscale = _int("wscale", wscale, 0, 14)  # type: ignore[assignment]
     ttl = _int("ttl", ttl, 1, 255)  # type: ignore[assignment]
     syn_retx = _int("syn_retx", syn_retx, 1, 10)  # type: ignore[assignment]
+    if dat_retx is None:
+        dat_retx = 1 if method == "sack-rcvr" else 3  # scamper's defaults
     dat_retx = _int("dat_retx", dat_retx, 1, 10)  # type: ignore[assignment]
     userid = _int("userid", userid, 0, 2**32 - 1)  # type: ignore[assignment]
     mtu = _int("mtu", mtu, 68, 65535)  # type: ignore[assignment]
     ptb_retx = _int("ptb_retx", ptb_retx, 1, 10)  # type: ignore[assignment]
+    blind_off = _int("blind_off", blind_off, -(2**31), 2**31 - 1)  # type: ignore[assignment]
+    blind_retx = _int("blind_retx", blind_retx, 1, 10)  # type: ignore[assignment]
     if method == "pmtud" and mtu >= mss + 40:
         raise ValueError(f"mtu {mtu} must be below mss {mss} + 40: the server's full segments must be "
                          "too big for it")
@@ -206,7 +224,8 @@ def plan_tbit(dst: Any, *, method: str = "ecn", url: str | None = None, dport: i
     return TbitPlan(dst=d, method=method, url=f"http://{host}{file}", host=host, file=file, src=s,
                     sport=sp, dport=dport, mss=mss, wscale=wscale, ttl=ttl, options=obits,
                     syn_retx=syn_retx, dat_retx=dat_retx, wait_probe_ns=wp, wait_idle_ns=wi,
-                    max_time_ns=mt, userid=userid, mtu=mtu, ptb_retx=ptb_retx)
+                    max_time_ns=mt, userid=userid, mtu=mtu, ptb_retx=ptb_retx, blind_off=blind_off,
+                    blind_retx=blind_retx)
 
 
 def http_request(host: str, file: str) -> bytes:
@@ -258,6 +277,13 @@ class _State:
     icw_seq: int | None = None
     icw_count: int = 0
     icw_tail: int = 0
+    # blind-rst / blind-syn
+    blind_challenge: bool = False
+    blind_fin: bool = False
+    blind_rst: bool = False
+    blind_c: int = 0  # blinded segments sent
+    blind_sent: bool = False  # one sent for the data segment now outstanding
+    blind_ignored: int = 0
     # pmtud
     nodf: bool = False
     ptb_quote: bytes = b""
@@ -348,7 +374,7 @@ class TbitConversation:
                 T.seq_diff(seg.seq, self.ts_lastack) <= 0 < T.seq_diff(seg.seq + seg.datalen, self.ts_lastack):
             self.ts_recent = seg.ts[0]
         {"syn": self._dl_syn, "data": self._dl_data, "fin": self._dl_fin,
-         "moredata": self._dl_moredata, "pmtud": self._dl_pmtud}[self.mode](seg)
+         "moredata": self._dl_moredata, "pmtud": self._dl_pmtud, "blind": self._dl_data}[self.mode](seg)
         self._flush()
         return True
 
@@ -366,6 +392,10 @@ class TbitConversation:
         elif self.mode == "pmtud":
             self._classify()
             if self.mode == "pmtud":
+                self.mode = "done"
+        elif self.mode == "blind":
+            self._classify()
+            if self.mode == "blind":
                 self.mode = "done"
         elif self.mode in ("fin", "moredata"):
             if self.code == R.NONE:
@@ -390,7 +420,10 @@ class TbitConversation:
                     ttl=p.ttl, result=self.code, options=p.options, wscale=p.wscale, url=p.url, pkts=pkts,
                     icw_start_seq=self.icw_start_seq, error=self.error, vp=vp or None,
                     mtu=p.mtu if p.method == "pmtud" else None,
-                    ptb_retx=p.ptb_retx if p.method == "pmtud" else None, extra=dict(extra or {}))
+                    ptb_retx=p.ptb_retx if p.method == "pmtud" else None,
+                    blind_off=p.blind_off if p.method.startswith("blind-") else None,
+                    blind_retx=p.blind_retx if p.method.startswith("blind-") else None,
+                    syn_retx=p.syn_retx, dat_retx=p.dat_retx, extra=dict(extra or {}))
 
     # -- sending ---------------------------------------------------------------
     def _tp(self) -> _Tp:
@@ -511,6 +544,21 @@ class TbitConversation:
                 self._result(R.SACK_RCVR_SUCCESS)
         elif m == "icw":
             self._result(R.TCP_RST if st.rst_seen else R.TCP_FIN if st.fin_seen else R.NONE)
+        elif m in ("blind-rst", "blind-syn"):
+            if m == "blind-syn" and st.blind_rst:
+                self._result(R.BLIND_RST)
+            elif st.blind_challenge:
+                self._result(R.BLIND_CHALLENGE)
+            elif st.blind_c >= self.plan.blind_retx:
+                self._result(R.BLIND_IGNORED)
+            elif st.blind_fin or st.fin_seen:
+                self._result(R.TCP_FIN)
+            elif st.rst_seen:
+                self._result(R.TCP_RST)
+            elif m == "blind-rst" and st.blind_c == 1 and st.blind_ignored == 0:
+                self._result(R.BLIND_ACCEPTED)
+            else:
+                self._result(R.NONE)
         elif m == "pmtud":
             if st.rst_seen:
                 self._result(R.PMTUD_FAIL if st.ptb_c >= 2 else R.TCP_RST)
@@ -525,6 +573,9 @@ class TbitConversation:
 
     def _rst(self, seg: T.Segment) -> None:
         st = self.st
+        if (self.mode == "blind" and self.plan.method == "blind-syn"
+                and seg.ack == (self.snd_nxt + self.plan.blind_off + 1) & 0xFFFFFFFF):
+            st.blind_rst = True  # the server reset in answer to our blinded SYN
         if (not st.seen_data and not seg.flags & T.TH_ACK and seg.seq == self.rcv_nxt
                 and self.rcv_nxt == (self.sa_seq + 1) & 0xFFFFFFFF):
             self.error = ("the server reset the connection right after the handshake: the VP's own "
@@ -575,7 +626,7 @@ class TbitConversation:
         else:
             tp.wait_ns = p.wait_probe_ns
         self.attempt = 0
-        self.mode = "data"
+        self.mode = "blind" if p.method.startswith("blind-") else "data"
 
     # -- data -------------------------------------------------------------------
     def _dl_data(self, seg: T.Segment) -> None:
@@ -588,7 +639,8 @@ class TbitConversation:
             self.unacked = self.unacked[ab:]
             self.snd_nxt = (self.snd_nxt + ab) & 0xFFFFFFFF
         {"ecn": self._data_ecn, "null": self._data_null, "sack-rcvr": self._data_sack,
-         "icw": self._data_icw, "pmtud": self._data_pmtud}[self.plan.method](seg)
+         "icw": self._data_icw, "pmtud": self._data_pmtud, "blind-rst": self._data_blind,
+         "blind-syn": self._data_blind}[self.plan.method](seg)
 
     def _data_ecn(self, seg: T.Segment) -> None:
         st = self.st
@@ -792,6 +844,59 @@ class TbitConversation:
                 self._classify()
             self.mode = "done"
 
+    # -- blind-rst / blind-syn -------------------------------------------------
+    def _data_blind(self, seg: T.Segment) -> None:
+        """scamper's ``dl_data_blindrst``: answer each of the first data
+        segments with a RST (SYN) ``blind_off`` past the right sequence
+        number, then accept it when it comes again; an ACK in between that
+        acknowledges nothing new is a challenge ACK (RFC 5961)."""
+        st, p = self.st, self.plan
+        if self.mode != "blind":
+            self._data_null(seg)
+            return
+        self.rxq.clear()
+        if seg.datalen == 0 and not seg.flags & T.TH_FIN:
+            if st.blind_c > 0 and seg.ack == self.snd_nxt:
+                st.blind_challenge = True
+            return
+        if seg.seq != self.rcv_nxt:
+            self._tp()
+            return
+        if seg.flags & T.TH_FIN:
+            st.blind_fin = True
+        if seg.datalen:
+            st.seen_data = True
+        if st.blind_sent and seg.datalen:
+            self.rcv_nxt = (self.rcv_nxt + seg.datalen) & 0xFFFFFFFF
+        tp = self._tp()
+        if seg.flags & T.TH_FIN and not seg.datalen:
+            tp.flags |= T.TH_FIN
+            self.rcv_nxt = (self.rcv_nxt + 1) & 0xFFFFFFFF
+            tp.ack = self.rcv_nxt
+            self.mode = "fin"
+            st.fin_seen = True
+            return
+        if not st.blind_sent:
+            tp.flags = T.TH_RST if p.method == "blind-rst" else T.TH_SYN
+            tp.seq = (tp.seq + p.blind_off) & 0xFFFFFFFF
+            st.blind_sent = True
+            st.blind_c += 1
+        else:
+            st.blind_sent = False
+            st.blind_ignored += 1
+            if st.blind_c >= p.blind_retx:
+                self.mode = "data"
+            else:
+                self._tx = [tp]  # scamper's tp_flush: only this ACK goes
+            if seg.flags & T.TH_FIN:
+                tp.flags |= T.TH_FIN
+                self.rcv_nxt = (self.rcv_nxt + 1) & 0xFFFFFFFF
+                tp.ack = self.rcv_nxt
+                self.mode = "fin"
+                st.fin_seen = True
+        tp.wait_ns = self.plan.wait_idle_ns
+        self.attempt = 0
+
     # -- pmtud ----------------------------------------------------------------
     def _send_ptb(self) -> None:
         """An ICMP "fragmentation needed" quoting the too-big segment."""
@@ -947,18 +1052,20 @@ def _filter(plan: TbitPlan) -> str:
     return f"tcp and src host {plan.dst} and src port {plan.dport} and dst port {plan.sport}"
 
 
-async def tbit(io: PacketSession, dst: Any, *, method: str = "ecn", url: str | None = None,
+async def tbit(io: PacketSession, dst: Any, *, method: str = "null", url: str | None = None,
                dport: int = 80, sport: int | None = None, src: Any = None, mss: int = 1460,
-               wscale: int = 0, ttl: int = 255, options: Any = (), syn_retx: int = 3, dat_retx: int = 3,
+               wscale: int = 0, ttl: int = 255, options: Any = (), syn_retx: int = 3,
+               dat_retx: int | None = None,
                wait_probe: Any = 10.0, wait_idle: Any = 10.0, max_time: Any = 60.0, userid: int = 0,
-               mtu: int = 1280, ptb_retx: int = 4, halt: asyncio.Event | None = None) -> Tbit:
+               mtu: int = 1280, ptb_retx: int = 4, blind_off: int = 10, blind_retx: int = 3,
+               halt: asyncio.Event | None = None) -> Tbit:
     """Run tbit test ``method`` against ``dst`` from the endpoint behind
     ``io``; returns a ``Tbit``. Parameters as ``plan_tbit``. Needs the VP's
     own RSTs dropped for ``sport`` (see the module docstring)."""
     plan = plan_tbit(dst, method=method, url=url, dport=dport, sport=sport, src=src, mss=mss,
                      wscale=wscale, ttl=ttl, options=options, syn_retx=syn_retx, dat_retx=dat_retx,
                      wait_probe=wait_probe, wait_idle=wait_idle, max_time=max_time, userid=userid,
-                     mtu=mtu, ptb_retx=ptb_retx)
+                     mtu=mtu, ptb_retx=ptb_retx, blind_off=blind_off, blind_retx=blind_retx)
     family = 6 if ":" in plan.dst else 4
     source = plan.src or await route_source(io, family, plan.dst, plan.dport)
     with io.stream() as stream:
@@ -1019,7 +1126,11 @@ async def _drive(io: PacketSession, plan: TbitPlan, source: str, socks: dict[int
         if pkt is None:
             return
         if note.error:
-            conv.halt(R.ERROR, f"send failed: {note.error}")
+            hint = ""
+            if "EPERM" in note.error and pkt.tcp() is not None and pkt.tcp()[3] & T.TH_RST:
+                hint = (" (a firewall rule dropped our own RST: the rule that drops the VP's RSTs must "
+                        "spare tbit's, e.g. match only the kernel's TTL, or use a port hold)")
+            conv.halt(R.ERROR, f"send failed: {note.error}{hint}")
         elif note.time_ns:
             pkt.time_ns, pkt.ts_source = note.time_ns, note.ts_source
 

@@ -223,6 +223,8 @@ class Tbit:
     icw_start_seq: int = 1  # icw: offset of the response's first byte from the SYN-ACK's seq
     syn_retx: int = 3  # SYNs, and request transmissions, tried before giving up
     dat_retx: int = 3
+    blind_off: int | None = None  # blind-*: the blinded segments' sequence offset
+    blind_retx: int | None = None  # blind-*: how many were sent at most
     error: str | None = None
     vp: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -457,6 +459,9 @@ def tbit_to_json(t: Tbit) -> dict[str, Any]:
         d["null_results"] = _bits(t.null_results, NULL_RESULTS, 16)
     elif t.type == "icw" and t.icw_bytes is not None:
         d["icw_bytes"] = t.icw_bytes
+    elif t.type.startswith("blind-"):
+        d["blind_off"] = t.blind_off or 0
+        d["blind_retx"] = t.blind_retx or 0
     if t.url:
         d["app"] = "http"
         d["http_url"] = t.url
@@ -544,6 +549,7 @@ def tbit_from_json(d: dict[str, Any]) -> Tbit:
              ttl=int(d.get("ttl", 0)), result=code,
              options=_unbits(d.get("options"), TBIT_OPTIONS, "option"), wscale=int(d.get("wscale", 0)),
              url=d.get("http_url"), mtu=d.get("mtu"), ptb_retx=d.get("ptb_retx"), ptbsrc=d.get("ptbsrc"),
+             blind_off=d.get("blind_off"), blind_retx=d.get("blind_retx"),
              pmtud_options=_unbits(d.get("pmtud_options"), _PMTUD_OPTIONS, "pmtud option"),
              null_options=_unbits(d.get("null_options"), NULL_OPTIONS, "null option"),
              null_results=_unbits(d.get("null_results"), NULL_RESULTS, "null result"),
@@ -622,6 +628,12 @@ def _warts_body(t: Tbit, ctx: Any) -> bytes:
         sub = {k: ctx.u16(v) for k, v in ((1, t.null_options), (2, t.null_results)) if v}
     elif t.type == "icw":
         sub = {1: ctx.u32(t.icw_start_seq)} if t.icw_start_seq else {}
+    elif t.type.startswith("blind-"):
+        sub = {}
+        if t.blind_off:
+            sub[1] = struct.pack(">i", t.blind_off)
+        if t.blind_retx:
+            sub[2] = ctx.u8(t.blind_retx)
     if sub is not None:
         block = ctx.params(sub)
         out.append(ctx.u16(_STRUCT_TYPE) + ctx.u32(len(block)) + block)
@@ -688,6 +700,10 @@ def _warts_decode(body: bytes, _reader: Any) -> Tbit:
         elif kind == _STRUCT_TYPE and t.type == "icw":
             read_params(inner, [put("icw", u32)])
             t.icw_start_seq = v.get("icw", 0)
+        elif kind == _STRUCT_TYPE and t.type.startswith("blind-"):
+            read_params(inner, [put("boff", lambda cur: struct.unpack(">i", cur.take(4))[0]),
+                                put("bretx", u8)])
+            t.blind_off, t.blind_retx = v.get("boff", 0), v.get("bretx", 0)
         elif kind == _STRUCT_APP and v.get("app") == 1:
             read_params(inner, [lambda cur: sv.__setitem__("host", cur.string()),
                                 lambda cur: sv.__setitem__("file", cur.string()), Cursor.u8])
