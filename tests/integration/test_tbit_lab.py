@@ -419,3 +419,17 @@ def test_blind_rst_and_syn(lab: Any, method: str, off: int, expect: Any) -> None
 def test_a_rst_rule_that_drops_our_own_rsts_is_reported(lab: Any) -> None:
     t = run_native(lab, method="blind-rst", wait_idle=2)
     assert t.result == TbitResult.ERROR and "spare" in (t.error or ""), t.to_text()
+
+
+@pytest.mark.parametrize("off, expect", [(-70000, TbitResult.BLIND_CHALLENGE), (0, TbitResult.BLIND_ACCEPTED)])
+def test_blind_data(lab: Any, off: int, expect: TbitResult) -> None:
+    """The request's last third with an acknowledgement number 70000 too old
+    is dropped with a challenge ACK (RFC 5961 §5); with the right one it is
+    held until the hole before it is filled, then acknowledged with it."""
+    t = run_native(lab, method="blind-data", blind_off=off, blind_retx=1, wait_idle=2)
+    assert t.result == expect, t.to_text()
+    check_record(t)
+    data = [T.parse_segment(p.data) for p in t.pkts if p.dir == "tx" and p.tcp_datalen]
+    third = 167 // 3
+    assert [d.datalen for d in data[:3]] == [third, 167 - 2 * third, third]  # first, blinded last, second
+    assert (data[1].ack - data[0].ack) & 0xFFFFFFFF == off & 0xFFFFFFFF

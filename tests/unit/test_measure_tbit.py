@@ -96,7 +96,7 @@ def test_frag_needed_quotes_the_packet() -> None:
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"method": "blind-data"}, "not implemented yet"), ({"blind_retx": 0}, "blind_retx"),
+    ({"method": "blind-fin"}, "not implemented yet"), ({"blind_retx": 0}, "blind_retx"),
     ({"method": "pmtud", "mtu": 1500}, "mtu 1500 must be below"), ({"mtu": 60}, "mtu"), ({"ptb_retx": 0}, "ptb_retx"),
     ({"method": "bogus"}, "unknown tbit method"),
     ({"dport": 0}, "dport"), ({"sport": 70000}, "sport"), ({"mss": 10}, "mss"),
@@ -396,6 +396,29 @@ def test_blind_segment_and_challenge_ack(method: str, flag: int) -> None:
     assert c.code == TbitResult.BLIND_ACCEPTED
 
 
+def test_blind_data_steps() -> None:
+    c, srv = conv("blind-data", blind_retx=1)
+    ack, first = handshake(c, srv)
+    third = len(REQ) // 3
+    assert first.datalen == third and first.payload == REQ[:third] and c.plan.blind_off == -70000
+    c.received(srv.seg(T.TH_ACK, 1, ISN + 1 + third), 10**18 + 2 * MS)
+    (blinded,) = sent(c)
+    assert blinded.seq == ISN + 1 + 2 * third and blinded.payload == REQ[2 * third:]
+    assert blinded.ack == (SISN + 1 - 70000) & 0xFFFFFFFF
+    c.received(srv.seg(T.TH_ACK, 1, ISN + 1 + third), 10**18 + 3 * MS)  # challenge ACK
+    assert c.st.blind_challenge and c.st.blind_step == 2
+    c.timeout(c.deadline_ns)
+    (fill,) = sent(c)
+    assert fill.seq == ISN + 1 + third and fill.payload == REQ[third:2 * third]
+    c.received(srv.seg(T.TH_ACK, 1, ISN + 1 + 2 * third), 10**18 + 5 * 10**9)  # the hole, not the rest
+    (rest,) = sent(c)
+    assert rest.seq == ISN + 1 + 2 * third and rest.ack == (SISN + 1) & 0xFFFFFFFF
+    c.received(srv.seg(T.TH_ACK, 1, ISN + 1 + len(REQ), payload=b"x"), 10**18 + 6 * 10**9)
+    assert c.mode == "fin"
+    c.received(srv.seg(T.TH_ACK | T.TH_FIN, 2, ISN + 2 + len(REQ)), 10**18 + 7 * 10**9)
+    assert c.done and c.code == TbitResult.BLIND_CHALLENGE
+
+
 def test_halt() -> None:
     c, _srv = conv("ecn")
     c.halt()
@@ -525,7 +548,8 @@ def finished(method: str) -> Tbit:
     return c.result()
 
 
-@pytest.mark.parametrize("method", ["ecn", "null", "sack-rcvr", "icw", "pmtud", "blind-rst", "blind-syn"])
+@pytest.mark.parametrize("method", ["ecn", "null", "sack-rcvr", "icw", "pmtud", "blind-rst", "blind-syn",
+                                    "blind-data"])
 def test_warts_record_reads_back_and_scamper_agrees(method: str) -> None:
     import io
 

@@ -33,6 +33,11 @@ label 0 (the kernel may choose one). Methods (pmtud: IPv4 only):
   off-path attacker would guess (RFC 5961): ``blind-challenge`` (a challenge
   ACK), ``blind-accepted``, ``blind-ignored``, ``blind-rst`` (the server
   reset in answer to the SYN).
+* ``blind-data``: the request in thirds, the last sent first with an
+  acknowledgement number ``blind_off`` (-70000) off, leaving a hole:
+  ``blind-challenge`` (dropped with a challenge ACK, RFC 5961 §5),
+  ``blind-accepted`` (held and acknowledged once the hole was filled),
+  ``blind-ignored``.
 
 The state machine (``TbitConversation``) follows ``scamper_tbit_do.c``: the
 same probes (16-bit ISN, DF set, window 65535, scamper's HTTP/1.0 request),
@@ -94,11 +99,12 @@ from marionet.results.tbit import NULL_OPTIONS, Tbit, TbitPkt, TbitResult
 __all__ = ["tbit", "plan_tbit", "TbitPlan", "TbitConversation", "SUPPORTED_METHODS", "http_request",
            "RST_RULE"]
 
-SUPPORTED_METHODS = ("ecn", "sack-rcvr", "null", "icw", "pmtud", "blind-rst", "blind-syn")
+SUPPORTED_METHODS = ("ecn", "sack-rcvr", "null", "icw", "pmtud", "blind-rst", "blind-syn", "blind-data")
 _KNOWN_METHODS = ("pmtud", "ecn", "null", "sack-rcvr", "icw", "abc", "blind-rst", "blind-syn",
                   "blind-data", "blind-fin")
 _OPTIONS = ("sack", "tcpts")
 _TIMEOUT_SACK_NS = 2 * _NS  # scamper's TBIT_TIMEOUT_SACK
+_TIMEOUT_BLIND_NS = 2 * _NS  # scamper's TBIT_TIMEOUT_BLINDDATA
 _HTTP_UA = "Mozilla/5.0 (X11; U; FreeBSD i386; en-US; rv:1.9.1.2) Gecko/20090806 Firefox/3.5.2"
 RST_RULE = "iptables -A OUTPUT -p tcp --tcp-flags RST RST --sport {sport} -j DROP"
 
@@ -134,8 +140,8 @@ class TbitPlan:
     userid: int
     mtu: int = 1280  # pmtud: the MTU our "fragmentation needed" messages advertise
     ptb_retx: int = 4  # pmtud: PTBs sent for one segment before giving up
-    blind_off: int = 10  # blind-rst/-syn: sequence offset of the blinded segment
-    blind_retx: int = 3  # blind-rst/-syn: how many data segments get one
+    blind_off: int = 10  # blind-*: sequence (rst, syn) or acknowledgement (data) offset
+    blind_retx: int = 3  # blind-*: how many blinded segments are tried
 
     def check_task(self, max_s: float = MAX_TASK_S) -> None:
         """The driver stops the test at ``max_time`` whatever happens, then
@@ -148,7 +154,7 @@ def plan_tbit(dst: Any, *, method: str = "null", url: str | None = None, dport: 
               sport: int | None = None, src: Any = None, mss: int = 1460, wscale: int = 0,
               ttl: int = 255, options: Any = (), syn_retx: int = 3, dat_retx: int | None = None,
               wait_probe: Any = 10.0, wait_idle: Any = 10.0, max_time: Any = 60.0, userid: int = 0,
-              mtu: int = 1280, ptb_retx: int = 4, blind_off: int = 10, blind_retx: int = 3,
+              mtu: int = 1280, ptb_retx: int = 4, blind_off: int | None = None, blind_retx: int = 3,
               rng: random.Random | None = None) -> TbitPlan:
     """Check every parameter (``ValueError`` with the reason) and fill defaults.
 
@@ -165,7 +171,9 @@ def plan_tbit(dst: Any, *, method: str = "null", url: str | None = None, dport: 
     and ``blind_retx`` (blind-rst/-syn, scamper's ``-o``/``-q``): each of the
     first ``blind_retx`` data segments is answered with a RST (or SYN) whose
     sequence number is ``blind_off`` past the right one, as an off-path
-    attacker would guess.
+    attacker would guess (default 10); blind-data sends the last third of
+    the request with an acknowledgement number ``blind_off`` off (default
+    -70000, scamper's).
     """
     rng = rng or random.SystemRandom()
     method = check_method("tbit", method, SUPPORTED_METHODS, _KNOWN_METHODS)
@@ -186,6 +194,8 @@ def plan_tbit(dst: Any, *, method: str = "null", url: str | None = None, dport: 
     userid = _int("userid", userid, 0, 2**32 - 1)  # type: ignore[assignment]
     mtu = _int("mtu", mtu, 68, 65535)  # type: ignore[assignment]
     ptb_retx = _int("ptb_retx", ptb_retx, 1, 10)  # type: ignore[assignment]
+    if blind_off is None:
+        blind_off = -70000 if method == "blind-data" else 10  # scamper's defaults
     blind_off = _int("blind_off", blind_off, -(2**31), 2**31 - 1)  # type: ignore[assignment]
     blind_retx = _int("blind_retx", blind_retx, 1, 10)  # type: ignore[assignment]
     if method == "pmtud" and mtu >= mss + 40:
@@ -284,6 +294,10 @@ class _State:
     blind_c: int = 0  # blinded segments sent
     blind_sent: bool = False  # one sent for the data segment now outstanding
     blind_ignored: int = 0
+    blind_silence: bool = False
+    blind_accepted: bool = False
+    blind_step: int = 0
+    blind_part: tuple[int, int, int] = (0, 0, 0)
     # pmtud
     nodf: bool = False
     ptb_quote: bytes = b""
@@ -393,6 +407,8 @@ class TbitConversation:
             self._classify()
             if self.mode == "pmtud":
                 self.mode = "done"
+        elif self.mode == "blind" and self.plan.method == "blind-data":
+            self._timeout_blinddata()
         elif self.mode == "blind":
             self._classify()
             if self.mode == "blind":
@@ -544,6 +560,19 @@ class TbitConversation:
                 self._result(R.SACK_RCVR_SUCCESS)
         elif m == "icw":
             self._result(R.TCP_RST if st.rst_seen else R.TCP_FIN if st.fin_seen else R.NONE)
+        elif m == "blind-data":
+            if st.blind_accepted:
+                self._result(R.BLIND_ACCEPTED)
+            elif st.blind_challenge:
+                self._result(R.BLIND_CHALLENGE)
+            elif st.blind_silence:
+                self._result(R.BLIND_IGNORED)
+            elif st.rst_seen:
+                self._result(R.TCP_RST)
+            elif st.fin_seen:
+                self._result(R.TCP_FIN)
+            else:
+                self._result(R.NONE)
         elif m in ("blind-rst", "blind-syn"):
             if m == "blind-syn" and st.blind_rst:
                 self._result(R.BLIND_RST)
@@ -623,6 +652,10 @@ class TbitConversation:
         tp.len = len(self.unacked)
         if p.method == "sack-rcvr":
             tp.len, tp.wait_ns = 1, _TIMEOUT_SACK_NS
+        elif p.method == "blind-data":
+            third = len(self.unacked) // 3
+            st.blind_part = (third, third, len(self.unacked) - 2 * third)
+            tp.len, tp.wait_ns = third, _TIMEOUT_BLIND_NS
         else:
             tp.wait_ns = p.wait_probe_ns
         self.attempt = 0
@@ -631,7 +664,8 @@ class TbitConversation:
     # -- data -------------------------------------------------------------------
     def _dl_data(self, seg: T.Segment) -> None:
         if not self.st.noreset:
-            self.deadline_ns = self._now + self.plan.wait_idle_ns
+            blind = self.plan.method == "blind-data" and self.mode == "blind"
+            self.deadline_ns = self._now + (_TIMEOUT_BLIND_NS if blind else self.plan.wait_idle_ns)
         if not _in_range(self.rcv_nxt, seg.seq, seg.datalen):
             return
         if _after(seg.ack, self.snd_nxt) and self.unacked:
@@ -640,7 +674,7 @@ class TbitConversation:
             self.snd_nxt = (self.snd_nxt + ab) & 0xFFFFFFFF
         {"ecn": self._data_ecn, "null": self._data_null, "sack-rcvr": self._data_sack,
          "icw": self._data_icw, "pmtud": self._data_pmtud, "blind-rst": self._data_blind,
-         "blind-syn": self._data_blind}[self.plan.method](seg)
+         "blind-syn": self._data_blind, "blind-data": self._data_blinddata}[self.plan.method](seg)
 
     def _data_ecn(self, seg: T.Segment) -> None:
         st = self.st
@@ -897,6 +931,78 @@ class TbitConversation:
         tp.wait_ns = self.plan.wait_idle_ns
         self.attempt = 0
 
+    def _data_blinddata(self, seg: T.Segment) -> None:
+        """scamper's ``dl_data_blinddata``: the request in thirds — the first
+        normally; the third with an acknowledgement number ``blind_off`` off,
+        leaving a hole (``blind_retx`` tries); then the second, filling the
+        hole; then the third again, correctly. A server that took the
+        blinded third acknowledges everything once the hole is filled."""
+        st, p = self.st, self.plan
+        part1, part2, part3 = st.blind_part
+        if self.mode == "data":
+            self._data_null(seg)
+            return
+        if self.mode != "blind":
+            return
+        if seg.datalen or not self.unacked:
+            if st.blind_step == 2 and not self.unacked:
+                st.blind_accepted = True
+            self.mode = "data"
+            self._tx.clear()
+            self._data_null(seg)
+            return
+        if seg.seq != self.rcv_nxt:
+            return
+        if seg.flags & T.TH_FIN:
+            self._result(R.TCP_FIN)
+            return
+        if st.blind_step == 0:
+            if len(self.unacked) != part2 + part3:
+                return
+            st.blind_step, self.attempt = 1, 0
+            tp = self._tp()
+            tp.seq, tp.len = (tp.seq + part2) & 0xFFFFFFFF, part3
+            tp.ack = (tp.ack + p.blind_off) & 0xFFFFFFFF
+            tp.wait_ns = _TIMEOUT_BLIND_NS
+        elif st.blind_step == 1:
+            st.blind_challenge = True
+            if self.attempt >= p.blind_retx:
+                st.blind_step, self.attempt = 2, 0
+        elif st.blind_step == 2:
+            if len(self.unacked) != part3:
+                return
+            st.blind_step, self.attempt = 3, 0
+            self._tx.clear()
+            tp = self._tp()
+            tp.len, tp.wait_ns = len(self.unacked), _TIMEOUT_BLIND_NS
+
+    def _timeout_blinddata(self) -> None:
+        """scamper's ``timeout_blinddata``."""
+        st, p = self.st, self.plan
+        part1, part2, part3 = st.blind_part
+        if st.blind_step in (0, 3):
+            if self.attempt >= p.blind_retx:
+                self._result(R.NONE)
+                self.mode = "done"
+                return
+            tp = self._tp()
+            tp.len = part1 if st.blind_step == 0 else len(self.unacked)
+            tp.wait_ns = _TIMEOUT_BLIND_NS
+            return
+        tp = self._tp()
+        tp.len, tp.wait_ns = len(self.unacked), _TIMEOUT_BLIND_NS
+        if self.attempt >= p.blind_retx:
+            if st.blind_step == 1 and not st.blind_challenge:
+                st.blind_silence = True
+            self.attempt = 0
+            st.blind_step += 1
+        if st.blind_step == 1:
+            tp.ack = (tp.ack + p.blind_off) & 0xFFFFFFFF
+            tp.seq = (tp.seq + part2) & 0xFFFFFFFF
+            tp.len = part3
+        else:
+            tp.len = part2
+
     # -- pmtud ----------------------------------------------------------------
     def _send_ptb(self) -> None:
         """An ICMP "fragmentation needed" quoting the too-big segment."""
@@ -1057,7 +1163,7 @@ async def tbit(io: PacketSession, dst: Any, *, method: str = "null", url: str | 
                wscale: int = 0, ttl: int = 255, options: Any = (), syn_retx: int = 3,
                dat_retx: int | None = None,
                wait_probe: Any = 10.0, wait_idle: Any = 10.0, max_time: Any = 60.0, userid: int = 0,
-               mtu: int = 1280, ptb_retx: int = 4, blind_off: int = 10, blind_retx: int = 3,
+               mtu: int = 1280, ptb_retx: int = 4, blind_off: int | None = None, blind_retx: int = 3,
                halt: asyncio.Event | None = None) -> Tbit:
     """Run tbit test ``method`` against ``dst`` from the endpoint behind
     ``io``; returns a ``Tbit``. Parameters as ``plan_tbit``. Needs the VP's
