@@ -433,3 +433,15 @@ def test_blind_data(lab: Any, off: int, expect: TbitResult) -> None:
     third = 167 // 3
     assert [d.datalen for d in data[:3]] == [third, 167 - 2 * third, third]  # first, blinded last, second
     assert (data[1].ack - data[0].ack) & 0xFFFFFFFF == off & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("off, expect", [(-70000, TbitResult.BLIND_CHALLENGE), (0, TbitResult.BLIND_ACCEPTED)])
+def test_blind_fin(lab: Any, off: int, expect: TbitResult) -> None:
+    """A FIN past a hole, with an acknowledgement number 70000 too old, is
+    dropped with a challenge ACK; with the right one it is held, and
+    acknowledged with the request once the hole is filled."""
+    t = run_native(lab, method="blind-fin", blind_off=off, blind_retx=1, wait_idle=2)
+    assert t.result == expect, t.to_text()
+    check_record(t)
+    fins = [T.parse_segment(p.data) for p in t.pkts if p.dir == "tx" and p.tcp()[3] & T.TH_FIN]
+    assert fins and fins[0].seq == (t.client_isn + 1 + 167) & 0xFFFFFFFF and fins[0].datalen == 0

@@ -96,7 +96,7 @@ def test_frag_needed_quotes_the_packet() -> None:
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"method": "blind-fin"}, "not implemented yet"), ({"blind_retx": 0}, "blind_retx"),
+    ({"method": "abc"}, "not implemented yet"), ({"blind_retx": 0}, "blind_retx"),
     ({"method": "pmtud", "mtu": 1500}, "mtu 1500 must be below"), ({"mtu": 60}, "mtu"), ({"ptb_retx": 0}, "ptb_retx"),
     ({"method": "bogus"}, "unknown tbit method"),
     ({"dport": 0}, "dport"), ({"sport": 70000}, "sport"), ({"mss": 10}, "mss"),
@@ -419,6 +419,33 @@ def test_blind_data_steps() -> None:
     assert c.done and c.code == TbitResult.BLIND_CHALLENGE
 
 
+@pytest.mark.parametrize("accept", [False, True])
+def test_blind_fin_steps(accept: bool) -> None:
+    c, srv = conv("blind-fin", blind_retx=1)
+    ack, first = handshake(c, srv)
+    third = len(REQ) // 3
+    c.received(srv.seg(T.TH_ACK, 1, ISN + 1 + third), 10**18 + 2 * MS)
+    (fin,) = sent(c)
+    assert fin.flags == T.TH_ACK | T.TH_FIN and fin.seq == ISN + 1 + len(REQ) and fin.datalen == 0
+    assert fin.ack == (SISN + 1 - 70000) & 0xFFFFFFFF
+    if not accept:
+        c.received(srv.seg(T.TH_ACK, 1, ISN + 1 + third), 10**18 + 3 * MS)  # challenge ACK
+        assert c.st.blind_challenge
+    c.timeout(c.deadline_ns)  # one try only: fill the hole
+    (fill,) = sent(c)
+    assert fill.seq == ISN + 1 + third and fill.payload == REQ[third:]
+    acked = ISN + 1 + len(REQ) + (1 if accept else 0)
+    c.received(srv.seg(T.TH_ACK, 1, acked, payload=b"x" * 5), 10**18 + 3 * 10**9)
+    if accept:
+        assert c.st.blind_accepted and c.mode == "fin"
+    else:
+        c.timeout(c.deadline_ns)
+        c.timeout(c.deadline_ns)
+    c.received(srv.seg(T.TH_ACK | T.TH_FIN, 6, ISN + 2 + len(REQ)), 10**18 + 30 * 10**9)
+    sent(c)
+    assert c.code == (TbitResult.BLIND_ACCEPTED if accept else TbitResult.BLIND_CHALLENGE), c.code
+
+
 def test_halt() -> None:
     c, _srv = conv("ecn")
     c.halt()
@@ -549,7 +576,7 @@ def finished(method: str) -> Tbit:
 
 
 @pytest.mark.parametrize("method", ["ecn", "null", "sack-rcvr", "icw", "pmtud", "blind-rst", "blind-syn",
-                                    "blind-data"])
+                                    "blind-data", "blind-fin"])
 def test_warts_record_reads_back_and_scamper_agrees(method: str) -> None:
     import io
 

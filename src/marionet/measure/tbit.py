@@ -38,11 +38,16 @@ label 0 (the kernel may choose one). Methods (pmtud: IPv4 only):
   ``blind-challenge`` (dropped with a challenge ACK, RFC 5961 §5),
   ``blind-accepted`` (held and acknowledged once the hole was filled),
   ``blind-ignored``.
+* ``blind-fin``: the request's first third, then a FIN past a hole with an
+  acknowledgement number ``blind_off`` (-70000) off, then the rest:
+  ``blind-challenge``, ``blind-accepted`` (the FIN acknowledged with the
+  request), ``blind-ignored``.
 
 The state machine (``TbitConversation``) follows ``scamper_tbit_do.c``: the
 same probes (16-bit ISN, DF set, window 65535, scamper's HTTP/1.0 request),
 the same per-packet handling and the same classification, so result codes
-mean what scamper's mean. It is sans-I/O — bytes in, bytes out, times in
+mean what scamper's mean (all of scamper's tbit tests but abc, and the
+application is always HTTP). It is sans-I/O — bytes in, bytes out, times in
 ns on the endpoint's clock — so it is unit-tested without sockets and is
 the same in every placement. Two deliberate differences: scamper waits 70 s
 of silence before classifying an ECN test on a keep-alive server; we close
@@ -99,7 +104,8 @@ from marionet.results.tbit import NULL_OPTIONS, Tbit, TbitPkt, TbitResult
 __all__ = ["tbit", "plan_tbit", "TbitPlan", "TbitConversation", "SUPPORTED_METHODS", "http_request",
            "RST_RULE"]
 
-SUPPORTED_METHODS = ("ecn", "sack-rcvr", "null", "icw", "pmtud", "blind-rst", "blind-syn", "blind-data")
+SUPPORTED_METHODS = ("ecn", "sack-rcvr", "null", "icw", "pmtud", "blind-rst", "blind-syn", "blind-data",
+                     "blind-fin")
 _KNOWN_METHODS = ("pmtud", "ecn", "null", "sack-rcvr", "icw", "abc", "blind-rst", "blind-syn",
                   "blind-data", "blind-fin")
 _OPTIONS = ("sack", "tcpts")
@@ -195,7 +201,7 @@ def plan_tbit(dst: Any, *, method: str = "null", url: str | None = None, dport: 
     mtu = _int("mtu", mtu, 68, 65535)  # type: ignore[assignment]
     ptb_retx = _int("ptb_retx", ptb_retx, 1, 10)  # type: ignore[assignment]
     if blind_off is None:
-        blind_off = -70000 if method == "blind-data" else 10  # scamper's defaults
+        blind_off = -70000 if method in ("blind-data", "blind-fin") else 10  # scamper's defaults
     blind_off = _int("blind_off", blind_off, -(2**31), 2**31 - 1)  # type: ignore[assignment]
     blind_retx = _int("blind_retx", blind_retx, 1, 10)  # type: ignore[assignment]
     if method == "pmtud" and mtu >= mss + 40:
@@ -298,6 +304,7 @@ class _State:
     blind_accepted: bool = False
     blind_step: int = 0
     blind_part: tuple[int, int, int] = (0, 0, 0)
+    blind_ack: int = 0  # blind-fin: our sequence number once the whole request is acknowledged
     # pmtud
     nodf: bool = False
     ptb_quote: bytes = b""
@@ -409,6 +416,8 @@ class TbitConversation:
                 self.mode = "done"
         elif self.mode == "blind" and self.plan.method == "blind-data":
             self._timeout_blinddata()
+        elif self.mode == "blind" and self.plan.method == "blind-fin":
+            self._timeout_blindfin()
         elif self.mode == "blind":
             self._classify()
             if self.mode == "blind":
@@ -484,6 +493,9 @@ class TbitConversation:
         tx, self._tx = self._tx, []
         for tp in tx:
             payload = b""
+            if (tp.len == 0 and tp.flags & T.TH_FIN and self.plan.method == "blind-fin"
+                    and self.mode == "blind" and self.st.blind_step == 1):
+                self.attempt += 1  # the blinded FIN counts as a try
             if tp.len > 0:
                 off = T.seq_diff(tp.seq, self.snd_nxt)
                 if off < 0 or not self.unacked:
@@ -560,7 +572,7 @@ class TbitConversation:
                 self._result(R.SACK_RCVR_SUCCESS)
         elif m == "icw":
             self._result(R.TCP_RST if st.rst_seen else R.TCP_FIN if st.fin_seen else R.NONE)
-        elif m == "blind-data":
+        elif m in ("blind-data", "blind-fin"):
             if st.blind_accepted:
                 self._result(R.BLIND_ACCEPTED)
             elif st.blind_challenge:
@@ -652,9 +664,14 @@ class TbitConversation:
         tp.len = len(self.unacked)
         if p.method == "sack-rcvr":
             tp.len, tp.wait_ns = 1, _TIMEOUT_SACK_NS
-        elif p.method == "blind-data":
-            third = len(self.unacked) // 3
-            st.blind_part = (third, third, len(self.unacked) - 2 * third)
+        elif p.method in ("blind-data", "blind-fin"):
+            n = len(self.unacked)
+            third = n // 3
+            if p.method == "blind-data":
+                st.blind_part = (third, third, n - 2 * third)
+            else:
+                st.blind_part = (third, n - third, 0)
+                st.blind_ack = (self.snd_nxt + n) & 0xFFFFFFFF
             tp.len, tp.wait_ns = third, _TIMEOUT_BLIND_NS
         else:
             tp.wait_ns = p.wait_probe_ns
@@ -664,7 +681,7 @@ class TbitConversation:
     # -- data -------------------------------------------------------------------
     def _dl_data(self, seg: T.Segment) -> None:
         if not self.st.noreset:
-            blind = self.plan.method == "blind-data" and self.mode == "blind"
+            blind = self.plan.method in ("blind-data", "blind-fin") and self.mode == "blind"
             self.deadline_ns = self._now + (_TIMEOUT_BLIND_NS if blind else self.plan.wait_idle_ns)
         if not _in_range(self.rcv_nxt, seg.seq, seg.datalen):
             return
@@ -674,7 +691,8 @@ class TbitConversation:
             self.snd_nxt = (self.snd_nxt + ab) & 0xFFFFFFFF
         {"ecn": self._data_ecn, "null": self._data_null, "sack-rcvr": self._data_sack,
          "icw": self._data_icw, "pmtud": self._data_pmtud, "blind-rst": self._data_blind,
-         "blind-syn": self._data_blind, "blind-data": self._data_blinddata}[self.plan.method](seg)
+         "blind-syn": self._data_blind, "blind-data": self._data_blinddata,
+         "blind-fin": self._data_blindfin}[self.plan.method](seg)
 
     def _data_ecn(self, seg: T.Segment) -> None:
         st = self.st
@@ -1002,6 +1020,95 @@ class TbitConversation:
             tp.len = part3
         else:
             tp.len = part2
+
+    def _blindfin_accepted(self) -> None:
+        st = self.st
+        st.blind_accepted = st.fin_acked = True
+        self.snd_nxt = (self.snd_nxt + 1) & 0xFFFFFFFF
+        self.mode = "fin"
+        self._tx.clear()
+
+    def _data_blindfin(self, seg: T.Segment) -> None:
+        """scamper's ``dl_data_blindfin``: the first third of the request;
+        a FIN past a hole with an acknowledgement number ``blind_off`` off
+        (``blind_retx`` tries); the rest of the request, filling the hole.
+        A server that took the FIN acknowledges it with the request."""
+        st, p = self.st, self.plan
+        part1, part2, _ = st.blind_part
+        if self.mode == "data":
+            self._data_null(seg)
+            return
+        if self.mode != "blind":
+            return
+        if not self.unacked and st.blind_step == 2 and seg.seq != self.rcv_nxt:
+            if seg.ack == st.blind_ack:
+                st.blind_step = 3
+            elif seg.ack == (st.blind_ack + 1) & 0xFFFFFFFF and not st.fin_acked:
+                self._blindfin_accepted()
+            return
+        if seg.seq != self.rcv_nxt:
+            return
+        if st.blind_step == 0:
+            if len(self.unacked) != part2:
+                return
+            st.blind_step, self.attempt = 1, 0
+            tp = self._tp()
+            tp.seq = (tp.seq + part2) & 0xFFFFFFFF
+            tp.ack = (tp.ack + p.blind_off) & 0xFFFFFFFF
+            tp.flags |= T.TH_FIN
+            tp.wait_ns = _TIMEOUT_BLIND_NS
+        elif st.blind_step == 1:
+            if seg.datalen == 0 and not seg.flags & T.TH_FIN:
+                st.blind_challenge = True
+            if self.attempt >= p.blind_retx:
+                st.blind_step, self.attempt = 2, 0
+        else:
+            if T.seq_diff(seg.ack, st.blind_ack) < 0:
+                return
+            st.blind_step = 3
+            if T.seq_diff(seg.ack, st.blind_ack) > 1:
+                self.halt(R.ERROR, "the server acknowledged data we never sent")
+                return
+            if seg.datalen:
+                st.seen_data = True
+                self.rcv_nxt = (self.rcv_nxt + seg.datalen) & 0xFFFFFFFF
+                self._tp()
+            if seg.ack == (st.blind_ack + 1) & 0xFFFFFFFF and not st.fin_acked:
+                self._blindfin_accepted()
+
+    def _timeout_blindfin(self) -> None:
+        """scamper's ``timeout_blindfin``."""
+        st, p = self.st, self.plan
+        part1, part2, _ = st.blind_part
+        if st.blind_step == 0:
+            if self.attempt >= p.blind_retx:
+                self._result(R.NONE)
+                self.mode = "done"
+                return
+            tp = self._tp()
+            tp.len, tp.wait_ns = part1, _TIMEOUT_BLIND_NS
+            return
+        if st.blind_step == 3:
+            self._tx.clear()
+            st.noreset = False
+            self.mode = "data"
+            self.deadline_ns = self._now  # classify at once, as scamper's lapsed timer does
+            return
+        tp = self._tp()
+        tp.len, tp.wait_ns = len(self.unacked), _TIMEOUT_BLIND_NS
+        if self.attempt >= p.blind_retx:
+            if st.blind_step == 1 and not st.blind_challenge:
+                st.blind_silence = True
+            self.attempt = 0
+            st.blind_step += 1
+        if st.blind_step == 1:
+            tp.ack = (tp.ack + p.blind_off) & 0xFFFFFFFF
+            tp.seq = (tp.seq + part2) & 0xFFFFFFFF
+            tp.len = 0
+            tp.flags |= T.TH_FIN
+        else:
+            tp.len = part2
+            st.noreset = True
 
     # -- pmtud ----------------------------------------------------------------
     def _send_ptb(self) -> None:
