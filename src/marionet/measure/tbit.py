@@ -43,7 +43,8 @@ label 0 (the kernel may choose one). Methods (pmtud: IPv4 only):
   ``blind-challenge``, ``blind-accepted`` (the FIN acknowledged with the
   request), ``blind-ignored``.
 
-The state machine (``TbitConversation``) follows ``scamper_tbit_do.c``: the
+The state machine (``TbitConversation``, measure/tbitconv.py) follows
+``scamper_tbit_do.c``: the
 same probes (16-bit ISN, DF set, window 65535, scamper's HTTP/1.0 request),
 the same per-packet handling and the same classification, so result codes
 mean what scamper's mean (all of scamper's tbit tests but abc, and the
