@@ -44,9 +44,8 @@ label 0 (the kernel may choose one). Methods (pmtud: IPv4 only):
   request), ``blind-ignored``.
 
 The state machine (``TbitConversation``, measure/tbitconv.py) follows
-``scamper_tbit_do.c``: the
-same probes (16-bit ISN, DF set, window 65535, scamper's HTTP/1.0 request),
-the same per-packet handling and the same classification, so result codes
+``scamper_tbit_do.c``: the same probes (16-bit ISN, DF set, window 65535,
+scamper's HTTP/1.0 request), the same per-packet handling and the same classification, so result codes
 mean what scamper's mean (all of scamper's tbit tests but abc, and the
 application is always HTTP). It is sans-I/O — bytes in, bytes out, times in
 ns on the endpoint's clock — so it is unit-tested without sockets and is
