@@ -9,6 +9,7 @@ from marionet.measure.http import http, plan_http
 from marionet.measure.ping import SUPPORTED_METHODS as PING_METHODS_SUPPORTED
 from marionet.measure.ping import ping, plan_ping
 from marionet.measure.registry import PRIMITIVES, run_primitive
+from marionet.measure.tbit import plan_tbit, tbit
 from marionet.measure.trace import plan_trace, trace
 from marionet.measure.udpprobe import plan_udpprobe, udpprobe
 from marionet.measure.sniff import plan_sniff, sniff
@@ -16,4 +17,5 @@ from marionet.measure.tracelb import plan_tracelb, tracelb
 
 __all__ = ["ping", "plan_ping", "PING_METHODS_SUPPORTED", "trace", "plan_trace", "dns", "plan_dns", "http", "plan_http",
            "udpprobe", "plan_udpprobe", "sniff", "plan_sniff", "tracelb", "plan_tracelb",
+           "tbit", "plan_tbit",
            "PRIMITIVES", "run_primitive"]

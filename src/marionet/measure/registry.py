@@ -21,6 +21,7 @@ from marionet.measure.dns import dns, plan_dns
 from marionet.measure.http import http, plan_http
 from marionet.measure.params import MAX_TASK_S, shown
 from marionet.measure.ping import ping, plan_ping
+from marionet.measure.tbit import plan_tbit, tbit
 from marionet.measure.trace import plan_trace, trace
 from marionet.measure.udpprobe import plan_udpprobe, udpprobe
 from marionet.measure.sniff import plan_sniff, sniff
@@ -39,6 +40,7 @@ PRIMITIVES: dict[str, Primitive] = {
     "udpprobe": udpprobe,
     "sniff": sniff,
     "tracelb": tracelb,
+    "tbit": tbit,
 }
 
 #: name -> a function taking the same parameters that raises ``ValueError``
@@ -51,6 +53,7 @@ VALIDATORS: dict[str, Callable[..., Any]] = {
     "udpprobe": plan_udpprobe,
     "sniff": plan_sniff,
     "tracelb": plan_tracelb,
+    "tbit": plan_tbit,
 }
 
 # Keyword arguments the runner supplies itself; never accepted from a Task.

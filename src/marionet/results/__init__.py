@@ -17,6 +17,7 @@ from .file import File
 from .http import Http, HttpBuf, HttpHeaders, HttpStop
 from .jsonfmt import dumps, from_json, loads, to_json
 from .ping import PING_METHODS, Ping, PingReply, PingStop, PingTsReply, PingV4TS
+from .tbit import Tbit, TbitPkt, TbitResult
 from .trace import (TRACE_METHODS, IcmpExt, MplsLabel, Trace, TraceHop,
                     TraceStop)
 from .udpprobe import Udpprobe, UdpprobeProbe, UdpprobeReply, UdpprobeStop
@@ -33,6 +34,7 @@ __all__ = [
     "Http", "HttpBuf", "HttpHeaders", "HttpStop",
     "Tracelb", "TracelbNode", "TracelbLink", "TracelbProbeset", "TracelbProbe", "TracelbReply",
     "TracelbStop", "TRACELB_METHODS",
+    "Tbit", "TbitPkt", "TbitResult",
     "DnsResult", "DnsQuery", "DnsRR", "DnsMX", "DnsSOA", "DnsStop",
     "Udpprobe", "UdpprobeProbe", "UdpprobeReply", "UdpprobeStop", "Sniff", "SniffPkt", "SniffStop",
     "to_frame", "to_parquet", "read_parquet",
