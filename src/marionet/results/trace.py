@@ -149,6 +149,16 @@ class TraceHop(TimedReply):
             return self.icmp_type == 3 and self.icmp_code == 4
         return self.icmp_type == 2
 
+    # -- scamper module names (marionet.compat.scamper) --------------------
+    @property
+    def attempt(self) -> int:
+        """The attempt number at this TTL, from 1 (scamper's ``attempt``)."""
+        return self.probe_id
+
+    def is_icmp_q(self) -> bool:
+        """The reply quoted the probe (scamper: an ICMP quotation)."""
+        return self.icmp_q_ttl is not None or self.icmp_q_ipl is not None
+
 
 @dataclass(slots=True, kw_only=True)
 class Trace:
@@ -247,3 +257,68 @@ class Trace:
 
     def is_completed(self) -> bool:
         return self.stop_reason == TraceStop.COMPLETED
+
+    # -- scamper module names (marionet.compat.scamper) --------------------
+    def is_udp(self) -> bool:
+        return self.method.startswith("udp")
+
+    def is_tcp(self) -> bool:
+        return self.method.startswith("tcp")
+
+    def is_icmp(self) -> bool:
+        return self.method.startswith("icmp")
+
+    @property
+    def probe_sport(self) -> int | None:
+        return self.sport if self.is_udp() or self.is_tcp() else None
+
+    @property
+    def probe_dport(self) -> int | None:
+        return self.dport if self.is_udp() or self.is_tcp() else None
+
+    @property
+    def probe_icmp_sum(self) -> int | None:
+        return self.icmp_sum if self.method in ("icmp-paris", "icmp-echo-paris") else None
+
+    @property
+    def stop_reason_str(self) -> str:
+        """The stop reason as scamper prints it, lower case ("completed")."""
+        return str(self.stop_reason if self.stop_reason is not None else TraceStop.NONE)
+
+    def _stopped(self, *reasons: TraceStop) -> bool:
+        return self.stop_reason in reasons
+
+    def is_stop_noreason(self) -> bool:
+        return self.stop_reason is None or self._stopped(TraceStop.NONE)
+
+    def is_stop_completed(self) -> bool:
+        return self._stopped(TraceStop.COMPLETED)
+
+    def is_stop_unreach(self) -> bool:
+        return self._stopped(TraceStop.UNREACH)
+
+    def is_stop_icmp(self) -> bool:
+        return self._stopped(TraceStop.ICMP)
+
+    def is_stop_loop(self) -> bool:
+        return self._stopped(TraceStop.LOOP)
+
+    def is_stop_gaplimit(self) -> bool:
+        return self._stopped(TraceStop.GAPLIMIT)
+
+    def is_stop_error(self) -> bool:
+        return self._stopped(TraceStop.ERROR)
+
+    def is_stop_hoplimit(self) -> bool:
+        return self._stopped(TraceStop.HOPLIMIT)
+
+    def is_stop_gss(self) -> bool:
+        return self._stopped(TraceStop.GSS)
+
+    def is_stop_halted(self) -> bool:
+        return self._stopped(TraceStop.HALTED)
+
+    def to_json(self) -> str:
+        """scamper's JSON line for this traceroute."""
+        from .jsonline import json_line
+        return json_line(self)
