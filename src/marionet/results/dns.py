@@ -264,7 +264,7 @@ class DnsQuery(TimedReply):
         return None if m is None else bool(m.ednsflags & 0x8000)
 
     @property
-    def nsid(self) -> str | None:
+    def edns_nsid(self) -> str | None:
         m = self._opt()
         if m is None:
             return None
@@ -490,10 +490,11 @@ class DnsResult:
         return None if r is None else r.edns_do
 
     @property
-    def nsid(self) -> str | None:
-        """The server's NSID option (RFC 5001) text, if it sent one."""
+    def edns_nsid(self) -> str | None:
+        """The server's NSID option (RFC 5001) text, if it sent one
+        (``nsid`` is the request flag)."""
         r = self.reply
-        return None if r is None else r.nsid
+        return None if r is None else r.edns_nsid
 
     @property
     def stop_reason_str(self) -> str:
