@@ -19,6 +19,7 @@ from .jsonfmt import dumps, from_json, loads, to_json
 from .ping import PING_METHODS, Ping, PingReply, PingStop
 from .trace import (TRACE_METHODS, IcmpExt, MplsLabel, Trace, TraceHop,
                     TraceStop)
+from . import warts_host, warts_http  # noqa: F401,E402 - register their warts records
 
 __all__ = [
     "Addr", "ns_to_datetime", "ns_to_timedelta",
