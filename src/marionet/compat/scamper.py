@@ -141,9 +141,19 @@ def _no_meta(what: str) -> NotImplementedError:
 
 
 class _Meta:
-    """``list``/``cycle`` of a scamper result: marionet does not keep them."""
+    """``list``/``cycle`` of a scamper result: marionet does not keep them.
+    Members scamper documents that this marionet lacks (``_LACKS``) raise
+    ``NotImplementedError`` naming them; once marionet's class has one, it
+    is found first and this is never reached."""
 
     __slots__ = ()
+    _LACKS: frozenset[str] = frozenset()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self)._LACKS:
+            raise NotImplementedError(f"{type(self).__name__}.{name}: marionet does not record this "
+                                      "(scamper's module has it)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def list(self) -> Any:
@@ -154,18 +164,21 @@ class _Meta:
         raise _no_meta(f"{type(self).__name__}.cycle")
 
 
-class ScamperPing(_Meta, Ping):
+class ScamperPing(Ping, _Meta):
     """marionet's ``Ping`` as scamper scripts see it."""
 
     __slots__ = ()
+    _LACKS = frozenset({"rtr", "attempts", "payload", "probe_icmp_sum", "stop_count", "reply_pmtu"})
 
 
-class ScamperTrace(_Meta, Trace):
+class ScamperTrace(Trace, _Meta):
     """marionet's ``Trace`` with scamper's hop indexing: ``hop(i)`` is the
     hop at distance ``i`` counted from 0 (TTL ``i + 1``), ``hops()`` yields
     ``hop(0)`` … ``hop(hop_count - 1)``."""
 
     __slots__ = ()
+    _LACKS = frozenset({"rtr", "squeries", "gaplimit", "gapaction", "confidence", "payload", "offset",
+                        "pmtud"})
 
     def hop(self, i: int) -> TraceHop | None:  # type: ignore[override]
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= 255:
@@ -176,7 +189,7 @@ class ScamperTrace(_Meta, Trace):
         return (self.hop(i) for i in range(min(self.hop_count or 0, 256)))
 
 
-class ScamperHost(_Meta, DnsResult):
+class ScamperHost(DnsResult, _Meta):
     """marionet's ``DnsResult`` with scamper's ``rcode`` text ("NoError",
     "NXDomain", …; None without a reply); ``rcode_num`` is the number."""
 
@@ -192,9 +205,15 @@ class ScamperHost(_Meta, DnsResult):
         r = self.reply
         return None if r is None else r.rcode
 
+    def ans_txts(self) -> list[DnsRR]:  # type: ignore[override]
+        """The TXT answer records, as scamper's (marionet's gives their strings)."""
+        return [rr for rr in self.ans() if rr.txt is not None]
 
-class ScamperHttp(_Meta, Http):
+
+class ScamperHttp(Http, _Meta):
     """marionet's ``Http`` as scamper scripts see it."""
+
+    __slots__ = ()
 
 
 _TO_SCAMPER: dict[type, type] = {Ping: ScamperPing, Trace: ScamperTrace, DnsResult: ScamperHost,

@@ -95,6 +95,31 @@ class DnsStop(StopReason):
     ERROR = "error"
 
 
+class DnsTxt(list):  # type: ignore[type-arg]
+    """A TXT record's strings (a list), with scamper's ``strc`` and ``str(i)``."""
+
+    __slots__ = ()
+
+    @property
+    def strc(self) -> int:
+        return len(self)
+
+    def str(self, i: int) -> str | None:
+        return self[i] if isinstance(i, int) and 0 <= i < len(self) else None
+
+
+class DnsRRs(list):  # type: ignore[type-arg]
+    """A query's section (a list of records), also callable as scamper's
+    ``query.an(i)``: record ``i`` or None."""
+
+    __slots__ = ()
+
+    def __call__(self, i: int) -> "DnsRR | None":
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise TypeError(f"record index must be an int, got {i!r}")
+        return self[i] if 0 <= i < len(self) else None
+
+
 @dataclass(frozen=True, slots=True)
 class DnsMX:
     """An MX record's data (scamper: preference, exchange)."""
@@ -148,6 +173,8 @@ class DnsRR:
         self.address = to_addr(self.address)
         self.rclass = str(self.rclass).upper()
         self.rtype = str(self.rtype).upper()
+        if self.txt is not None:
+            self.txt = DnsTxt(self.txt)
 
     # scamper-style views -------------------------------------------------
     @property
@@ -203,6 +230,7 @@ class DnsQuery(TimedReply):
         check_int("id", self.id, minimum=0)
         for name in ("tx_ns", "rx_ns", "rcode"):
             check_int(name, getattr(self, name), optional=True)
+        self.an, self.ns, self.ar = DnsRRs(self.an), DnsRRs(self.ns), DnsRRs(self.ar)
 
     @property
     def answered(self) -> bool:

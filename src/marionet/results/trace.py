@@ -61,6 +61,33 @@ class IcmpExt:
     def is_mpls(self) -> bool:
         return self.cn == 1 and self.ct == 1
 
+    # scamper's ScamperIcmpExt names (marionet.compat.scamper)
+    @property
+    def mpls_count(self) -> int:
+        return len(self.mpls_labels) if self.is_mpls() else 0
+
+    def mpls(self) -> Iterator[MplsLabel] | None:
+        return iter(list(self.mpls_labels)) if self.is_mpls() else None
+
+    def mpls_lse(self, i: int) -> MplsLabel | None:
+        return self.mpls_labels[i] if self.is_mpls() and 0 <= i < len(self.mpls_labels) else None
+
+    def mpls_label(self, i: int) -> int | None:
+        e = self.mpls_lse(i)
+        return None if e is None else e.label
+
+    def mpls_ttl(self, i: int) -> int | None:
+        e = self.mpls_lse(i)
+        return None if e is None else e.ttl
+
+    def mpls_exp(self, i: int) -> int | None:
+        e = self.mpls_lse(i)
+        return None if e is None else e.exp
+
+    def mpls_s(self, i: int) -> int | None:
+        e = self.mpls_lse(i)
+        return None if e is None else e.s
+
 
 @dataclass(slots=True, kw_only=True)
 class TraceHop(TimedReply):
