@@ -9,7 +9,6 @@ behaviour checks follow, for the members whose meaning differed.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import pytest
