@@ -317,3 +317,11 @@ def test_vp_tags_are_a_set_of_strings():
         assert all(isinstance(v, sc.ScamperVp) for v in vps)
         assert vps[0].tags == {"kind=local", "n=1"} and vps[1].tag_dict == {"kind": "local", "n": "2"}
         assert "kind=local" in vps[1].tags
+        insts = ctrl.instances()
+        assert all(type(i) is sc.ScamperInst for i in insts) and insts[0].tags == {"kind=local", "n=1"}
+        p = ctrl.do_ping("127.0.0.1", inst=insts[1], sync=True, **FAST)
+        assert p.inst is insts[1] and p.inst.tag_dict == {"kind": "local", "n": "2"}
+        seen = []
+        ctrl.eofcb = lambda c, inst, param: seen.append(inst.tags)
+        insts[0].done()
+        assert ctrl.poll(timeout=1) is None and seen == [{"kind=local", "n=1"}]

@@ -29,6 +29,8 @@ the TTL), ``ScamperHost.rcode`` is scamper's text ("NoError"; marionet's
 is the number). ``ScamperVp.tags`` is a set of strings (``"k=v"``, or
 ``"k"`` for an empty value). ``ping.replies`` is a list and callable;
 iterating a ping yields the first reply of each answered probe, as scamper.
+Instances are ``ScamperInst`` (marionet's ``Inst`` re-classed, ``tags`` a
+set of strings too).
 
 Unsupported, said clearly: one ``ScamperCtrl`` talks to one controller
 (adding a second raises ``NotImplementedError``); ``meta=True`` is accepted
@@ -76,7 +78,6 @@ __all__ = ["ScamperCtrl", "ScamperInst", "ScamperTask", "ScamperInstError", "Sca
            "ScamperCycle", "ScamperHost", "ScamperHostRR", "ScamperHostQuery", "ScamperHostMX",
            "ScamperHostSOA", "ScamperHostType", "ScamperHttp", "ScamperHttpBuf"]
 
-ScamperInst = Inst
 ScamperTask = Task
 ScamperInstError = InstError
 ScamperPingReply = PingReply
@@ -227,6 +228,9 @@ def as_scamper(obj: Any) -> Any:
     cls = _TO_SCAMPER.get(type(obj))
     if cls is not None:
         obj.__class__ = cls
+        _inst(getattr(obj, "inst", None))
+    elif isinstance(obj, Task):
+        _inst(obj.inst)
     return obj
 
 
@@ -269,6 +273,37 @@ def _tag_strings(tags: Any) -> set[str]:
     if isinstance(tags, dict):
         return {f"{k}={v}" if v not in (None, "", True) else str(k) for k, v in tags.items()}
     return {str(t) for t in (tags or ())}
+
+
+class _AnyInst(type):
+    """Every marionet ``Inst`` counts as a ``ScamperInst`` (isinstance)."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, Inst)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, Inst)
+
+
+class ScamperInst(Inst, metaclass=_AnyInst):
+    """An attached VP as scamper's ``ScamperInst``: marionet's ``Inst`` with
+    ``tags`` as a set of strings (``"k=v"``, or ``"k"`` for an empty value);
+    the dict is ``tag_dict``. The compat controller hands out its instances
+    as this class (the same objects, re-classed)."""
+
+    @property
+    def tags(self) -> set[str]:  # type: ignore[override]
+        return _tag_strings(self._meta.get("tags"))
+
+    @property
+    def tag_dict(self) -> dict[str, str]:
+        return dict(self._meta.get("tags") or {})
+
+
+def _inst(obj: Any) -> Any:
+    if type(obj) is Inst:
+        obj.__class__ = ScamperInst
+    return obj
 
 
 class ScamperVp(VpInfo):
@@ -424,11 +459,27 @@ _NOT_IN_MARIONET = {
 }
 
 
+def _scamper_cb(cb: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """A ``morecb``/``eofcb`` that gets the instance as a ``ScamperInst``."""
+    if cb is None:
+        return None
+
+    def call(ctrl: Any, inst: Any, param: Any) -> Any:
+        return cb(ctrl, _inst(inst), param)
+
+    call.__wrapped__ = cb  # type: ignore[attr-defined]
+    return call
+
+
 def _converting(method: Callable[..., Any]) -> Callable[..., Any]:
     """A ``do_*`` whose ``sync=True`` result comes back as the compat class."""
 
     def call(self: "ScamperCtrl", *args: Any, **kw: Any) -> Any:
-        r = method(self, *args, **kw)
+        try:
+            r = method(self, *args, **kw)
+        except InstError as e:
+            _inst(e.inst)
+            raise
         if isinstance(r, list):
             return [as_scamper(x) for x in r]
         return as_scamper(r)
@@ -453,8 +504,8 @@ class ScamperCtrl(Ctrl):
         if isinstance(outfile, File) and outfile.mode == "r":
             raise RuntimeError("outfile not opened in write mode")
         controller = marionet.pop("controller", None) or os.environ.get("MARIONET_CONTROLLER") or None
-        super().__init__(None, morecb=morecb, eofcb=eofcb, param=param, outfile=outfile, _start=False,
-                         **marionet)
+        super().__init__(None, morecb=_scamper_cb(morecb), eofcb=_scamper_cb(eofcb), param=param,
+                         outfile=outfile, _start=False, **marionet)
         self.meta = meta
         self._explicit = {k for k in ("insecure", "ca", "cert", "key") if k in marionet}
         given = [(k, v) for k, v in (("remote_dir", remote_dir), ("mux", mux), ("unix", unix),
@@ -539,9 +590,45 @@ class ScamperCtrl(Ctrl):
         """The controller's VPs as ``ScamperVp`` (tags as a set of strings)."""
         return [ScamperVp(v.to_dict()) for v in super().vps(*args, **kw)]
 
+    def instances(self, **select: Any) -> list[Inst]:
+        return [_inst(i) for i in super().instances(**select)]
+
+    def instance(self, name: str) -> Inst:
+        return _inst(super().instance(name))
+
+    def add_vps(self, *args: Any, **kw: Any) -> list[Inst]:  # type: ignore[override]
+        return [_inst(i) for i in super().add_vps(*args, **kw)]
+
+    def exceptions(self) -> Iterator[InstError]:
+        for e in super().exceptions():
+            _inst(e.inst)
+            yield e
+
+    @property
+    def morecb(self) -> Callable[..., Any] | None:
+        cb = self._actrl.morecb
+        return getattr(cb, "__wrapped__", cb)
+
+    @morecb.setter
+    def morecb(self, cb: Callable[..., Any] | None) -> None:
+        self._actrl.morecb = _scamper_cb(cb)
+
+    @property
+    def eofcb(self) -> Callable[..., Any] | None:
+        cb = self._actrl.eofcb
+        return getattr(cb, "__wrapped__", cb)
+
+    @eofcb.setter
+    def eofcb(self, cb: Callable[..., Any] | None) -> None:
+        self._actrl.eofcb = _scamper_cb(cb)
+
     # ------------------------------------------------------------ results
     def _poll_until(self, deadline: float | None, errors: str | None) -> Any:
-        return as_scamper(super()._poll_until(deadline, errors))
+        try:
+            return as_scamper(super()._poll_until(deadline, errors))
+        except InstError as e:
+            _inst(e.inst)
+            raise
 
     def poll(self, timeout: float | _dt.timedelta | None = None, until: _dt.datetime | None = None,
              errors: str | None = None) -> Any:
