@@ -540,6 +540,8 @@ class DnsResult:
     def is_stop_halted(self) -> bool:
         return self.stop_reason == DnsStop.HALTED
 
+    type_name = "host"  # scamper's name for DNS records (warts and JSON)
+
     def to_json(self) -> str:
         """scamper's JSON line for this lookup."""
         from .jsonline import json_line
