@@ -155,6 +155,12 @@ class PingReply(TimedReply):
             raise ValueError("is_from_target() needs the Ping: reply is not attached to one")
         return reply_from_target(method, dst, self)
 
+    def __str__(self) -> str:
+        """As scamper's module prints a reply (``seq`` counts from 0)."""
+        us = (self.rtt_ns or 0) // 1000
+        return (f"{self.reply_size or 0} bytes from {self.src}, seq={self.attempt} "
+                f"ttl={self.reply_ttl or 0} time={us // 1000}.{us % 1000:03d} ms")
+
 
 def reply_from_target(method: str, dst: Addr, reply: PingReply) -> bool:
     """scamper's SCAMPER_PING_REPLY_IS_FROM_TARGET, by method family."""

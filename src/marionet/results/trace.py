@@ -186,6 +186,11 @@ class TraceHop(TimedReply):
         """The reply quoted the probe (scamper: an ICMP quotation)."""
         return self.icmp_q_ttl is not None or self.icmp_q_ipl is not None
 
+    def __str__(self) -> str:
+        """As scamper's module prints a hop: ``[name ]addr 1.234 ms``."""
+        us = (self.rtt_ns or 0) // 1000
+        return f"{self.name + ' ' if self.name else ''}{self.src} {us // 1000}.{us % 1000:03d} ms"
+
 
 @dataclass(slots=True, kw_only=True)
 class Trace:
