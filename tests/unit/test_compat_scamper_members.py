@@ -243,6 +243,8 @@ def test_dns_accessors():
     assert q.an(1).rtype == "TXT" and q.an(9) is None and q.ancount == 3
     assert (h.edns, h.edns_version, h.edns_udp_size, h.edns_do, h.edns_nsid) == (True, 0, 1232, True, "ns-7")
     assert h.qtype_num == 1 and h.is_stop_done() and h.stop_reason_str == "done"
+    h.queries[0].an.append(DnsRR(name="example", rtype="A", ttl=5, address="192.0.2.1"))
+    assert h.ans_addrs() == ["192.0.2.1"] and DnsResult.ans_addrs(h) == ["192.0.2.1", "192.0.2.1"]
 
 
 def test_http_accessors():

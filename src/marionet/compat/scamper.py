@@ -27,7 +27,9 @@ delivery and on reading a ``ScamperFile``: ``ScamperTrace.hop(i)`` counts
 from 0 and ``hops()`` starts at TTL 1 (marionet's ``Trace.hop(ttl)`` takes
 the TTL), ``ScamperHost.rcode`` is scamper's text ("NoError"; marionet's
 is the number). ``ScamperVp.tags`` is a set of strings (``"k=v"``, or
-``"k"`` for an empty value). ``ping.replies`` is a list and callable;
+``"k"`` for an empty value). ``ScamperHost.ans_addrs()``/``ans_nses()``
+are distinct, and ``ans_txts()`` gives the TXT records. ``ping.replies``
+is a list and callable;
 iterating a ping yields the first reply of each answered probe, as scamper.
 Instances are ``ScamperInst`` (marionet's ``Inst`` re-classed, ``tags`` a
 set of strings too).
@@ -39,7 +41,10 @@ but no list objects are produced (files yield cycle records, which are
 properties raise ``NotImplementedError``); primitives marionet has no
 implementation of (``do_ally`` …) raise ``NotImplementedError`` naming
 them, and ones the endpoints refuse raise ``ScamperInstError``.
-``PingReply.attempt`` counts from 0 (scamper's from 1).
+``PingReply.attempt`` counts from 0 (scamper's from 1); DNS records'
+``rclass``/``rtype`` are names ("IN", "AAAA"; scamper's are numbers); a
+trace hop's ``icmpext`` is a list (scamper's one object); HTTP header
+values keep their case (scamper lowercases them).
 
 One deliberate difference: errors are not dropped silently.
 ``responses()``/``poll()`` raise ``ScamperInstError`` where a failure
@@ -209,6 +214,14 @@ class ScamperHost(DnsResult, _Meta):
     def ans_txts(self) -> list[DnsRR]:  # type: ignore[override]
         """The TXT answer records, as scamper's (marionet's gives their strings)."""
         return [rr for rr in self.ans() if rr.txt is not None]
+
+    def ans_addrs(self) -> list[Addr]:
+        """The distinct answer addresses, first-seen order (scamper's)."""
+        return list(dict.fromkeys(DnsResult.ans_addrs(self)))
+
+    def ans_nses(self) -> list[str]:
+        """The distinct answer name servers, first-seen order (scamper's)."""
+        return list(dict.fromkeys(DnsResult.ans_nses(self)))
 
 
 class ScamperHttp(Http, _Meta):
