@@ -172,6 +172,7 @@ class AsyncCtrl:
         self.controller = controller
         self._tls = {"cert": cert, "key": key, "ca": ca, "insecure": insecure}
         self.outfile = outfile
+        self.outfile_errors = 0  # results the outfile could not take (each also in exceptions())
         self.morecb = morecb
         self.eofcb = eofcb
         self.param = param
@@ -690,8 +691,12 @@ class AsyncCtrl:
                 self.outfile.write(result)
                 self.outfile.flush()
             except Exception as exc:  # noqa: BLE001
-                self._push_error(InstError(f"cannot write the result to {getattr(self.outfile, 'filename', '?')}: "
-                                           f"{exc}", inst, task))
+                # An output-file problem never stops result delivery: the
+                # result is still returned; the failure is counted and kept
+                # for exceptions() (and close()), not raised in responses().
+                self.outfile_errors += 1
+                self._errors.append(InstError(f"cannot write the result to "
+                                              f"{getattr(self.outfile, 'filename', '?')}: {exc}", inst, task))
         if not task.sync:
             if error is not None:
                 self._push_error(error)

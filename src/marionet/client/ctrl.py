@@ -177,6 +177,11 @@ class Ctrl:
         return self._actrl.outfile
 
     @property
+    def outfile_errors(self) -> int:
+        """Results the outfile could not take (each one is in ``exceptions()``)."""
+        return self._actrl.outfile_errors
+
+    @property
     def embedded(self) -> Any:
         """The embedded controller (``Embedded``) when this Ctrl started one."""
         return self._actrl.embedded

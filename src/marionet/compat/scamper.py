@@ -20,56 +20,372 @@ How scamper's ways of reaching VPs map onto a marionet controller:
 * none of them: marionet's default, an embedded controller with a local
   endpoint (``local_vps=N`` for more), started on first use.
 
+Results are marionet's classes with scamper's names added
+(``marionet.results``); where scamper's meaning differs from marionet's
+documented one, the object a script gets is a compat subclass, converted on
+delivery and on reading a ``ScamperFile``: ``ScamperTrace.hop(i)`` counts
+from 0 and ``hops()`` starts at TTL 1 (marionet's ``Trace.hop(ttl)`` takes
+the TTL), ``ScamperHost.rcode`` is scamper's text ("NoError"; marionet's
+is the number). ``ScamperVp.tags`` is a set of strings (``"k=v"``, or
+``"k"`` for an empty value). ``ScamperHost.ans_addrs()``/``ans_nses()``
+are distinct, and ``ans_txts()`` gives the TXT records. ``ping.replies``
+is a list and callable;
+iterating a ping yields the first reply of each answered probe, as scamper.
+Instances are ``ScamperInst`` (marionet's ``Inst`` re-classed, ``tags`` a
+set of strings too).
+
 Unsupported, said clearly: one ``ScamperCtrl`` talks to one controller
 (adding a second raises ``NotImplementedError``); ``meta=True`` is accepted
-but no list/cycle objects are produced; writing ``.warts`` files (use
-``.json``); primitives the endpoints do not run yet (the endpoint refuses
-the task, and ``do_*`` raises ``ScamperInstError`` naming it). ``vps()``
-entries carry ``tags`` as a dict (scamper: a set of strings).
+but no list objects are produced (files yield cycle records, which are
+``ScamperCycle`` instances); results carry no ``list``/``cycle`` (their
+properties raise ``NotImplementedError``); primitives marionet has no
+implementation of (``do_ally`` …) raise ``NotImplementedError`` naming
+them, and ones the endpoints refuse raise ``ScamperInstError``.
+``PingReply.attempt`` counts from 0 (scamper's from 1); DNS records'
+``rclass``/``rtype`` are names ("IN", "AAAA"; scamper's are numbers); a
+trace hop's ``icmpext`` is a list (scamper's one object); HTTP header
+values keep their case (scamper lowercases them).
 
 One deliberate difference: errors are not dropped silently.
 ``responses()``/``poll()`` raise ``ScamperInstError`` where a failure
 happened; pass ``errors="collect"`` to get scamper's collect-then-
 ``exceptions()`` behaviour (errors still unread at the end are raised
-when the controller closes).
+when the controller closes). A result the ``outfile`` cannot take is still
+delivered; the failure is counted (``outfile_errors``) and kept for
+``exceptions()``. ``poll(until=…)`` with nothing outstanding waits for the
+deadline, as scamper's does; with no deadline it returns None at once
+(scamper would block).
 """
 
 from __future__ import annotations
 
+import copy
+import datetime as _dt
+import enum
+import ipaddress
 import os
 import stat
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Iterator
 
+import marionet.results as _results
 from marionet.client.address import is_loopback, parse_hostport
 from marionet.client.ctrl import Ctrl
 from marionet.client.inst import Inst, InstError, Task, VpInfo
-from marionet.results import Addr, DnsResult, DnsRR, File, Http, Ping, PingReply, Trace, TraceHop
-from marionet.results.cycle import CycleStart, CycleStop
+from marionet.results import (Addr, CycleStart, CycleStop, DnsResult, DnsRR, File, Http, HttpBuf, Ping,
+                              PingReply, PingStop, Trace, TraceHop, TraceStop)
+from marionet.results.dns import DnsMX, DnsQuery, DnsSOA, rcode_text
+from marionet.results.trace import IcmpExt, MplsLabel
 
 __all__ = ["ScamperCtrl", "ScamperInst", "ScamperTask", "ScamperInstError", "ScamperFile", "ScamperPing",
-           "ScamperPingReply", "ScamperTrace", "ScamperTraceHop", "ScamperAddr", "ScamperVp",
-           "ScamperCycle", "ScamperHost", "ScamperHostRR", "ScamperHttp"]
+           "ScamperPingReply", "ScamperPingStop", "ScamperTrace", "ScamperTraceHop", "ScamperTraceStop",
+           "ScamperIcmpExt", "ScamperIcmpMplsLabelStackEntry", "ScamperAddr", "ScamperVp", "ScamperList",
+           "ScamperCycle", "ScamperHost", "ScamperHostRR", "ScamperHostQuery", "ScamperHostMX",
+           "ScamperHostSOA", "ScamperHostType", "ScamperHttp", "ScamperHttpBuf"]
 
-ScamperInst = Inst
 ScamperTask = Task
 ScamperInstError = InstError
-ScamperPing = Ping
 ScamperPingReply = PingReply
-ScamperTrace = Trace
 ScamperTraceHop = TraceHop
+ScamperIcmpExt = IcmpExt
+ScamperIcmpMplsLabelStackEntry = MplsLabel
 ScamperAddr = Addr
-ScamperVp = VpInfo
-ScamperCycle = CycleStart
-ScamperHost = DnsResult
 ScamperHostRR = DnsRR
-ScamperHttp = Http
-_ = CycleStop
+ScamperHostQuery = DnsQuery
+ScamperHostMX = DnsMX
+ScamperHostSOA = DnsSOA
+ScamperHttpBuf = HttpBuf
+
+
+# ---------------------------------------------------------------- stop reasons
+class ScamperTraceStop:
+    """scamper's trace stop reasons, by its names: each equals the
+    ``stop_reason`` of a trace that stopped so (``TraceStop`` members)."""
+    NoReason = TraceStop.NONE
+    Completed = TraceStop.COMPLETED
+    Unreach = TraceStop.UNREACH
+    Icmp = TraceStop.ICMP
+    ICMP = TraceStop.ICMP
+    Loop = TraceStop.LOOP
+    GapLimit = TraceStop.GAPLIMIT
+    Gaplimit = TraceStop.GAPLIMIT
+    Error = TraceStop.ERROR
+    HopLimit = TraceStop.HOPLIMIT
+    GSS = TraceStop.GSS
+    Halted = TraceStop.HALTED
+
+
+class ScamperPingStop:
+    """scamper's ping stop reasons, by its names (``PingStop`` members)."""
+    NoReason = PingStop.NONE
+    Done = PingStop.DONE
+    Error = PingStop.ERROR
+    Halted = PingStop.HALTED
+
+
+class ScamperHostType(enum.IntEnum):
+    """DNS record types by scamper's names."""
+    A = 1
+    NS = 2
+    CNAME = 5
+    SOA = 6
+    PTR = 12
+    MX = 15
+    TXT = 16
+    AAAA = 28
+    DS = 43
+    SSHFP = 44
+    RRSIG = 46
+    NSEC = 47
+    DNSKEY = 48
+
+
+# ------------------------------------------------------- result subclasses
+def _no_meta(what: str) -> NotImplementedError:
+    return NotImplementedError(f"{what}: marionet results carry no scamper list/cycle objects "
+                               "(a file's cycle records are ScamperCycle objects)")
+
+
+class _Meta:
+    """``list``/``cycle`` of a scamper result: marionet does not keep them.
+    Members scamper documents that this marionet lacks (``_LACKS``) raise
+    ``NotImplementedError`` naming them; once marionet's class has one, it
+    is found first and this is never reached."""
+
+    __slots__ = ()
+    _LACKS: frozenset[str] = frozenset()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self)._LACKS:
+            raise NotImplementedError(f"{type(self).__name__}.{name}: marionet does not record this "
+                                      "(scamper's module has it)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def list(self) -> Any:
+        raise _no_meta(f"{type(self).__name__}.list")
+
+    @property
+    def cycle(self) -> Any:
+        raise _no_meta(f"{type(self).__name__}.cycle")
+
+
+class ScamperPing(Ping, _Meta):
+    """marionet's ``Ping`` as scamper scripts see it."""
+
+    __slots__ = ()
+    _LACKS = frozenset({"rtr", "attempts", "payload", "probe_icmp_sum", "stop_count", "reply_pmtu"})
+
+
+class ScamperTrace(Trace, _Meta):
+    """marionet's ``Trace`` with scamper's hop indexing: ``hop(i)`` is the
+    hop at distance ``i`` counted from 0 (TTL ``i + 1``), ``hops()`` yields
+    ``hop(0)`` … ``hop(hop_count - 1)``."""
+
+    __slots__ = ()
+    _LACKS = frozenset({"rtr", "squeries", "gaplimit", "gapaction", "confidence", "payload", "offset",
+                        "pmtud"})
+
+    def hop(self, i: int) -> TraceHop | None:  # type: ignore[override]
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= 255:
+            raise ValueError(f"invalid hop index: {i!r} (0 to 255; hop(0) is TTL 1)")
+        return Trace.hop(self, i + 1)
+
+    def hops(self) -> Iterator[TraceHop | None]:  # type: ignore[override]
+        return (self.hop(i) for i in range(min(self.hop_count or 0, 256)))
+
+
+class ScamperHost(DnsResult, _Meta):
+    """marionet's ``DnsResult`` with scamper's ``rcode`` text ("NoError",
+    "NXDomain", …; None without a reply); ``rcode_num`` is the number."""
+
+    __slots__ = ()
+
+    @property
+    def rcode(self) -> str | None:  # type: ignore[override]
+        r = self.reply
+        return None if r is None or r.rcode is None else rcode_text(r.rcode)
+
+    @property
+    def rcode_num(self) -> int | None:
+        r = self.reply
+        return None if r is None else r.rcode
+
+    def ans_txts(self) -> list[DnsRR]:  # type: ignore[override]
+        """The TXT answer records, as scamper's (marionet's gives their strings)."""
+        return [rr for rr in self.ans() if rr.txt is not None]
+
+    def ans_addrs(self) -> list[Addr]:
+        """The distinct answer addresses, first-seen order (scamper's)."""
+        return list(dict.fromkeys(DnsResult.ans_addrs(self)))
+
+    def ans_nses(self) -> list[str]:
+        """The distinct answer name servers, first-seen order (scamper's)."""
+        return list(dict.fromkeys(DnsResult.ans_nses(self)))
+
+
+class ScamperHttp(Http, _Meta):
+    """marionet's ``Http`` as scamper scripts see it."""
+
+    __slots__ = ()
+
+
+_TO_SCAMPER: dict[type, type] = {Ping: ScamperPing, Trace: ScamperTrace, DnsResult: ScamperHost,
+                                 Http: ScamperHttp}
+_TO_MARIONET: dict[type, type] = {v: k for k, v in _TO_SCAMPER.items()}
+
+
+def as_scamper(obj: Any) -> Any:
+    """``obj`` (a marionet result) as the compat class scripts expect; the
+    same object, re-classed (no copy)."""
+    cls = _TO_SCAMPER.get(type(obj))
+    if cls is not None:
+        obj.__class__ = cls
+        _inst(getattr(obj, "inst", None))
+    elif isinstance(obj, Task):
+        _inst(obj.inst)
+    return obj
+
+
+def as_marionet(obj: Any) -> Any:
+    """A compat result as marionet's own class (a shallow copy), for the
+    writers, which dispatch on marionet's classes."""
+    base = _TO_MARIONET.get(type(obj))
+    if base is None:
+        return obj
+    out = copy.copy(obj)
+    out.__class__ = base
+    return out
+
+
+class _CycleMeta(type):
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, (CycleStart, CycleStop))
+
+
+class ScamperCycle(metaclass=_CycleMeta):
+    """scamper's cycle objects: marionet's ``CycleStart``/``CycleStop``
+    records are instances (``id``, ``start``, ``stop``, ``hostname``)."""
+
+    def __init__(self) -> None:
+        raise TypeError("ScamperCycle cannot be instantiated directly (read cycles from a ScamperFile)")
+
+
+class ScamperList:
+    """scamper's list objects. marionet files carry lists only as the
+    ``list_name`` of their cycle records, so no object is ever one; the
+    class exists so that ``isinstance(o, (ScamperList, ScamperCycle))``
+    filters work unchanged."""
+
+    def __init__(self) -> None:
+        raise TypeError("ScamperList cannot be instantiated directly")
+
+
+# ---------------------------------------------------------------- VPs
+def _tag_strings(tags: Any) -> set[str]:
+    if isinstance(tags, dict):
+        return {f"{k}={v}" if v not in (None, "", True) else str(k) for k, v in tags.items()}
+    return {str(t) for t in (tags or ())}
+
+
+class _AnyInst(type):
+    """Every marionet ``Inst`` counts as a ``ScamperInst`` (isinstance)."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, Inst)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, Inst)
+
+
+class ScamperInst(Inst, metaclass=_AnyInst):
+    """An attached VP as scamper's ``ScamperInst``: marionet's ``Inst`` with
+    ``tags`` as a set of strings (``"k=v"``, or ``"k"`` for an empty value);
+    the dict is ``tag_dict``. The compat controller hands out its instances
+    as this class (the same objects, re-classed)."""
+
+    @property
+    def tags(self) -> set[str]:  # type: ignore[override]
+        return _tag_strings(self._meta.get("tags"))
+
+    @property
+    def tag_dict(self) -> dict[str, str]:
+        return dict(self._meta.get("tags") or {})
+
+
+def _inst(obj: Any) -> Any:
+    if type(obj) is Inst:
+        obj.__class__ = ScamperInst
+    return obj
+
+
+class ScamperVp(VpInfo):
+    """A registry entry as scamper's ``ScamperVp``: ``tags`` is a set of
+    strings (``"k=v"``, or ``"k"`` when the value is empty); the dict is
+    ``tag_dict``."""
+
+    @property
+    def tags(self) -> set[str]:  # type: ignore[override]
+        return _tag_strings(self._d.get("tags"))
+
+    @property
+    def tag_dict(self) -> dict[str, str]:
+        return dict(self._d.get("tags") or {})
+
+
+# ---------------------------------------------------------------- files
+_FILE_CLASSES: dict[Any, type | tuple[type, ...]] = {
+    ScamperPing: Ping, Ping: Ping, ScamperTrace: Trace, Trace: Trace, ScamperHost: DnsResult,
+    DnsResult: DnsResult, ScamperHttp: Http, Http: Http, ScamperCycle: (CycleStart, CycleStop),
+    CycleStart: CycleStart, CycleStop: CycleStop}
+_SCAMPER_KINDS = {"warts": ("warts", None), "warts.gz": ("warts", "gzip"), "warts.bz2": ("warts", "bz2"),
+                  "warts.xz": ("warts", "xz"), "json": ("json", None)}
+
+
+def _file_class(t: Any) -> tuple[type, ...]:
+    """The marionet classes a ``filter_types`` entry stands for."""
+    got = _FILE_CLASSES.get(t)
+    if got is None and isinstance(t, type):
+        for name in ("Tracelb", "Sniff", "Udpprobe", "Tbit"):  # primitives other modules add
+            cls = getattr(_results, name, None)
+            if cls is not None and t is cls:
+                got = cls
+    if got is None:
+        raise ValueError(f"invalid type for filter_types: {t!r} (give result classes such as ScamperPing, "
+                         "ScamperTrace, ScamperHost, ScamperHttp, ScamperCycle)")
+    return got if isinstance(got, tuple) else (got,)
 
 
 class ScamperFile(File):
-    """scamper's ``ScamperFile``: marionet's ``File`` plus the few names
-    scamper adds (``filetype``, ``is_read()``, ``is_write()``,
-    ``filter_types(…)`` after opening)."""
+    """scamper's ``ScamperFile``: marionet's ``File`` plus scamper's names
+    (``filetype``, ``is_read()``, ``is_write()``, ``filter_types(…)``), its
+    kinds (``"warts.gz"`` …; ``"text"`` is not written) and its checks
+    (filters only on files opened for reading; unknown types are a
+    ``ValueError``). Reading yields the compat result classes; writing takes
+    them and marionet's."""
+
+    def __init__(self, filename: Any, mode: str = "r", kind: str | None = None,
+                 filter_types: Any = None, **marionet: Any) -> None:
+        if mode not in ("r", "w", "a"):
+            raise ValueError(f"invalid mode: {mode!r} (give 'r' or 'w')")
+        fkind = kind
+        if kind is not None:
+            if kind == "text":
+                raise NotImplementedError("ScamperFile kind 'text' is not written by marionet; use 'json' "
+                                          "or 'warts'")
+            if kind not in _SCAMPER_KINDS:
+                raise ValueError(f"invalid kind {kind!r}: give one of {', '.join(_SCAMPER_KINDS)}")
+            fkind, comp = _SCAMPER_KINDS[kind]
+            name = os.fspath(filename).lower()
+            want = {"gzip": ".gz", "bz2": ".bz2", "xz": ".xz"}.get(comp or "", "")
+            if mode != "r" and want and not name.endswith(want):
+                raise ValueError(f"kind {kind!r} needs a file name ending in {want} (marionet compresses "
+                                 "by the name's suffix)")
+        if filter_types is not None and mode != "r":
+            raise ValueError("cannot add filter to non-readable files")
+        super().__init__(filename, mode, fkind, **marionet)
+        if filter_types is not None:
+            self.filter_types(*filter_types)
 
     @property
     def filetype(self) -> str:
@@ -82,12 +398,29 @@ class ScamperFile(File):
         return self.mode != "r"
 
     def filter_types(self, *types: Any) -> None:  # type: ignore[override]
+        """Return only objects of these types from now on (scamper's rule:
+        a ``ValueError`` for a file not opened for reading, an unknown type,
+        or no type at all)."""
+        if self.mode != "r":
+            raise ValueError("cannot add filter to non-readable files")
         flat: list[Any] = []
         for t in types:
             flat.extend(t if isinstance(t, (list, tuple, set)) else [t])
-        self._filter = self._make_filter(flat or None)
+        classes: list[type] = []
+        for t in flat:
+            classes.extend(_file_class(t))
+        if not classes:
+            raise ValueError("nothing to filter")
+        self._filter = self._make_filter(classes)
+
+    def read(self) -> Any:
+        return as_scamper(super().read())
+
+    def write(self, obj: Any) -> None:
+        super().write(as_marionet(obj))
 
 
+# ---------------------------------------------------------------- control
 def controller_in(path: str) -> str:
     """The controller address a scamper-style path names (see the module
     docstring): a directory holding a controller socket, a socket, or
@@ -115,6 +448,60 @@ def controller_in(path: str) -> str:
     raise FileNotFoundError(f"{path}: no such controller socket, directory or HOST:PORT")
 
 
+def vp_name_of(socket_name: str) -> str:
+    """The VP name in a per-VP socket name: sc_remoted names them
+    ``NAME-ADDR:PORT`` (scamper's module shows NAME); a plain name stays."""
+    base, sep, tail = socket_name.rpartition("-")
+    if sep and base:
+        host = tail.rsplit(":", 1)[0] if tail.count(":") == 1 or tail.startswith("[") else tail
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            return base
+        except ValueError:
+            pass
+    return socket_name
+
+
+_NOT_IN_MARIONET = {
+    "do_ally": "alias resolution (ally)", "do_mercator": "alias resolution (mercator)",
+    "do_midarest": "alias resolution (MIDAR estimation)", "do_midardisc": "alias resolution (MIDAR discovery)",
+    "do_prefixscan": "alias resolution (prefixscan)", "do_radargun": "alias resolution (radargun)",
+    "do_owamp": "one-way delay (OWAMP)", "do_tracelb": "MDA traceroute (tracelb)",
+    "do_udpprobe": "UDP probes (udpprobe)", "do_sniff": "packet capture (sniff)",
+    "do_tbit": "TCP behaviour inference (tbit)",
+}
+
+
+def _scamper_cb(cb: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """A ``morecb``/``eofcb`` that gets the instance as a ``ScamperInst``."""
+    if cb is None:
+        return None
+
+    def call(ctrl: Any, inst: Any, param: Any) -> Any:
+        return cb(ctrl, _inst(inst), param)
+
+    call.__wrapped__ = cb  # type: ignore[attr-defined]
+    return call
+
+
+def _converting(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``do_*`` whose ``sync=True`` result comes back as the compat class."""
+
+    def call(self: "ScamperCtrl", *args: Any, **kw: Any) -> Any:
+        try:
+            r = method(self, *args, **kw)
+        except InstError as e:
+            _inst(e.inst)
+            raise
+        if isinstance(r, list):
+            return [as_scamper(x) for x in r]
+        return as_scamper(r)
+
+    call.__name__ = method.__name__
+    call.__doc__ = method.__doc__
+    return call
+
+
 class ScamperCtrl(Ctrl):
     """scamper's ``ScamperCtrl`` over marionet (see the module docstring).
 
@@ -127,9 +514,11 @@ class ScamperCtrl(Ctrl):
                  eofcb: Callable[..., Any] | None = None, param: Any = None, unix: str | None = None,
                  remote: str | None = None, remote_dir: str | None = None, mux: str | None = None,
                  outfile: Any = None, **marionet: Any) -> None:
+        if isinstance(outfile, File) and outfile.mode == "r":
+            raise RuntimeError("outfile not opened in write mode")
         controller = marionet.pop("controller", None) or os.environ.get("MARIONET_CONTROLLER") or None
-        super().__init__(None, morecb=morecb, eofcb=eofcb, param=param, outfile=outfile, _start=False,
-                         **marionet)
+        super().__init__(None, morecb=_scamper_cb(morecb), eofcb=_scamper_cb(eofcb), param=param,
+                         outfile=outfile, _start=False, **marionet)
         self.meta = meta
         self._explicit = {k for k in ("insecure", "ca", "cert", "key") if k in marionet}
         given = [(k, v) for k, v in (("remote_dir", remote_dir), ("mux", mux), ("unix", unix),
@@ -143,6 +532,12 @@ class ScamperCtrl(Ctrl):
              "remote": self.add_remote}[kind](value)
         elif controller is not None:
             self._use(controller, None)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _NOT_IN_MARIONET:
+            raise NotImplementedError(f"ScamperCtrl.{name}: {_NOT_IN_MARIONET[name]} is not available in "
+                                      "this marionet")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ------------------------------------------------------------ sources
     def _use(self, controller: str, vps: list[str] | None) -> bool:
@@ -173,10 +568,17 @@ class ScamperCtrl(Ctrl):
         self._use(controller_in(path), [])
 
     def add_remote(self, path: str) -> Inst:
-        """``DIR/NAME``: VP NAME of the controller whose socket is in DIR."""
-        directory, name = os.path.split(path.rstrip("/"))
-        ctl = controller_in(directory or ".")
-        self._use(ctl, [name]) or self.add_vps([name])
+        """One VP's socket path, ``DIR/NAME`` (sc_remoted's ``NAME-ADDR:PORT``
+        too): VP NAME of the controller whose socket is in DIR."""
+        directory, sock = os.path.split(os.path.abspath(path).rstrip("/"))
+        name = vp_name_of(sock)
+        ctl = controller_in(directory)
+        if self._use(ctl, []) or name not in {i.name for i in self.instances()}:
+            known = {v.name for v in self.vps()}
+            if name not in known:
+                raise RuntimeError(f"could not connect to {path}: the controller in {directory} has no live VP "
+                                   f"{name!r} (VPs: {', '.join(sorted(known)) or 'none'})")
+            self.add_vps([name])
         return self.instance(name)
 
     def add_unix(self, path: str) -> Inst | None:
@@ -196,19 +598,104 @@ class ScamperCtrl(Ctrl):
         insts = self.instances()
         return insts[0] if insts else None
 
+    # ------------------------------------------------------------ registry
+    def vps(self, *args: Any, **kw: Any) -> list[ScamperVp]:  # type: ignore[override]
+        """The controller's VPs as ``ScamperVp`` (tags as a set of strings)."""
+        return [ScamperVp(v.to_dict()) for v in super().vps(*args, **kw)]
 
+    def instances(self, **select: Any) -> list[Inst]:
+        return [_inst(i) for i in super().instances(**select)]
+
+    def instance(self, name: str) -> Inst:
+        return _inst(super().instance(name))
+
+    def add_vps(self, *args: Any, **kw: Any) -> list[Inst]:  # type: ignore[override]
+        return [_inst(i) for i in super().add_vps(*args, **kw)]
+
+    def exceptions(self) -> Iterator[InstError]:
+        for e in super().exceptions():
+            _inst(e.inst)
+            yield e
+
+    @property
+    def morecb(self) -> Callable[..., Any] | None:
+        cb = self._actrl.morecb
+        return getattr(cb, "__wrapped__", cb)
+
+    @morecb.setter
+    def morecb(self, cb: Callable[..., Any] | None) -> None:
+        self._actrl.morecb = _scamper_cb(cb)
+
+    @property
+    def eofcb(self) -> Callable[..., Any] | None:
+        cb = self._actrl.eofcb
+        return getattr(cb, "__wrapped__", cb)
+
+    @eofcb.setter
+    def eofcb(self, cb: Callable[..., Any] | None) -> None:
+        self._actrl.eofcb = _scamper_cb(cb)
+
+    # ------------------------------------------------------------ results
+    def _poll_until(self, deadline: float | None, errors: str | None) -> Any:
+        try:
+            return as_scamper(super()._poll_until(deadline, errors))
+        except InstError as e:
+            _inst(e.inst)
+            raise
+
+    def poll(self, timeout: float | _dt.timedelta | None = None, until: _dt.datetime | None = None,
+             errors: str | None = None) -> Any:
+        """The next result, or None at the deadline. As scamper's: with
+        nothing outstanding it waits until ``until``/``timeout`` (a VP may
+        ask for more work meanwhile) unless every instance is done; with
+        no deadline it returns None at once instead of blocking."""
+        from marionet.client.actrl import deadline_of
+
+        deadline = deadline_of(timeout, until)
+        while True:
+            r = self._poll_until(deadline, errors)
+            if r is not None:
+                return r
+            if deadline is None or self.is_done():
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if self.taskc == 0:
+                time.sleep(min(left, 0.05))
+
+
+for _name in dir(Ctrl):
+    if _name.startswith("do_"):
+        setattr(ScamperCtrl, _name, _converting(getattr(Ctrl, _name)))
+del _name
+
+
+_LATER = {"ScamperTracelb": "Tracelb", "ScamperTracelbNode": "TracelbNode", "ScamperTracelbLink": "TracelbLink",
+          "ScamperTracelbProbeset": "TracelbProbeset", "ScamperTracelbProbe": "TracelbProbe",
+          "ScamperTracelbReply": "TracelbReply", "ScamperUdpprobe": "Udpprobe",
+          "ScamperUdpprobeProbe": "UdpprobeProbe", "ScamperUdpprobeReply": "UdpprobeReply",
+          "ScamperSniff": "Sniff", "ScamperSniffPkt": "SniffPkt", "ScamperTbit": "Tbit"}
 _MISSING = {
-    "ScamperTracelb": "tracelb is not implemented yet",
-    "ScamperDealias": "alias resolution is not implemented yet",
-    "ScamperTbit": "tbit is not implemented yet",
-    "ScamperSniff": "sniff is not implemented yet",
-    "ScamperUdpprobe": "udpprobe is not implemented yet",
+    "ScamperDealias": "alias resolution is not implemented in marionet",
+    "ScamperDealiasProbedef": "alias resolution is not implemented in marionet",
+    "ScamperDealiasProbe": "alias resolution is not implemented in marionet",
+    "ScamperDealiasReply": "alias resolution is not implemented in marionet",
+    "ScamperDealiasMidardiscRound": "alias resolution is not implemented in marionet",
+    "ScamperNeighbourdisc": "neighbour discovery is not implemented in marionet",
+    "ScamperSting": "sting is not implemented in marionet",
+    "ScamperTracePmtud": "path MTU discovery results are not implemented in marionet",
     "ScamperMux": "use ScamperCtrl(mux=ADDR) and ctrl.vps()",
-    "ScamperList": "marionet files carry no list objects",
 }
 
 
 def __getattr__(name: str) -> Any:
+    if name in _LATER:
+        cls = getattr(_results, _LATER[name], None)
+        if cls is not None:
+            return cls
+        raise NotImplementedError(f"marionet.compat.scamper.{name}: this marionet has no "
+                                  f"{_LATER[name]} results yet")
     if name in _MISSING:
-        raise AttributeError(f"marionet.compat.scamper has no {name}: {_MISSING[name]}")
+        raise NotImplementedError(f"marionet.compat.scamper.{name}: {_MISSING[name]}")
     raise AttributeError(f"module 'marionet.compat.scamper' has no attribute {name!r}")

@@ -24,6 +24,7 @@ from .udpprobe import Udpprobe, UdpprobeProbe, UdpprobeReply, UdpprobeStop
 from .sniff import Sniff, SniffPkt, SniffStop
 from .tracelb import (TRACELB_METHODS, Tracelb, TracelbLink, TracelbNode, TracelbProbe,
                       TracelbProbeset, TracelbReply, TracelbStop)
+from . import warts_host, warts_http  # noqa: F401,E402 - register their warts records
 
 __all__ = [
     "Addr", "ns_to_datetime", "ns_to_timedelta",

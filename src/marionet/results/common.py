@@ -53,6 +53,15 @@ _IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 # Ranges that scamper calls "reserved" but ``ipaddress`` considers global
 # in Python 3.11 (multicast and the 240/4 block are handled by flags).
 _SHARED_V4 = ipaddress.ip_network("100.64.0.0/10")
+_RESERVED_V4 = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
+    "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4"))
+_RESERVED_V6 = tuple(ipaddress.ip_network(n) for n in (
+    "2002::/16", "2001::/32", "2001:2::/48", "2001:3::/32", "2001:4:112::/48",
+    "2001:10::/28", "2001:20::/28", "2001:db8::/32"))
+_UNICAST_V6 = ipaddress.ip_network("2000::/3")
+_SIXTOFOUR = ipaddress.ip_network("2002::/16")
 
 
 @functools.total_ordering
@@ -172,15 +181,26 @@ class Addr:
         return self._ip.is_multicast
 
     def is_reserved(self) -> bool:
-        """Not routable on the public Internet: private, loopback,
-        link-local, shared (100.64/10), documentation, multicast, 240/4,
-        unspecified, and the IPv6 equivalents."""
-        ip = self._ip
-        if ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+        """Not routable on the public Internet: scamper's list of reserved
+        prefixes (``scamper_addr_isreserved``: for IPv4 0/8, 10/8,
+        100.64/10, 127/8, 169.254/16, 172.16/12, 192.0.0/24, 192.0.2/24,
+        192.88.99/24, 192.168/16, 198.18/15, 198.51.100/24, 203.0.113/24,
+        224/4, 240/4; for IPv6 anything outside 2000::/3, and 2002::/16,
+        2001::/32, 2001:2::/48, 2001:3::/32, 2001:4:112::/48, 2001:10::/28,
+        2001:20::/28), plus the IPv6 documentation prefix 2001:db8::/32,
+        which scamper's list leaves out but is never routed."""
+        nets = _RESERVED_V4 if self._ip.version == 4 else _RESERVED_V6
+        if self._ip.version == 6 and not self._ip in _UNICAST_V6:  # noqa: E713
             return True
-        if ip.version == 4 and ip in _SHARED_V4:
-            return True
-        return not ip.is_global
+        return any(self._ip in n for n in nets)
+
+    def is_unicast(self) -> bool:
+        """In the IPv6 global unicast prefix 2000::/3 (scamper: IPv6 only)."""
+        return self._ip.version == 6 and self._ip in _UNICAST_V6
+
+    def is_6to4(self) -> bool:
+        """In the IPv6 6to4 prefix 2002::/16."""
+        return self._ip.version == 6 and self._ip in _SIXTOFOUR
 
 
 AddrLike = Union[Addr, str, bytes, int, ipaddress.IPv4Address,

@@ -37,6 +37,16 @@ class CycleStart:
     def start(self) -> _dt.datetime:
         return EPOCH + _dt.timedelta(seconds=self.start_time)
 
+    # scamper's ScamperCycle names (marionet.compat.scamper)
+    @property
+    def id(self) -> int:
+        return self.cycle_id
+
+    @property
+    def stop(self) -> None:
+        """Not known at the start of a cycle (scamper: None)."""
+        return None
+
 
 @dataclass(slots=True, kw_only=True)
 class CycleStop:
@@ -54,6 +64,16 @@ class CycleStop:
     @property
     def stop(self) -> _dt.datetime:
         return EPOCH + _dt.timedelta(seconds=self.stop_time)
+
+    # scamper's ScamperCycle names (marionet.compat.scamper)
+    @property
+    def id(self) -> int:
+        return self.cycle_id
+
+    @property
+    def start(self) -> None:
+        """A cycle-stop record carries no start time (scamper: None)."""
+        return None
 
 
 @dataclass(slots=True)

@@ -34,7 +34,7 @@ from .common import (Addr, StopReason, TimedReply, NS_PER_US, check_int, ns_to_d
 from .jsonfmt import EXT_KEY, _exact, _Fields, _source, register
 
 __all__ = ["DnsResult", "DnsQuery", "DnsRR", "DnsMX", "DnsSOA", "DnsStop",
-           "RCODE_NAMES", "rcode_text", "rcode_value", "HOST_VERSION"]
+           "RCODE_NAMES", "rcode_text", "rcode_value", "rrtype_value", "HOST_VERSION"]
 
 HOST_VERSION = "0.1"
 
@@ -95,6 +95,31 @@ class DnsStop(StopReason):
     ERROR = "error"
 
 
+class DnsTxt(list):  # type: ignore[type-arg]
+    """A TXT record's strings (a list), with scamper's ``strc`` and ``str(i)``."""
+
+    __slots__ = ()
+
+    @property
+    def strc(self) -> int:
+        return len(self)
+
+    def str(self, i: int) -> str | None:
+        return self[i] if isinstance(i, int) and 0 <= i < len(self) else None
+
+
+class DnsRRs(list):  # type: ignore[type-arg]
+    """A query's section (a list of records), also callable as scamper's
+    ``query.an(i)``: record ``i`` or None."""
+
+    __slots__ = ()
+
+    def __call__(self, i: int) -> "DnsRR | None":
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise TypeError(f"record index must be an int, got {i!r}")
+        return self[i] if 0 <= i < len(self) else None
+
+
 @dataclass(frozen=True, slots=True)
 class DnsMX:
     """An MX record's data (scamper: preference, exchange)."""
@@ -148,6 +173,8 @@ class DnsRR:
         self.address = to_addr(self.address)
         self.rclass = str(self.rclass).upper()
         self.rtype = str(self.rtype).upper()
+        if self.txt is not None:
+            self.txt = DnsTxt(self.txt)
 
     # scamper-style views -------------------------------------------------
     @property
@@ -203,6 +230,7 @@ class DnsQuery(TimedReply):
         check_int("id", self.id, minimum=0)
         for name in ("tx_ns", "rx_ns", "rcode"):
             check_int(name, getattr(self, name), optional=True)
+        self.an, self.ns, self.ar = DnsRRs(self.an), DnsRRs(self.ns), DnsRRs(self.ar)
 
     @property
     def answered(self) -> bool:
@@ -230,6 +258,49 @@ class DnsQuery(TimedReply):
     @property
     def arcount(self) -> int:
         return len(self.ar)
+
+    # -- EDNS (RFC 6891), read from the reply's OPT record ------------------
+    def _opt(self) -> Any:
+        """dnspython's view of the reply's OPT record, or None."""
+        if self.wire is None:
+            return None
+        import dns.message
+
+        try:
+            msg = dns.message.from_wire(self.wire, ignore_trailing=True)
+        except Exception:  # noqa: BLE001 - a bad reply simply has no EDNS view
+            return None
+        return msg if msg.edns >= 0 else None
+
+    @property
+    def edns(self) -> bool:
+        return self._opt() is not None
+
+    @property
+    def edns_version(self) -> int | None:
+        m = self._opt()
+        return None if m is None else m.edns
+
+    @property
+    def edns_udp_size(self) -> int | None:
+        m = self._opt()
+        return None if m is None else m.payload
+
+    @property
+    def edns_do(self) -> bool | None:
+        m = self._opt()
+        return None if m is None else bool(m.ednsflags & 0x8000)
+
+    @property
+    def edns_nsid(self) -> str | None:
+        m = self._opt()
+        if m is None:
+            return None
+        for o in m.options:
+            if int(o.otype) == 3:
+                data = getattr(o, "nsid", None) or getattr(o, "data", b"")
+                return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+        return None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -364,17 +435,19 @@ class DnsResult:
     def arcount(self) -> int:
         return len(self.ars())
 
-    def ans(self) -> list[DnsRR]:
+    def ans(self, rrtypes: Any = None) -> list[DnsRR]:
+        """Answer records; ``rrtypes`` (e.g. ``["A", "AAAA"]``) keeps those
+        types only, as scamper's ``ans(rrtypes)``."""
         r = self.reply
-        return [] if r is None else list(r.an)
+        return [] if r is None else _filtered(r.an, rrtypes)
 
-    def nss(self) -> list[DnsRR]:
+    def nss(self, rrtypes: Any = None) -> list[DnsRR]:
         r = self.reply
-        return [] if r is None else list(r.ns)
+        return [] if r is None else _filtered(r.ns, rrtypes)
 
-    def ars(self) -> list[DnsRR]:
+    def ars(self, rrtypes: Any = None) -> list[DnsRR]:
         r = self.reply
-        return [] if r is None else list(r.ar)
+        return [] if r is None else _filtered(r.ar, rrtypes)
 
     def ans_addrs(self) -> list[Addr]:
         """Addresses in A/AAAA answers, in answer order."""
@@ -401,6 +474,120 @@ class DnsResult:
 
     def __iter__(self) -> Iterator[DnsRR]:
         return iter(self.ans())
+
+    # -- scamper module names (marionet.compat.scamper) --------------------
+    def an(self, i: int) -> DnsRR | None:
+        """Answer record ``i`` (from 0) of the reply, or None."""
+        return _nth(self.ans(), i)
+
+    def ns(self, i: int) -> DnsRR | None:
+        """Authority record ``i`` (from 0) of the reply, or None."""
+        return _nth(self.nss(), i)
+
+    def ar(self, i: int) -> DnsRR | None:
+        """Additional record ``i`` (from 0) of the reply, or None."""
+        return _nth(self.ars(), i)
+
+    @property
+    def qtype_num(self) -> int:
+        return rrtype_value(self.qtype)
+
+    @property
+    def qclass_num(self) -> int:
+        return {"IN": 1, "CH": 3, "HS": 4}.get(self.qclass, 1)
+
+    @property
+    def edns(self) -> bool:
+        """The reply carried an EDNS OPT record."""
+        r = self.reply
+        return r is not None and r.edns
+
+    @property
+    def edns_version(self) -> int | None:
+        r = self.reply
+        return None if r is None else r.edns_version
+
+    @property
+    def edns_udp_size(self) -> int | None:
+        r = self.reply
+        return None if r is None else r.edns_udp_size
+
+    @property
+    def edns_do(self) -> bool | None:
+        r = self.reply
+        return None if r is None else r.edns_do
+
+    @property
+    def edns_nsid(self) -> str | None:
+        """The server's NSID option (RFC 5001) text, if it sent one
+        (``nsid`` is the request flag)."""
+        r = self.reply
+        return None if r is None else r.edns_nsid
+
+    @property
+    def stop_reason_str(self) -> str:
+        return str(self.stop_reason if self.stop_reason is not None else DnsStop.NONE)
+
+    def is_stop_done(self) -> bool:
+        return self.stop_reason == DnsStop.DONE
+
+    def is_stop_timeout(self) -> bool:
+        return self.stop_reason == DnsStop.TIMEOUT
+
+    def is_stop_error(self) -> bool:
+        return self.stop_reason == DnsStop.ERROR
+
+    def is_stop_halted(self) -> bool:
+        return self.stop_reason == DnsStop.HALTED
+
+    type_name = "host"  # scamper's name for DNS records (warts and JSON)
+
+    def to_json(self) -> str:
+        """scamper's JSON line for this lookup."""
+        from .jsonline import json_line
+        return json_line(self)
+
+
+#: type names scamper's ``ans(rrtypes)`` filter knows, and a few more.
+_RRTYPE_NUMS = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16,
+                "AAAA": 28, "SRV": 33, "NAPTR": 35, "OPT": 41, "DS": 43, "SSHFP": 44,
+                "RRSIG": 46, "NSEC": 47, "DNSKEY": 48, "NSEC3": 50, "TLSA": 52,
+                "SVCB": 64, "HTTPS": 65, "CAA": 257, "ANY": 255}
+
+
+def rrtype_value(name: str) -> int:
+    """A record type's number ("AAAA" → 28; "TYPE65534" → 65534)."""
+    up = str(name).upper()
+    if up in _RRTYPE_NUMS:
+        return _RRTYPE_NUMS[up]
+    if up.startswith("TYPE") and up[4:].isdigit():
+        return int(up[4:])
+    import dns.rdatatype
+
+    try:
+        return int(dns.rdatatype.from_text(up))
+    except Exception:  # noqa: BLE001 - dnspython raises several kinds
+        raise ValueError(f"unknown DNS record type {name!r}") from None
+
+
+def _filtered(rrs: list[DnsRR], rrtypes: Any) -> list[DnsRR]:
+    if rrtypes is None:
+        return list(rrs)
+    if isinstance(rrtypes, str):
+        rrtypes = [rrtypes]
+    want: set[str] = set()
+    for t in rrtypes:
+        if not isinstance(t, str):
+            raise ValueError(f"expected str in rrtypes, got {t!r}")
+        rrtype_value(t)  # unknown names are an error, not an empty result
+        want.add(t.upper())
+    return [rr for rr in rrs if rr.rtype in want]
+
+
+def _nth(rrs: list[DnsRR], i: int) -> DnsRR | None:
+    if isinstance(i, bool) or not isinstance(i, int):
+        raise TypeError(f"record index must be an int, got {i!r}")
+    return rrs[i] if 0 <= i < len(rrs) else None
 
 
 # ---------------------------------------------------------------------------

@@ -213,6 +213,31 @@ class HttpBuf:
     def tv(self) -> _dt.datetime:
         return ns_to_datetime(self.time_ns)
 
+    # -- scamper's ScamperHttpBuf names (marionet.compat.scamper) ------------
+    @property
+    def timestamp(self) -> _dt.datetime:
+        return self.tv
+
+    @property
+    def payload(self) -> bytes | None:
+        """The buffer's bytes (scamper: None when empty)."""
+        return self.data or None
+
+    def is_tx(self) -> bool:
+        return self.dir == "tx"
+
+    def is_rx(self) -> bool:
+        return self.dir == "rx"
+
+    def is_tls(self) -> bool:
+        return self.type == "tls"
+
+    def is_hdr(self) -> bool:
+        return self.type == "hdr"
+
+    def is_data(self) -> bool:
+        return self.type == "data"
+
 
 def _timedelta(ns: int | None) -> _dt.timedelta | None:
     return None if ns is None else ns_to_timedelta(ns)
@@ -350,6 +375,71 @@ class Http:
 
     def json(self) -> Any:
         return json.loads(self.text)
+
+    # -- scamper's ScamperHttp names (marionet.compat.scamper) ---------------
+    # Header dicts key on lowercased names as scamper's do, but keep values
+    # as received (scamper lowercases them too: a known pain point).
+    def __iter__(self) -> Iterator[HttpBuf]:
+        """The timed buffers in order, as iterating a ScamperHttp yields."""
+        return iter(self.bufs)
+
+    @property
+    def response(self) -> bytes | None:
+        """The response body (scamper: None when there is none)."""
+        return self.body or None
+
+    @property
+    def response_hdr(self) -> str | None:
+        """The response header block as one string."""
+        return self.header_raw or None
+
+    @property
+    def response_hdrs(self) -> dict[str, str] | None:
+        if not self.header_raw:
+            return None
+        return {k.lower(): v for k, v in ((k, self.headers[k]) for k in self.headers)}
+
+    def response_hdr_byname(self, name: str) -> str | None:
+        if not isinstance(name, str):
+            raise ValueError(f"header name must be a string, got {name!r}")
+        return self.headers.get(name)
+
+    @property
+    def transmit_hdr(self) -> str | None:
+        """The request header block as sent (the tx "hdr" buffers)."""
+        raw = b"".join(b.data for b in self.bufs if b.dir == "tx" and b.type == "hdr")
+        return raw.decode("iso-8859-1") if raw else None
+
+    @property
+    def transmit_hdrs(self) -> dict[str, str] | None:
+        block = self.transmit_hdr
+        if block is None:
+            return None
+        out: dict[str, str] = {}
+        for line in block.split("\r\n")[1:]:
+            k, sep, v = line.partition(":")
+            if sep and k.strip():
+                low = k.strip().lower()
+                out[low] = f"{out[low]}, {v.strip()}" if low in out else v.strip()
+        return out
+
+    def transmit_hdr_byname(self, name: str) -> str | None:
+        if not isinstance(name, str):
+            raise ValueError(f"header name must be a string, got {name!r}")
+        hdrs = self.transmit_hdrs or {}
+        return hdrs.get(name.lower())
+
+    @property
+    def stop_reason_str(self) -> str:
+        return str(self.stop_reason)
+
+    def is_stop_done(self) -> bool:
+        return self.stop_reason == HttpStop.DONE
+
+    def to_json(self) -> str:
+        """scamper's JSON line for this result."""
+        from .jsonline import json_line
+        return json_line(self)
 
 
 # ---------------------------------------------------------------------------

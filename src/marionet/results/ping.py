@@ -206,6 +206,12 @@ class PingReply(TimedReply):
             raise ValueError("is_from_target() needs the Ping: reply is not attached to one")
         return reply_from_target(method, dst, self)
 
+    def __str__(self) -> str:
+        """As scamper's module prints a reply (``seq`` counts from 0)."""
+        us = (self.rtt_ns or 0) // 1000
+        return (f"{self.reply_size or 0} bytes from {self.src}, seq={self.attempt} "
+                f"ttl={self.reply_ttl or 0} time={us // 1000}.{us % 1000:03d} ms")
+
 
 def reply_from_target(method: str, dst: Addr, reply: PingReply) -> bool:
     """scamper's SCAMPER_PING_REPLY_IS_FROM_TARGET, by method family."""
@@ -218,6 +224,16 @@ def reply_from_target(method: str, dst: Addr, reply: PingReply) -> bool:
     if method.startswith("udp"):
         return reply.is_udp() or (reply.is_icmp_unreach_port() and reply.src == dst)
     return False
+
+
+class PingReplies(list):  # type: ignore[type-arg]
+    """``Ping.replies``: the list of replies, also callable — ``ping.replies()``
+    iterates them as scamper's module spells it, ``ping.replies`` is the list."""
+
+    __slots__ = ()
+
+    def __call__(self) -> Iterator[PingReply]:
+        return iter(list(self))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -282,7 +298,7 @@ class Ping:
         self.probe_tsps = tsps  # type: ignore[assignment]
         if self.vp is not None and not isinstance(self.vp, str):
             raise TypeError(f"Ping.vp must be a string, got {self.vp!r}")
-        self.replies = list(self.replies)
+        self.replies = PingReplies(self.replies)
         for r in self.replies:
             if not isinstance(r, PingReply):
                 raise TypeError(f"Ping.replies must hold PingReply, got {type(r).__name__}")
@@ -353,3 +369,91 @@ class Ping:
     def loss_rate(self) -> float | None:
         """Fraction of probes unanswered; None when nothing was sent."""
         return None if self.ping_sent == 0 else self.nloss / self.ping_sent
+
+    # -- scamper module names (marionet.compat.scamper) --------------------
+    def __iter__(self) -> Iterator[PingReply]:
+        """As scamper's ``for r in ping``: for each probe that drew a reply,
+        in probe order, its first reply (duplicates are in ``replies``)."""
+        first: dict[int, PingReply] = {}
+        for r in self.replies:
+            first.setdefault(r.attempt, r)
+        return iter([first[a] for a in sorted(first)])
+
+    def reply(self, i: int) -> PingReply | None:
+        """The first reply to probe ``i`` (counted from 0, as scamper's
+        ``reply(i)``), or None when that probe drew none."""
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise TypeError(f"reply index must be an int, got {i!r}")
+        return next((r for r in self.replies if r.attempt == i), None)
+
+    @property
+    def probe_count(self) -> int:
+        """Probes sent (scamper's ``probe_count``)."""
+        return self.ping_sent
+
+    @property
+    def probe_ttl(self) -> int | None:
+        return self.ttl
+
+    @property
+    def probe_tos(self) -> int | None:
+        return self.tos
+
+    @property
+    def probe_sport(self) -> int | None:
+        return self.sport if self.is_tcp() or self.is_udp() else None
+
+    @property
+    def probe_dport(self) -> int | None:
+        return self.dport if self.is_tcp() or self.is_udp() else None
+
+    @property
+    def probe_tcp_seq(self) -> int | None:
+        return self.tcp_seq if self.is_tcp() else None
+
+    @property
+    def probe_tcp_ack(self) -> int | None:
+        return self.tcp_ack if self.is_tcp() else None
+
+    def is_icmp(self) -> bool:
+        return self.method.startswith("icmp")
+
+    def is_icmp_time(self) -> bool:
+        return self.method == "icmp-time"
+
+    def is_tcp(self) -> bool:
+        return self.method.startswith("tcp")
+
+    def is_tcp_ack_sport(self) -> bool:
+        return self.method == "tcp-ack-sport"
+
+    def is_udp(self) -> bool:
+        return self.method.startswith("udp")
+
+    def is_vary_sport(self) -> bool:
+        return self.method in ("udp-sport", "tcp-syn-sport", "tcp-ack-sport")
+
+    def is_vary_dport(self) -> bool:
+        return self.method == "udp-dport"
+
+    @property
+    def stop_reason_str(self) -> str:
+        """The stop reason as scamper prints it ("none" when unset)."""
+        return str(self.stop_reason if self.stop_reason is not None else PingStop.NONE)
+
+    def is_stop_noreason(self) -> bool:
+        return self.stop_reason in (None, PingStop.NONE)
+
+    def is_stop_done(self) -> bool:
+        return self.stop_reason == PingStop.DONE
+
+    def is_stop_error(self) -> bool:
+        return self.stop_reason == PingStop.ERROR
+
+    def is_stop_halted(self) -> bool:
+        return self.stop_reason == PingStop.HALTED
+
+    def to_json(self) -> str:
+        """scamper's JSON line for this ping."""
+        from .jsonline import json_line
+        return json_line(self)

@@ -61,6 +61,33 @@ class IcmpExt:
     def is_mpls(self) -> bool:
         return self.cn == 1 and self.ct == 1
 
+    # scamper's ScamperIcmpExt names (marionet.compat.scamper)
+    @property
+    def mpls_count(self) -> int:
+        return len(self.mpls_labels) if self.is_mpls() else 0
+
+    def mpls(self) -> Iterator[MplsLabel] | None:
+        return iter(list(self.mpls_labels)) if self.is_mpls() else None
+
+    def mpls_lse(self, i: int) -> MplsLabel | None:
+        return self.mpls_labels[i] if self.is_mpls() and 0 <= i < len(self.mpls_labels) else None
+
+    def mpls_label(self, i: int) -> int | None:
+        e = self.mpls_lse(i)
+        return None if e is None else e.label
+
+    def mpls_ttl(self, i: int) -> int | None:
+        e = self.mpls_lse(i)
+        return None if e is None else e.ttl
+
+    def mpls_exp(self, i: int) -> int | None:
+        e = self.mpls_lse(i)
+        return None if e is None else e.exp
+
+    def mpls_s(self, i: int) -> int | None:
+        e = self.mpls_lse(i)
+        return None if e is None else e.s
+
 
 @dataclass(slots=True, kw_only=True)
 class TraceHop(TimedReply):
@@ -148,6 +175,21 @@ class TraceHop(TimedReply):
         if self.src.is_ipv4():
             return self.icmp_type == 3 and self.icmp_code == 4
         return self.icmp_type == 2
+
+    # -- scamper module names (marionet.compat.scamper) --------------------
+    @property
+    def attempt(self) -> int:
+        """The attempt number at this TTL, from 1 (scamper's ``attempt``)."""
+        return self.probe_id
+
+    def is_icmp_q(self) -> bool:
+        """The reply quoted the probe (scamper: an ICMP quotation)."""
+        return self.icmp_q_ttl is not None or self.icmp_q_ipl is not None
+
+    def __str__(self) -> str:
+        """As scamper's module prints a hop: ``[name ]addr 1.234 ms``."""
+        us = (self.rtt_ns or 0) // 1000
+        return f"{self.name + ' ' if self.name else ''}{self.src} {us // 1000}.{us % 1000:03d} ms"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -251,3 +293,68 @@ class Trace:
 
     def is_completed(self) -> bool:
         return self.stop_reason == TraceStop.COMPLETED
+
+    # -- scamper module names (marionet.compat.scamper) --------------------
+    def is_udp(self) -> bool:
+        return self.method.startswith("udp")
+
+    def is_tcp(self) -> bool:
+        return self.method.startswith("tcp")
+
+    def is_icmp(self) -> bool:
+        return self.method.startswith("icmp")
+
+    @property
+    def probe_sport(self) -> int | None:
+        return self.sport if self.is_udp() or self.is_tcp() else None
+
+    @property
+    def probe_dport(self) -> int | None:
+        return self.dport if self.is_udp() or self.is_tcp() else None
+
+    @property
+    def probe_icmp_sum(self) -> int | None:
+        return self.icmp_sum if self.method in ("icmp-paris", "icmp-echo-paris") else None
+
+    @property
+    def stop_reason_str(self) -> str:
+        """The stop reason as scamper prints it, lower case ("completed")."""
+        return str(self.stop_reason if self.stop_reason is not None else TraceStop.NONE)
+
+    def _stopped(self, *reasons: TraceStop) -> bool:
+        return self.stop_reason in reasons
+
+    def is_stop_noreason(self) -> bool:
+        return self.stop_reason is None or self._stopped(TraceStop.NONE)
+
+    def is_stop_completed(self) -> bool:
+        return self._stopped(TraceStop.COMPLETED)
+
+    def is_stop_unreach(self) -> bool:
+        return self._stopped(TraceStop.UNREACH)
+
+    def is_stop_icmp(self) -> bool:
+        return self._stopped(TraceStop.ICMP)
+
+    def is_stop_loop(self) -> bool:
+        return self._stopped(TraceStop.LOOP)
+
+    def is_stop_gaplimit(self) -> bool:
+        return self._stopped(TraceStop.GAPLIMIT)
+
+    def is_stop_error(self) -> bool:
+        return self._stopped(TraceStop.ERROR)
+
+    def is_stop_hoplimit(self) -> bool:
+        return self._stopped(TraceStop.HOPLIMIT)
+
+    def is_stop_gss(self) -> bool:
+        return self._stopped(TraceStop.GSS)
+
+    def is_stop_halted(self) -> bool:
+        return self._stopped(TraceStop.HALTED)
+
+    def to_json(self) -> str:
+        """scamper's JSON line for this traceroute."""
+        from .jsonline import json_line
+        return json_line(self)
