@@ -402,6 +402,12 @@ class DnsResult:
     def __iter__(self) -> Iterator[DnsRR]:
         return iter(self.ans())
 
+    def to_text(self) -> str:
+        """Text in the style of the classic tool (``marionet.results.text``)."""
+        from .text import dns_text
+
+        return dns_text(self)
+
 
 # ---------------------------------------------------------------------------
 # JSON (scamper's "host" records)

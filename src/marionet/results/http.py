@@ -351,6 +351,12 @@ class Http:
     def json(self) -> Any:
         return json.loads(self.text)
 
+    def to_text(self) -> str:
+        """Text in the style of the classic tool (``marionet.results.text``)."""
+        from .text import http_text
+
+        return http_text(self)
+
 
 # ---------------------------------------------------------------------------
 # JSON (scamper-like field names; marionet-only data under "marionet")

@@ -293,3 +293,9 @@ class Ping:
     def loss_rate(self) -> float | None:
         """Fraction of probes unanswered; None when nothing was sent."""
         return None if self.ping_sent == 0 else self.nloss / self.ping_sent
+
+    def to_text(self) -> str:
+        """Text in the style of the classic tool (``marionet.results.text``)."""
+        from .text import ping_text
+
+        return ping_text(self)

@@ -247,3 +247,9 @@ class Trace:
 
     def is_completed(self) -> bool:
         return self.stop_reason == TraceStop.COMPLETED
+
+    def to_text(self) -> str:
+        """Text in the style of the classic tool (``marionet.results.text``)."""
+        from .text import trace_text
+
+        return trace_text(self)

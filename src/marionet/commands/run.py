@@ -1,0 +1,145 @@
+"""Run one subcommand's measurements in the placement asked for.
+
+A subcommand is reduced to a list of *jobs* (the keyword arguments of one
+``do_<name>`` call each, one per TARGET) and a predicate saying whether a
+result counts as success. This module runs the jobs from every selected VP
+(endpoint or remote placement, through ``marionet.Ctrl``) or in this
+process (native placement, ``marionet.measure`` over a private endpoint),
+prints each result as it arrives, and turns what happened into the exit
+status: 0 all ok, 1 some measurement failed, 2 bad arguments.
+
+Why parameters are checked before anything starts: a typo must cost no
+embedded controller, no VP and no probe, and must read as one line naming
+the parameter (the primitive's own check, ``check_task_params``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .common import CliError, ctrl_kwargs, select_insts
+from .output import Output
+
+__all__ = ["Job", "run_jobs"]
+
+
+@dataclass
+class Job:
+    """One ``do_<primitive>(**params)`` call, made from every selected VP."""
+    primitive: str
+    params: dict[str, Any]
+
+
+def _check(jobs: list[Job]) -> None:
+    from marionet.client.actrl import check_task_params, params_of
+
+    for job in jobs:
+        problem = check_task_params(job.primitive, params_of(**job.params))
+        if problem is not None:
+            raise CliError(problem)
+
+
+def run_jobs(args: argparse.Namespace, jobs: list[Job], ok: Callable[[Any], bool]) -> int:
+    """Run ``jobs`` as ``args`` say (selection, placement, output); the exit status."""
+    prog = args.prog
+    if not jobs:
+        raise CliError("nothing to measure")
+    _check(jobs)
+    native = args.placement == "native"
+    if native and (args.vp or args.all or args.tag or args.controller):
+        raise CliError("--placement native runs in this process, without a VP: "
+                       "drop --vp/--all/--tag/--controller")
+    if native:
+        return _run_native(args, jobs, ok)
+    return _run_ctrl(args, jobs, ok)
+
+
+# ------------------------------------------------------------ via a Ctrl
+def _run_ctrl(args: argparse.Namespace, jobs: list[Job], ok: Callable[[Any], bool]) -> int:
+    from marionet import Ctrl
+    from marionet.client.actrl import BadParams
+    from marionet.client.inst import InstError
+
+    kw = ctrl_kwargs(args)
+    try:
+        ctrl = Ctrl(**kw)
+    except (OSError, ValueError, InstError, ExceptionGroup) as exc:
+        raise CliError(f"cannot reach the controller: {exc}") from None
+    failed = bad = False
+    try:
+        insts = select_insts(ctrl, args)
+        placement = {} if args.placement is None else {"placement": args.placement}
+        with Output(args.prog, as_json=args.json, path=args.output, total=len(jobs) * len(insts)) as out:
+            for job in jobs:
+                do = getattr(ctrl, f"do_{job.primitive}", None)
+                if do is None:
+                    raise CliError(f"this marionet has no do_{job.primitive} (primitive not installed)")
+                try:
+                    do(**job.params, inst=insts, **placement)
+                except TypeError as exc:
+                    raise CliError(f"do_{job.primitive}: {exc}") from None
+                except ValueError as exc:
+                    raise CliError(str(exc)) from None
+            while True:
+                try:
+                    r = ctrl.poll()
+                except BadParams as exc:
+                    out.error(f"error: {exc}")
+                    out.advance()
+                    bad = True
+                    continue
+                except InstError as exc:
+                    out.error(str(exc))
+                    out.advance()
+                    failed = True
+                    continue
+                if r is None:
+                    break
+                out.result(r)
+                failed |= not ok(r)
+    finally:
+        ctrl.close(raise_errors=False)
+    return 2 if bad else 1 if failed or out.file_failed else 0
+
+
+# -------------------------------------------------------- native placement
+_CONCURRENCY = 8
+
+
+def _run_native(args: argparse.Namespace, jobs: list[Job], ok: Callable[[Any], bool]) -> int:
+    """``marionet.measure.<name>`` over a private in-process endpoint: no
+    controller, no VP — the measurement runs where this command runs."""
+    from marionet.client.actrl import params_of
+    from marionet.endpoint.local import native_session
+    from marionet.measure.registry import run_primitive
+
+    failed = False
+
+    async def main(out: Output) -> None:
+        nonlocal failed
+        sem = asyncio.Semaphore(_CONCURRENCY)
+
+        async def one(job: Job) -> Any:
+            async with sem:
+                return await run_primitive(io, job.primitive, params_of(**job.params), max_s=None)
+
+        async with native_session() as io:
+            for fut in asyncio.as_completed([one(j) for j in jobs]):
+                try:
+                    r = await fut
+                except (ValueError, TypeError) as exc:
+                    raise CliError(str(exc)) from None
+                except (OSError, RuntimeError) as exc:
+                    out.error(f"native: {exc}")
+                    out.advance()
+                    failed = True
+                    continue
+                out.result(r)
+                failed |= not ok(r)
+
+    with Output(args.prog, as_json=args.json, path=args.output, total=len(jobs)) as out:
+        asyncio.run(main(out))
+    return 1 if failed or out.file_failed else 0
