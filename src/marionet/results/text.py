@@ -180,6 +180,9 @@ def _join_hop(parts: list[str]) -> str:
 
 
 # ------------------------------------------------------------------- dns
+_DIG_FLAGS = ["AA", "TC", "RD", "RA", "Z", "AD", "CD"]  # dig's order
+
+
 def _dot(name: str) -> str:
     return name if name.endswith(".") else name + "."
 
@@ -216,7 +219,7 @@ def dns_text(h: Any) -> str:
         else:
             lines.append(f";; communications error to {h.dst}#{h.port}: {h.error or h.stop_reason}")
         return "\n".join(lines)
-    flags = " ".join(["qr", *(f.lower() for f in q.flags)])
+    flags = " ".join(["qr", *(f.lower() for f in sorted(q.flags, key=_DIG_FLAGS.index) if f in _DIG_FLAGS)])
     rcode = (h.rcode_str or str(q.rcode)).upper()
     lines += [";; Got answer:",
               f";; ->>HEADER<<- opcode: QUERY, status: {rcode}, id: {q.id}",
