@@ -242,6 +242,23 @@ async def test_raw_hdrincl_and_ttl_option(session):
 
 
 @pytest.mark.root
+async def test_ipproto_raw_is_held_to_the_hdrincl_rules_without_the_flag(session):
+    """IPv4 IPPROTO_RAW writes the caller's header in the kernel flag or not,
+    so the endpoint checks it as a hdrincl send: the TTL lives in that header."""
+    r = await session.nopen("raw", ipproto=socket.IPPROTO_RAW)
+    payload = icmp_echo(0x4D50, 1)
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x1235, 0, 64, 1, 0,
+                      socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
+    with pytest.raises(EndpointError) as ei:
+        await session.nsend(r, hdr + payload, ttl=3)
+    assert ei.value.code == "bad-option"
+    with pytest.raises(EndpointError) as ei:
+        await session.nsend(r, b"\x45\x00", dst="127.0.0.1")
+    assert ei.value.code == "bad-packet"
+    await session.nsend(r, hdr + payload)  # a whole header: sent, to the header's destination
+
+
+@pytest.mark.root
 async def test_raw_ipv6_icmp_echo_with_capture(session):
     r = await session.nopen("raw", family=6, ipproto=socket.IPPROTO_ICMPV6)
     await session.ncap(r, "icmp6 and ip6[40] = 129", until=time.time_ns() + 1_000_000_000)

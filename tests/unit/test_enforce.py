@@ -485,6 +485,15 @@ def test_task_list_bounds() -> None:
     assert exc.rule == "privileges.primitives.ping.methods" and "'udp'" in exc.reason
 
 
+def test_a_bound_naming_no_parameter_refuses_the_task() -> None:
+    """A misspelt bound ("atempts") would enforce nothing: refuse, naming it."""
+    s = session(grants(primitives={"ping": {"atempts": 3}, "dns": {"servers": ["198.51.100.53"]}}))
+    exc = denied(lambda: s.check("task", task("ping", dst="198.51.100.1", attempts=2)))
+    assert exc.rule == "privileges.primitives.ping.atempts"
+    assert "'atempts', which ping does not take" in exc.reason and "attempts" in exc.reason
+    s.check("task", task("dns", qname="example.org", server="198.51.100.53"))  # a named list bound is fine
+
+
 def test_star_grant_allows_any_primitive_with_its_bounds() -> None:
     s = session(grants(primitives={"*": {"attempts": 2}}))
     s.check("task", task("ping", dst="198.51.100.1", attempts=2))

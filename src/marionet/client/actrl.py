@@ -62,23 +62,40 @@ class BadParams(InstError, ValueError):
     handles refusals handles this) and a ``ValueError`` (it is a bad value)."""
 
 
-def check_task_params(primitive: str, params: dict[str, Any]) -> str | None:
+PLACEMENTS = ("endpoint", "remote")
+
+
+def check_task_params(primitive: str, params: dict[str, Any], placement: str = "endpoint") -> str | None:
     """Why the endpoint would refuse ``params`` for ``primitive``, or None.
 
     The endpoint's own check (``marionet.measure.registry.check_params``,
     with the default per-task bound), run before sending so a mistake costs
     no round trip and no VP sees it. A primitive this library does not know
-    is left to the endpoint, which may run more than we do.
+    is left to the endpoint, which may run more than we do — unless it is
+    to run here (``placement="remote"``), where it must be known. Remote
+    runs are not held to the endpoint's per-task bound: they cost the VP
+    only the packets, which its guard governs.
     """
+    from marionet.measure.params import MAX_TASK_S
     from marionet.measure.registry import PRIMITIVES, check_params
 
-    if primitive not in PRIMITIVES:
+    if primitive not in PRIMITIVES and placement == "endpoint":
         return None
     try:
-        check_params(primitive, params)
+        check_params(primitive, params, None if placement == "remote" else MAX_TASK_S)
     except (ValueError, TypeError) as exc:
         return str(exc)
     return None
+
+
+def _check_placement(placement: Any) -> str:
+    if placement == "native":
+        raise ValueError("placement 'native' runs without a VP: call marionet.measure.<primitive>(session, …) "
+                         "over marionet.endpoint.local.native_session() (or `marionet <primitive> --placement "
+                         "native`)")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    return placement
 
 
 def _seconds(v: Any) -> Any:
@@ -499,14 +516,18 @@ class AsyncCtrl:
         raise TypeError(f"inst must be an Inst, a VP name or a list of them, got {inst!r}")
 
     async def _do(self, primitive: str, params: dict[str, Any], inst: Any = None, sync: bool = False,
-                  userid: int | None = None) -> Any:
+                  userid: int | None = None, placement: str = "endpoint") -> Any:
         """Issue ``primitive`` with ``params`` to one instance or each of a list.
 
         Every ``do_*`` is this one call; a new primitive is a one-line
-        method (see ``_primitive``).
+        method (see ``_primitive``). ``placement``: "endpoint" (the VP runs
+        the primitive, scamper's model) or "remote" (the same measurement
+        code runs in this process and drives the VP's sockets over the
+        packet interface, PacketLab's model); results are alike.
         """
         if self._closed:
             raise MarionetError("this Ctrl is closed")
+        placement = _check_placement(placement)
         if userid is not None:
             try:
                 userid = operator.index(userid)  # numpy and other integer types
@@ -514,10 +535,10 @@ class AsyncCtrl:
                 pass  # the check below names it
             params = {**params, "userid": userid}
         target = self._resolve(inst)
-        problem = check_task_params(primitive, params)
+        problem = check_task_params(primitive, params, placement)
         if isinstance(target, list):
             tasks = await asyncio.gather(*(self._issue(i, primitive, params, userid, sync, quiet=True,
-                                                       problem=problem)
+                                                       problem=problem, placement=placement)
                                            for i in target))
             if not sync:
                 return tasks
@@ -525,14 +546,16 @@ class AsyncCtrl:
             for t in tasks:
                 results.append(await t)
             return results
-        task = await self._issue(target, primitive, params, userid, sync, quiet=False, problem=problem)
+        task = await self._issue(target, primitive, params, userid, sync, quiet=False, problem=problem,
+                                 placement=placement)
         return await task if sync else task
 
     async def _issue(self, inst: Inst, primitive: str, params: dict[str, Any], userid: int | None,
-                     sync: bool, quiet: bool, problem: str | None = None) -> Task:
+                     sync: bool, quiet: bool, problem: str | None = None, placement: str = "endpoint") -> Task:
         """Send one task; ``problem`` (from ``check_task_params``) refuses it
         unsent, as the endpoint would, with a ``BadParams``."""
         task = Task(self, inst, primitive, params, userid, sync)
+        task.placement = placement
         try:
             if problem is not None:
                 what = str(params.get("dst", params.get("qname", "")))[:60]
@@ -550,6 +573,11 @@ class AsyncCtrl:
                                     f"and did not come back within {self.attach_timeout:g} s", inst, task) from None
             session = inst.session
             assert session is not None
+            if placement == "remote":
+                inst.taskc += 1
+                task._runner = self._spawn(self._run_remote(task))
+                self._maybe_more(inst)
+                return task
             inst.taskc += 1
             try:
                 tid = await session.task(primitive, params)
@@ -575,6 +603,49 @@ class AsyncCtrl:
         else:
             self._maybe_more(inst)
         return task
+
+    async def _run_remote(self, task: Task) -> None:
+        """Remote placement: run the primitive here over a packet session of
+        its own to the VP (a channel through the controller, under this
+        client's identity and the VP's guard), and finish ``task`` with its
+        result as if the endpoint had sent it."""
+        from marionet.measure.registry import run_primitive
+
+        inst = task.inst
+        halt = asyncio.Event()
+        task._halt_event = halt
+        session = None
+        what = f"{inst.name}: {task.primitive} {task.params.get('dst', task.params.get('qname', ''))}"
+        try:
+            conn = self._need_conn()
+            session = await conn.attach(inst.name, timeout=self.attach_timeout)
+            if task.halted:
+                halt.set()
+            obj = await run_primitive(session, task.primitive, dict(task.params), halt=halt, max_s=None)
+        except asyncio.CancelledError:
+            self._complete(task, None, None)
+            raise
+        except (MarionetError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            err = None if task.halted else InstError(f"{what} (remote): {exc or type(exc).__name__}", inst, task)
+            self._complete(task, None, err)
+            return
+        except Exception as exc:  # noqa: BLE001 - a failing measurement is the task's error, never a crash
+            log.debug("remote %s failed", what, exc_info=True)
+            self._complete(task, None, InstError(f"{what} (remote): {type(exc).__name__}: {exc}", inst, task))
+            return
+        finally:
+            if session is not None:
+                try:
+                    await session.close()
+                except Exception:  # noqa: BLE001 - the result is what matters here
+                    pass
+        if obj is not None:
+            if hasattr(obj, "vp"):
+                obj.vp = inst.name
+            if hasattr(obj, "inst"):
+                obj.inst = inst
+            inst.resultc += 1
+        self._complete(task, obj, None)
 
     def _finish(self, task: Task, n: m.TaskResult) -> None:
         """A task's result notification arrived."""
@@ -644,7 +715,10 @@ class AsyncCtrl:
     async def _halt(self, task: Task) -> None:
         inst = task.inst
         session = inst.session
-        if task.id is not None and session is not None:
+        event = getattr(task, "_halt_event", None)
+        if event is not None:  # a remote-placement task: halt it here
+            event.set()
+        elif task.id is not None and session is not None:
             try:
                 await session.halt(task.id)
             except MarionetError as exc:
@@ -786,8 +860,9 @@ class AsyncCtrl:
                       icmp_sum: int | None = None, tcp_seq: int | None = None, tcp_ack: int | None = None,
                       mtu: int | None = None, rtr: Any = None, recordroute: bool | None = None,
                       dltx: bool | None = None, userid: int | None = None, inst: Any = None,
-                      sync: bool = False) -> Any:
+                      sync: bool = False, placement: str = "endpoint") -> Any:
         """Ping ``dst`` (scamper's do_ping parameters; seconds or timedelta).
+        ``placement``: "endpoint" (default) or "remote" (see ``_do``).
 
         Returns a ``Task`` (a list for a list of instances), or with
         ``sync=True`` the ``Ping`` result. Parameters out of range raise
@@ -798,7 +873,8 @@ class AsyncCtrl:
             dst=dst, method=method, attempts=attempts, wait_probe=wait_probe, wait_timeout=wait_timeout,
             stop_count=stop_count, ttl=ttl, tos=tos, size=size, payload=payload, src=src, sport=sport,
             dport=dport, icmp_id=icmp_id, icmp_seq=icmp_seq, icmp_sum=icmp_sum, tcp_seq=tcp_seq,
-            tcp_ack=tcp_ack, mtu=mtu, rtr=rtr, recordroute=recordroute, dltx=dltx), inst, sync, userid)
+            tcp_ack=tcp_ack, mtu=mtu, rtr=rtr, recordroute=recordroute, dltx=dltx), inst, sync, userid,
+            placement)
 
 
 def _primitive(name: str, *positional: str) -> Callable[..., Any]:
@@ -807,10 +883,11 @@ def _primitive(name: str, *positional: str) -> Callable[..., Any]:
     endpoint's own check (``check_task_params``) and passed on as is."""
 
     async def do(self: AsyncCtrl, *args: Any, inst: Any = None, sync: bool = False,
-                 userid: int | None = None, **params: Any) -> Any:
+                 userid: int | None = None, placement: str = "endpoint", **params: Any) -> Any:
         if len(args) > len(positional):
             raise TypeError(f"do_{name}() takes {len(positional)} positional argument(s)")
-        return await self._do(name, params_of(**dict(zip(positional, args)), **params), inst, sync, userid)
+        return await self._do(name, params_of(**dict(zip(positional, args)), **params), inst, sync, userid,
+                              placement)
 
     do.__name__ = f"do_{name}"
     do.__doc__ = f"Run the endpoint's {name!r} primitive; like do_ping."

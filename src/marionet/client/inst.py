@@ -223,7 +223,10 @@ class Task:
         self.params = params
         self.userid = userid
         self.sync = sync
-        self.id: int | None = None  # the endpoint's task id
+        self.id: int | None = None  # the endpoint's task id (None for a remote-placement task)
+        self.placement = "endpoint"  # or "remote": the primitive runs in this process
+        self._halt_event: asyncio.Event | None = None  # a remote task's halt
+        self._runner: asyncio.Task | None = None  # a remote task's coroutine
         self.halted = False
         self.result: Any = None
         self.error: InstError | None = None

@@ -423,7 +423,10 @@ class RawSocket(DatagramSocket):
         bpf.attach(sock, bpf.REJECT_ALL, flush=True)
         super().__init__(session, sid, sock, family)
         self.ipproto = ipproto
-        self.hdrincl = hdrincl
+        # IPPROTO_RAW (255) on IPv4 implies IP_HDRINCL in the kernel: the
+        # caller writes the header whether it asked for hdrincl or not, so
+        # the header checks and the TTL/TOS rules must apply to it too.
+        self.hdrincl = hdrincl or (family == 4 and ipproto == socket.IPPROTO_RAW)
         self.capsock: socket.socket | None = None
         self.cap_until: asyncio.TimerHandle | None = None
         self.cap_packets = 0

@@ -222,6 +222,19 @@ def _defaults(name: str) -> dict[str, Any] | None:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+_LIST_BOUNDS = {"servers": "server", "hosts": "url"}  # list bounds on a parameter of another name
+
+
+def _bounds_a_parameter(key: str, params: dict[str, Any]) -> bool:
+    """Whether bound ``key`` applies to one of ``params``: the parameter
+    itself, its plural (``methods`` for ``method``), or a named list bound."""
+    if key in params:
+        return True
+    if key in _LIST_BOUNDS:
+        return _LIST_BOUNDS[key] in params
+    return key.endswith("s") and key[:-1] in params
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return float(value)
@@ -703,6 +716,14 @@ class PolicySessionGuard(SessionGuard):
             raise GuardDenied("privileges.primitives", f"primitive {_shown(name)} is not granted "
                                                        f"(granted primitives: {granted})")
         defaults = _defaults(name) or {}
+        own = self.grants.primitives.get(name) or {}
+        unknown = sorted(k for k in own if defaults and not _bounds_a_parameter(k, defaults))
+        if unknown:
+            # A bound naming no parameter (a typo such as "atempts") would
+            # enforce nothing; the grant is refused rather than silently lax.
+            raise GuardDenied(f"privileges.primitives.{name}.{unknown[0]}",
+                              f"the grant bounds {', '.join(map(repr, unknown))}, which {name} does not take "
+                              f"(its parameters: {', '.join(sorted(defaults))}); fix the grant")
 
         def value(key: str) -> Any:
             v = params.get(key, defaults.get(key))
