@@ -265,14 +265,24 @@ def test_http_connection_refused_exits_nonzero_like_curl(lab: Any) -> None:
     assert ours.stdout.startswith("curl: (") and url in ours.stdout
 
 
-def test_ping_native_and_endpoint_placements_agree(lab: Any) -> None:
+@pytest.mark.parametrize("command,args", [("ping", ["-c", "2", "-i", "0.1"]), ("trace", [])])
+def test_every_placement_sees_the_same_path(lab: Any, command: str, args: list[str]) -> None:
+    """endpoint (the VP runs it), remote (this process over the VP's packet
+    interface) and native (this process, no VP): same source, same replies."""
     dst = lab.addr("target", 4)
     got = {}
-    for placement in ("endpoint", "native"):
-        extra = [] if placement == "endpoint" else ["--placement", "native"]
-        r = marionet(lab, "ping", dst, "-c", "2", "-i", "0.1", "--json", *extra)
+    for placement in ("endpoint", "remote", "native"):
+        r = marionet(lab, command, dst, *args, "--json", "--placement", placement)
         assert r.returncode == 0, r.stderr
-        p = loads(r.stdout)
-        assert isinstance(p, Ping)
-        got[placement] = (str(p.src), p.nreplies, {(str(x.src), x.reply_ttl) for x in p.replies})
-    assert got["endpoint"] == got["native"] == (lab.addr("client", 4), 2, {(dst, 61)})
+        res = loads(r.stdout)
+        if command == "ping":
+            assert isinstance(res, Ping)
+            got[placement] = (str(res.src), res.nreplies, {(str(x.src), x.reply_ttl) for x in res.replies})
+        else:
+            assert isinstance(res, Trace)
+            got[placement] = (str(res.src), [str(h.src) if h else None for h in res.hops()])
+    assert got["endpoint"] == got["remote"] == got["native"], got
+    if command == "ping":
+        assert got["native"] == (lab.addr("client", 4), 2, {(dst, 61)})
+    else:
+        assert len(got["native"][1]) == 4 and got["native"][1][-1] == dst

@@ -157,10 +157,16 @@ def test_json_lines_and_output_files(tmp_path):
     assert [str(t.hop(1).src) for t in traces] == ["127.0.0.1"]
 
 
-def test_native_placement_runs_without_a_vp():
-    r = run("ping", "127.0.0.1", "-c", "1", "--placement", "native")
+@pytest.mark.parametrize("placement,vp", [("native", "native"), ("remote", "local"), ("endpoint", "local")])
+def test_placements(placement, vp):
+    r = run("ping", "127.0.0.1", "-c", "1", "--placement", placement)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("PING 127.0.0.1 (127.0.0.1) from 127.0.0.1 vp native:")
+    assert r.stdout.startswith(f"PING 127.0.0.1 (127.0.0.1) from 127.0.0.1 vp {vp}:")
+
+
+def test_bad_params_under_remote_placement_are_argument_errors(capsys):
+    assert main(["dns", "x.example", "--placement", "remote", "-t", "A", "--class", "XX"]) == 2
+    assert capsys.readouterr().err.startswith("marionet dns: error: ")
 
 
 def test_failed_measurement_status_1():

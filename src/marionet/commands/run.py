@@ -33,11 +33,11 @@ class Job:
     params: dict[str, Any]
 
 
-def _check(jobs: list[Job]) -> None:
+def _check(jobs: list[Job], placement: str) -> None:
     from marionet.client.actrl import check_task_params, params_of
 
     for job in jobs:
-        problem = check_task_params(job.primitive, params_of(**job.params))
+        problem = check_task_params(job.primitive, params_of(**job.params), placement)
         if problem is not None:
             raise CliError(problem)
 
@@ -47,8 +47,9 @@ def run_jobs(args: argparse.Namespace, jobs: list[Job], ok: Callable[[Any], bool
     prog = args.prog
     if not jobs:
         raise CliError("nothing to measure")
-    _check(jobs)
     native = args.placement == "native"
+    # native runs here, as remote does: the primitive must be known, with no per-task bound
+    _check(jobs, "remote" if native else args.placement or "endpoint")
     if native and (args.vp or args.all or args.tag or args.controller):
         raise CliError("--placement native runs in this process, without a VP: "
                        "drop --vp/--all/--tag/--controller")
