@@ -291,3 +291,34 @@ def test_http_text_is_curl_i():
     failed = Http(dst="192.0.2.80", url="http://www.example/", start_ns=T0, stop_reason="error",
                   error="connection refused")
     assert failed.to_text() == "curl: (error) http://www.example/: connection refused"
+
+
+def test_progress_bar_only_on_a_terminal_stderr():
+    """Several targets with stderr on a pty: the bar is drawn there, while
+    stdout (a pipe) carries exactly the results."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "marionet", "ping", "127.0.0.1", "::1", "127.0.0.2",
+                              "-c", "2", "-i", "0.2", "--json"], stdout=subprocess.PIPE, stderr=slave,
+                             env=dict(os.environ, COLUMNS="100", TERM="xterm"))
+        os.close(slave)
+        slave = -1
+        out, _ = p.communicate(timeout=90)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the pty
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert p.returncode == 0
+    assert sorted(str(loads(ln).dst) for ln in out.decode().splitlines()) == ["127.0.0.1", "127.0.0.2", "::1"]
+    assert b"marionet ping" in err and b"/3" in err, err  # "n/3" runs done
