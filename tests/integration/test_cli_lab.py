@@ -286,3 +286,89 @@ def test_every_placement_sees_the_same_path(lab: Any, command: str, args: list[s
         assert got["native"] == (lab.addr("client", 4), 2, {(dst, 61)})
     else:
         assert len(got["native"][1]) == 4 and got["native"][1][-1] == dst
+
+
+# ------------------------------------- primitives from the other branches
+def _registered(name: str) -> bool:
+    from marionet.measure.registry import PRIMITIVES
+
+    return name in PRIMITIVES
+
+
+def _has_ip_options() -> bool:
+    from marionet.measure.ping import plan_ping
+    import inspect
+
+    return "ip_rr" in inspect.signature(plan_ping).parameters
+
+
+@pytest.mark.skipif(not _has_ip_options(), reason="ping's ip_rr/ip_ts arrive with the ping options work")
+def test_ping_record_route_equals_iputils(lab: Any) -> None:
+    """-R on the lab path: both tools list the routers' addresses in the
+    RR block and say "(same route)" for the second reply. (iputils' kernel
+    records the client's own address when it sends; marionet builds its
+    own header, so the client appears where the reply comes back in.)"""
+    dst = lab.addr("target", 4)
+    ours = marionet(lab, "ping", dst, "-c", "2", "-i", "0.2", "-R", "--placement", "native")
+    theirs = in_client(lab, ["ping", "-n", "-c", "2", "-i", "0.2", "-R", dst])
+    assert ours.returncode == theirs.returncode == 0, ours.stderr
+
+    def rr(text: str) -> set[str]:
+        lines = text.splitlines()
+        i = next(k for k, ln in enumerate(lines) if ln.startswith("RR: "))
+        out = set()
+        for ln in lines[i:]:
+            if not ln.strip():
+                break
+            out.add(ln.split("\t")[-1])
+        return out
+
+    assert rr(ours.stdout) == rr(theirs.stdout) and {dst, lab.addr("client", 4)} <= rr(ours.stdout)
+    assert ours.stdout.count("(same route)") == theirs.stdout.count("(same route)") == 1
+
+
+@pytest.mark.skipif(not _registered("tracelb"), reason="tracelb arrives with its own branch")
+def test_tracelb_links_follow_the_trace(lab: Any) -> None:
+    """One path, no balancer: the MDA's links are the trace's consecutive hops."""
+    dst = lab.addr("target", 4)
+    lb = marionet(lab, "tracelb", dst)
+    tr = marionet(lab, "trace", dst)
+    assert lb.returncode == tr.returncode == 0, lb.stderr
+    hops = [a for _, a in _hops(tr.stdout)]
+    links = [tuple(ln.split(" -> ")) for ln in lb.stdout.splitlines() if " -> " in ln]
+    assert links == list(zip(hops, hops[1:]))
+    assert lb.stdout.startswith(f"tracelb from {lab.addr('client', 4)} to {dst}")
+
+
+@pytest.mark.skipif(not _registered("udpprobe"), reason="udpprobe arrives with its own branch")
+def test_udpprobe_asks_the_lab_dns_server(lab: Any) -> None:
+    dst = lab.addr("target", 4)
+    query = "abcd01000001000000000000036c6162076578616d706c650000010001"  # lab.example A, id 0xabcd
+    r = marionet(lab, "udpprobe", dst, "53", "--payload", query)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"reply from {dst}:53" in r.stdout and "ab cd 85 00" in r.stdout  # our id, QR|AA|RD
+    closed = marionet(lab, "udpprobe", dst, "54", "--payload", query)
+    assert closed.returncode == 1 and "no reply" in closed.stdout  # request/response: silence is failure
+
+
+@pytest.mark.skipif(not _registered("sniff"), reason="sniff arrives with its own branch")
+def test_sniff_sees_what_ping_sends(lab: Any) -> None:
+    """sniff for the client's ICMP while iputils ping runs: the echo
+    replies it captures are the ones ping counted."""
+    import time
+
+    client, dst = lab.addr("client", 4), lab.addr("target", 4)
+    p = subprocess.Popen(["ip", "netns", "exec", lab.netns("client"), sys.executable, "-m", "marionet", "sniff",
+                          "--src", client, "--filter", "icmp", "--count", "3", "--time", "20"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)  # the embedded controller and the capture start
+        ping = in_client(lab, ["ping", "-n", "-c", "3", "-i", "0.3", dst])
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert ping.returncode == 0 and p.returncode == 0, err
+    replies = [ln for ln in out.splitlines() if f"IP {dst} > {client}: ICMP echo reply" in ln]
+    assert len(replies) == 3, out

@@ -60,7 +60,8 @@ def run(*argv: str, timeout: float = 90) -> subprocess.CompletedProcess:
      [("udpprobe", {"dst": "10.0.0.123", "dport": 123, "payload": "e3000000", "attempts": 2, "stop_count": 1})]),
     (["sniff", "--src", "10.0.0.1", "--icmp-id", "77", "--count", "5", "--time", "3"],
      [("sniff", {"src": "10.0.0.1", "icmp_id": 77, "limit_pkt_count": 5, "limit_time": 3.0})]),
-    (["sniff", "--filter", "icmp", "--time", "1"], [("sniff", {"filter": "icmp", "limit_time": 1.0})]),
+    (["sniff", "--src", "10.0.0.1", "--filter", "icmp", "--time", "1"],
+     [("sniff", {"src": "10.0.0.1", "expr": "icmp", "limit_time": 1.0})]),
     (["tbit", "10.0.0.80", "-t", "sack-rcvr", "-u", "http://www.example/"],
      [("tbit", {"dst": "10.0.0.80", "method": "sack-rcvr", "url": "http://www.example/"})]),
 ])
@@ -73,7 +74,7 @@ def test_every_primitive_has_a_subcommand_with_the_common_options():
     for name in ("ping", "trace", "tracelb", "dns", "http", "udpprobe", "sniff", "tbit"):
         extra = {"udpprobe": ["53"], "sniff": [], "http": []}.get(name, [])
         target = [] if name == "sniff" else ["http://127.0.0.1/"] if name == "http" else ["127.0.0.1"]
-        own = ["--icmp-id", "1"] if name == "sniff" else []
+        own = ["--icmp-id", "1", "--src", "127.0.0.1"] if name == "sniff" else []
         a = parser.parse_args([name, *target, *extra, *own, "--tag", "k=v", "--placement", "remote",
                                "--controller", "h:1", "--ca", "c", "--cert", "e", "--key", "k",
                                "--controller-insecure", "-o", "f.json", "--json"])
@@ -116,7 +117,8 @@ def test_bad_arguments_are_one_line_errors_with_status_2(capsys, argv, message):
 @pytest.mark.parametrize("argv,message", [
     (["tracelb", "127.0.0.1", "-c", "90"], "invalid choice: 90"),
     (["tbit", "127.0.0.1", "-t", "bogus"], "invalid choice: 'bogus'"),
-    (["sniff", "--time", "1"], "one of the arguments --icmp-id --filter is required"),
+    (["sniff", "--src", "127.0.0.1", "--time", "1"], "one of the arguments --icmp-id --filter is required"),
+    (["sniff", "--icmp-id", "1"], "the following arguments are required: --src"),
     (["ping", "127.0.0.1", "--vp", "a", "--all"], "not allowed with argument"),
     (["ping", "127.0.0.1", "-c", "x"], "invalid int value: 'x'"),
 ])
@@ -220,7 +222,34 @@ def test_ping_text_is_iputils():
         "PING 2001:db8::1(2001:db8::1) from vp v: 56 data bytes, method udp",
         "36 bytes from 2001:db8::1: seq=1 ttl=64 time=1.000 ms"]
     silent = Ping(dst="192.0.2.9", start_ns=T0, ping_sent=2, probe_size=84).to_text().splitlines()
+    assert silent[0] == "PING 192.0.2.9 (192.0.2.9) 56(84) bytes of data."  # no source known: as iputils
     assert silent[-1] == "2 packets transmitted, 0 received, 100% packet loss"
+
+
+_HAS_IP_OPTIONS = "v4rr" in getattr(PingReply, "__dataclass_fields__", {})
+
+
+@pytest.mark.skipif(not _HAS_IP_OPTIONS, reason="PingReply.v4rr/v4ts arrive with the ping options work")
+def test_ping_text_record_route_and_timestamps_are_iputils():
+    from marionet.results.ping import PingV4TS
+
+    def reply(attempt, **kw):
+        return PingReply(src="192.0.2.1", attempt=attempt, tx_ns=T0, rtt_ns=MS, reply_size=124, reply_ttl=61,
+                         icmp_type=0, icmp_code=0, **kw)
+    rr = ("10.0.0.1", "10.0.1.1", "192.0.2.1")
+    p = Ping(dst="192.0.2.1", start_ns=T0, ping_sent=2, probe_size=124, flags=("v4rr",),
+             replies=[reply(0, v4rr=rr), reply(1, v4rr=rr)])
+    assert p.to_text().splitlines()[:8] == [
+        "PING 192.0.2.1 (192.0.2.1) 56(124) bytes of data.",
+        "64 bytes from 192.0.2.1: icmp_seq=1 ttl=61 time=1.000 ms",
+        "RR: \t10.0.0.1", "\t10.0.1.1", "\t192.0.2.1", "",
+        "64 bytes from 192.0.2.1: icmp_seq=2 ttl=61 time=1.000 ms\t(same route)", ""]
+    ts = Ping(dst="192.0.2.1", start_ns=T0, ping_sent=1, probe_size=120, flags=("tsandaddr",),
+              replies=[reply(0, v4ts=PingV4TS(tss=(1000, 1002, 1002), ips=rr), reply_size=120)])
+    assert ts.to_text().splitlines()[:6] == [
+        "PING 192.0.2.1 (192.0.2.1) 56(120) bytes of data.",
+        "64 bytes from 192.0.2.1: icmp_seq=1 ttl=61 time=1.000 ms",
+        "TS: \t10.0.0.1\t1000 absolute", "\t10.0.1.1\t2", "\t192.0.2.1\t0", ""]
 
 
 def _trace() -> Trace:

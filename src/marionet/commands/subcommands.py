@@ -178,16 +178,16 @@ def _udpprobe_ok(r: Any) -> bool:
 
 # ----------------------------------------------------------------- sniff
 def _sniff_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--src", help="the VP's address to capture on")
+    p.add_argument("--src", required=True, help="the VP's address to capture packets for")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--icmp-id", dest="icmp_id", type=int, metavar="N", help="capture ICMP with this id")
-    what.add_argument("--filter", metavar="EXPR", help="capture by a tcpdump filter expression")
+    what.add_argument("--filter", dest="expr", metavar="EXPR", help="capture by a tcpdump filter expression")
     p.add_argument("--count", dest="limit_pkt_count", type=int, help="stop after this many packets (default 100)")
     p.add_argument("--time", dest="limit_time", type=float, metavar="SECONDS", help="stop after this long (default 60)")
 
 
 def _sniff_jobs(a: argparse.Namespace) -> list[Job]:
-    return [Job("sniff", _pick(a, src="src", icmp_id="icmp_id", filter="filter",
+    return [Job("sniff", _pick(a, src="src", icmp_id="icmp_id", expr="expr",
                                limit_pkt_count="limit_pkt_count", limit_time="limit_time"))]
 
 

@@ -68,6 +68,24 @@ def _icmp_error(fam: int, icmp_type: int | None, code: int | None) -> str:
     return f"icmp type={icmp_type} code={code}"
 
 
+#: IPv4 option bytes of scamper's -R / -T: record route (39, padded) and
+#: tsonly fill the header's 40; tsandaddr's four (address, stamp) pairs take 36.
+_IP_OPT = {"v4rr": 40, "tsonly": 40, "tsandaddr": 36}
+
+
+def _ts_lines(ts: Any) -> list[str]:
+    """iputils' "TS:" block: the first stamp absolute, each next one as
+    the difference from the one before (ms since midnight UTC)."""
+    out = []
+    prev = None
+    for i, t in enumerate(ts.tss):
+        where = f"{ts.ips[i]}\t" if ts.ips else ""
+        value = f"{t} absolute" if prev is None else str(t - prev)
+        out.append(("TS: \t" if i == 0 else "\t") + where + value)
+        prev = t
+    return out
+
+
 def ping_text(p: Any) -> str:
     """iputils ``ping``: header, one line per reply, statistics.
 
@@ -78,28 +96,44 @@ def ping_text(p: Any) -> str:
     """
     fam = _family(p.dst)
     l4 = _l4(p.method)
-    hdr = _IP_HDR[fam] + _L4_HDR.get(l4, 8)
+    flags = set(getattr(p, "flags", ()) or ()) if fam == 4 else set()
+    opts = max((n for f, n in _IP_OPT.items() if f in flags), default=0)
+    hdr = _IP_HDR[fam] + opts + _L4_HDR.get(l4, 8)
     size = p.probe_size or 0
     data = max(size - hdr, 0)
     who = _from(p.src, p.vp)
+    who = who + ":" if who else ""  # iputils: "PING A (A) from S DEV: 56(84) …", without -I no colon
     how = "" if p.method == "icmp-echo" else f", method {p.method}"
     if fam == 4:
-        lines = [f"PING {p.dst} ({p.dst}){who}: {data}({size}) bytes of data{how}."]
+        lines = [f"PING {p.dst} ({p.dst}){who} {data}({size}) bytes of data{how}."]
     else:
-        lines = [f"PING {p.dst}({p.dst}){who}: {data} data bytes{how}"]
+        lines = [f"PING {p.dst}({p.dst}){who} {data} data bytes{how}"]
     seq_word = "icmp_seq" if l4 == "icmp" else "seq"
     seen: set[int] = set()
+    last_rr: Any = None
     for r in p.replies:
         seq = f"{seq_word}={r.attempt + 1}"
         if not p.is_from_target(r):
             lines.append(f"From {r.src} {seq} {_icmp_error(_family(r.src), r.icmp_type, r.icmp_code)}")
             continue
-        nbytes = max((r.reply_size or 0) - _IP_HDR[_family(r.src)], 0)
+        rr, ts = getattr(r, "v4rr", None), getattr(r, "v4ts", None)
+        ropts = _IP_OPT["v4rr"] if rr is not None else 0 if ts is None else \
+            _IP_OPT["tsandaddr" if ts.ips else "tsonly"]
+        nbytes = max((r.reply_size or 0) - _IP_HDR[_family(r.src)] - ropts, 0)
         extra = f" flags={_tcp_flags(r.tcp_flags)}" if r.is_tcp() else ""
         ttl = "" if r.reply_ttl is None else f" ttl={r.reply_ttl}"
         dup = " (DUP!)" if r.attempt in seen else ""
         seen.add(r.attempt)
-        lines.append(f"{nbytes} bytes from {r.src}: {seq}{extra}{ttl} time={_ms(r.rtt)} ms{dup}")
+        line = f"{nbytes} bytes from {r.src}: {seq}{extra}{ttl} time={_ms(r.rtt)} ms{dup}"
+        if rr is not None and rr == last_rr:
+            lines.append(line + "\t(same route)")
+            continue
+        lines.append(line)
+        if rr is not None:
+            last_rr = rr
+            lines += [("RR: \t" if i == 0 else "\t") + str(a) for i, a in enumerate(rr)] + [""]
+        if ts is not None:
+            lines += _ts_lines(ts) + [""]
     lines += ["", f"--- {p.dst} ping statistics ---"]
     stats = f"{p.ping_sent} packets transmitted, {p.nreplies} received"
     if p.ndups:
