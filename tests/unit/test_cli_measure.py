@@ -233,9 +233,9 @@ _HAS_IP_OPTIONS = "v4rr" in getattr(PingReply, "__dataclass_fields__", {})
 def test_ping_text_record_route_and_timestamps_are_iputils():
     from marionet.results.ping import PingV4TS
 
-    def reply(attempt, **kw):
-        return PingReply(src="192.0.2.1", attempt=attempt, tx_ns=T0, rtt_ns=MS, reply_size=124, reply_ttl=61,
-                         icmp_type=0, icmp_code=0, **kw)
+    def reply(attempt, reply_size=124, **kw):
+        return PingReply(src="192.0.2.1", attempt=attempt, tx_ns=T0, rtt_ns=MS, reply_size=reply_size,
+                         reply_ttl=61, icmp_type=0, icmp_code=0, **kw)
     rr = ("10.0.0.1", "10.0.1.1", "192.0.2.1")
     p = Ping(dst="192.0.2.1", start_ns=T0, ping_sent=2, probe_size=124, flags=("v4rr",),
              replies=[reply(0, v4rr=rr), reply(1, v4rr=rr)])
