@@ -159,6 +159,15 @@ def test_json_lines_and_output_files(tmp_path):
     assert [str(t.hop(1).src) for t in traces] == ["127.0.0.1"]
 
 
+def test_many_targets_are_fed_within_the_endpoints_task_limit():
+    """More targets than an endpoint runs at once in a session (64): the
+    CLI keeps a window per VP, so every one is measured."""
+    targets = [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(100)]
+    r = run("ping", *targets, "-c", "2", "-i", "0.5", "-W", "0.2", "--json")  # each task lasts 0.5 s
+    assert r.returncode == 0, r.stderr
+    assert sorted(str(loads(ln).dst) for ln in r.stdout.splitlines()) == sorted(targets)
+
+
 @pytest.mark.parametrize("placement,vp", [("native", "native"), ("remote", "local"), ("endpoint", "local")])
 def test_placements(placement, vp):
     r = run("ping", "127.0.0.1", "-c", "1", "--placement", placement)

@@ -44,7 +44,6 @@ def _check(jobs: list[Job], placement: str) -> None:
 
 def run_jobs(args: argparse.Namespace, jobs: list[Job], ok: Callable[[Any], bool]) -> int:
     """Run ``jobs`` as ``args`` say (selection, placement, output); the exit status."""
-    prog = args.prog
     if not jobs:
         raise CliError("nothing to measure")
     native = args.placement == "native"
@@ -59,9 +58,72 @@ def run_jobs(args: argparse.Namespace, jobs: list[Job], ok: Callable[[Any], bool
 
 
 # ------------------------------------------------------------ via a Ctrl
+#: Tasks outstanding per VP: an endpoint runs a bounded number at once per
+#: session (64 by default), so a run over many targets is fed as results
+#: come back instead of all at once.
+WINDOW = 32
+
+
+class _Feeder:
+    """Issue each VP's jobs, at most ``WINDOW`` outstanding per VP."""
+
+    def __init__(self, ctrl: Any, insts: list[Any], jobs: list[Job], placement: str | None, out: Output) -> None:
+        self.ctrl = ctrl
+        self.insts = {i.name: i for i in insts}
+        self.pending = {i.name: list(reversed(jobs)) for i in insts}
+        self.outstanding = dict.fromkeys(self.insts, 0)
+        self.placement = {} if placement is None else {"placement": placement}
+        self.out = out
+        self.failed = self.bad = False
+
+    def fill(self, name: str) -> None:
+        from marionet.client.actrl import BadParams
+        from marionet.client.inst import InstError
+
+        inst, queue = self.insts[name], self.pending[name]
+        while queue and self.outstanding[name] < WINDOW:
+            job = queue.pop()
+            do = getattr(self.ctrl, f"do_{job.primitive}", None)
+            if do is None:
+                raise CliError(f"this marionet has no do_{job.primitive} (primitive not installed)")
+            try:
+                do(**job.params, inst=inst, **self.placement)
+            except BadParams as exc:  # the VP's check refused what ours let through
+                self.failure(f"error: {exc}", bad=True)
+                continue
+            except InstError as exc:
+                self.failure(str(exc))
+                continue
+            except TypeError as exc:  # this marionet's do_* lacks a parameter the option sets
+                raise CliError(f"do_{job.primitive}: {exc}") from None
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
+            self.outstanding[name] += 1
+
+    def done(self, name: str | None) -> None:
+        if name in self.outstanding:
+            self.outstanding[name] = max(self.outstanding[name] - 1, 0)
+            self.fill(name)
+
+    def lost(self, name: str) -> None:
+        """The VP went away: what it had not finished counts as failed."""
+        for _ in range(self.outstanding.get(name, 0) + len(self.pending.get(name, []))):
+            self.out.advance()
+        self.outstanding[name] = 0
+        self.pending[name] = []
+
+    def failure(self, message: str, bad: bool = False) -> None:
+        self.out.error(message)
+        self.out.advance()
+        self.bad |= bad
+        self.failed = True
+
+    def idle(self) -> bool:
+        return not any(self.outstanding.values()) and not any(self.pending.values())
+
+
 def _run_ctrl(args: argparse.Namespace, jobs: list[Job], ok: Callable[[Any], bool]) -> int:
     from marionet import Ctrl
-    from marionet.client.actrl import BadParams
     from marionet.client.inst import InstError
 
     kw = ctrl_kwargs(args)
@@ -69,41 +131,33 @@ def _run_ctrl(args: argparse.Namespace, jobs: list[Job], ok: Callable[[Any], boo
         ctrl = Ctrl(**kw)
     except (OSError, ValueError, InstError, ExceptionGroup) as exc:
         raise CliError(f"cannot reach the controller: {exc}") from None
-    failed = bad = False
     try:
         insts = select_insts(ctrl, args)
-        placement = {} if args.placement is None else {"placement": args.placement}
         with Output(args.prog, as_json=args.json, path=args.output, total=len(jobs) * len(insts)) as out:
-            for job in jobs:
-                do = getattr(ctrl, f"do_{job.primitive}", None)
-                if do is None:
-                    raise CliError(f"this marionet has no do_{job.primitive} (primitive not installed)")
-                try:
-                    do(**job.params, inst=insts, **placement)
-                except TypeError as exc:
-                    raise CliError(f"do_{job.primitive}: {exc}") from None
-                except ValueError as exc:
-                    raise CliError(str(exc)) from None
-            while True:
+            feed = _Feeder(ctrl, insts, jobs, args.placement, out)
+            for name in feed.insts:
+                feed.fill(name)
+            while not feed.idle():
                 try:
                     r = ctrl.poll()
-                except BadParams as exc:
-                    out.error(f"error: {exc}")
-                    out.advance()
-                    bad = True
-                    continue
                 except InstError as exc:
-                    out.error(str(exc))
-                    out.advance()
-                    failed = True
+                    name = getattr(exc.inst, "name", None)
+                    feed.failure(str(exc), bad=isinstance(exc, ValueError))
+                    if exc.task is None and name is not None:
+                        feed.lost(name)
+                    else:
+                        feed.done(name)
                     continue
-                if r is None:
+                if r is None:  # nothing outstanding at the Ctrl: what is left cannot run
+                    for name in feed.insts:
+                        feed.lost(name)
                     break
                 out.result(r)
-                failed |= not ok(r)
+                feed.failed |= not ok(r)
+                feed.done(getattr(getattr(r, "inst", None), "name", None) or getattr(r, "vp", None))
     finally:
         ctrl.close(raise_errors=False)
-    return 2 if bad else 1 if failed or out.file_failed else 0
+    return 2 if feed.bad else 1 if feed.failed or out.file_failed else 0
 
 
 # -------------------------------------------------------- native placement
