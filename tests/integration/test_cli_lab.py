@@ -372,3 +372,23 @@ def test_sniff_sees_what_ping_sends(lab: Any) -> None:
     assert ping.returncode == 0 and p.returncode == 0, err
     replies = [ln for ln in out.splitlines() if f"IP {dst} > {client}: ICMP echo reply" in ln]
     assert len(replies) == 3, out
+
+
+@pytest.mark.skipif(not _registered("tbit"), reason="tbit arrives with its own branch")
+def test_tbit_against_linux_tcp(lab: Any) -> None:
+    """ECN and SACK against the lab's nginx with the client's RSTs dropped
+    for the test's port (as tbit needs): the server's results, exit 0;
+    without the rule the handshake is reset: tcp-rst, the test did not run, exit 1."""
+    dst = lab.addr("target", 4)
+    for sport in (40001, 40002):
+        rule = ["iptables", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "--sport", str(sport),
+                "-j", "DROP"]
+        assert in_client(lab, rule).returncode == 0
+    ecn = marionet(lab, "tbit", dst, "-t", "ecn", "-u", f"http://{dst}/", "--sport", "40001")
+    sack = marionet(lab, "tbit", dst, "-t", "sack-rcvr", "-u", f"http://{dst}/", "--sport", "40002")
+    assert ecn.returncode == sack.returncode == 0, (ecn.stdout, sack.stdout)
+    assert ecn.stdout.startswith(f"tbit ecn from {lab.addr('client', 4)}:40001 to {dst}:80")
+    assert ": ecn-success," in ecn.stdout.splitlines()[0]
+    assert ": sack-rcvr-success," in sack.stdout.splitlines()[0]
+    reset = marionet(lab, "tbit", dst, "-t", "ecn", "--sport", "40003")
+    assert reset.returncode == 1 and ": tcp-rst," in reset.stdout.splitlines()[0]

@@ -62,8 +62,9 @@ def run(*argv: str, timeout: float = 90) -> subprocess.CompletedProcess:
      [("sniff", {"src": "10.0.0.1", "icmp_id": 77, "limit_pkt_count": 5, "limit_time": 3.0})]),
     (["sniff", "--src", "10.0.0.1", "--filter", "icmp", "--time", "1"],
      [("sniff", {"src": "10.0.0.1", "expr": "icmp", "limit_time": 1.0})]),
-    (["tbit", "10.0.0.80", "-t", "sack-rcvr", "-u", "http://www.example/"],
-     [("tbit", {"dst": "10.0.0.80", "method": "sack-rcvr", "url": "http://www.example/"})]),
+    (["tbit", "10.0.0.80", "-t", "sack-rcvr", "-u", "http://www.example/", "--sport", "40001", "--dport", "8080"],
+     [("tbit", {"dst": "10.0.0.80", "method": "sack-rcvr", "url": "http://www.example/", "sport": 40001,
+                "dport": 8080})]),
 ])
 def test_options_map_onto_do_parameters(argv, expected):
     assert jobs(*argv) == expected

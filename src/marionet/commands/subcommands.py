@@ -199,11 +199,24 @@ def _tbit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="+", metavar="TARGET", help="address(es) of the web server")
     p.add_argument("-t", dest="method", choices=TBIT_METHODS, help="the test (default: the primitive's)")
     p.add_argument("-u", dest="url", help="URL to fetch during the test")
+    p.add_argument("--sport", type=int, help="source port (the VP must drop its own RSTs from it)")
+    p.add_argument("--dport", type=int, help="the server's port (default 80)")
 
 
 def _tbit_jobs(a: argparse.Namespace) -> list[Job]:
-    kw = _pick(a, method="method", url="url")
+    kw = _pick(a, method="method", url="url", sport="sport", dport="dport")
     return [Job("tbit", {"dst": t, **kw}) for t in a.targets]
+
+
+#: scamper's tbit results below this code say the test could not run (no
+#: connection, a reset, an error, aborted, halted); from it on they describe
+#: the server (ecn-incapable, sack-rcvr-nosack …), a result like any other.
+_TBIT_FIRST_OUTCOME = 8
+
+
+def _tbit_ok(r: Any) -> bool:
+    code = getattr(r, "result", None)
+    return code is not None and int(code) >= _TBIT_FIRST_OUTCOME
 
 
 # ------------------------------------------------------------- the table
@@ -218,7 +231,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Builde
     "http": ("HTTP(S) fetches from VPs (curl -i output)", _http_args, _http_jobs, _http_ok),
     "udpprobe": ("a UDP request/response from VPs", _udpprobe_args, _udpprobe_jobs, _udpprobe_ok),
     "sniff": ("capture packets at VPs", _sniff_args, _sniff_jobs, lambda r: not _stopped_in_error(r)),
-    "tbit": ("TCP behaviour inference from VPs", _tbit_args, _tbit_jobs, lambda r: not _stopped_in_error(r)),
+    "tbit": ("TCP behaviour inference from VPs", _tbit_args, _tbit_jobs, _tbit_ok),
 }
 
 
