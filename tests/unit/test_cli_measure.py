@@ -361,3 +361,42 @@ def test_progress_bar_only_on_a_terminal_stderr():
     assert p.returncode == 0
     assert sorted(str(loads(ln).dst) for ln in out.decode().splitlines()) == ["127.0.0.1", "127.0.0.2", "::1"]
     assert b"marionet ping" in err and b"/3" in err, err  # "n/3" runs done
+
+
+@pytest.fixture(scope="module")
+def web():
+    """A loopback HTTP server (the standard library's) with one file."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            body = b"hello\nloopback\n" if self.path == "/hello" else b"no\n"
+            self.send_response(200 if self.path == "/hello" else 404)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("X-Case", "KeptAsIs")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("path", ["/hello", "/nothing"])
+def test_http_equals_curl_i_on_loopback(web, path):
+    ours = run("http", web + path)
+    theirs = subprocess.run(["curl", "-si", web + path], capture_output=True, text=True, timeout=30)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr
+    head, _, body = ours.stdout.partition("\n\n")
+    ref_head, _, ref_body = theirs.stdout.replace("\r\n", "\n").partition("\n\n")
+    strip_date = lambda h: [ln for ln in h.splitlines() if not ln.startswith("Date:")]  # noqa: E731
+    assert strip_date(head) == strip_date(ref_head)  # status line and every header, case kept
+    assert body == ref_body

@@ -91,6 +91,29 @@ def test_ping_through_controller(controller, tmp_path):
     assert r.returncode == 0 and r.stdout.count("ping statistics") == 1 and " vp vp-b:" in r.stdout, r.stderr
 
 
+def test_http_from_every_vp_names_each_block(controller, tmp_path):
+    """curl -i has no header of its own: with several VPs each block starts
+    with a curl -v style "* vp NAME: URL" line."""
+    import http.server
+    import threading
+
+    (tmp_path / "f.txt").write_text("from the web\n")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/f.txt"
+        r = marionet("http", url, "--controller", controller, "--controller-insecure", "--all")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert r.returncode == 0, r.stderr
+    blocks = r.stdout.split("\n\n* vp ")
+    assert len(blocks) == 2 and r.stdout.startswith("* vp ")
+    assert sorted(b.removeprefix("* vp ").split(":")[0] for b in blocks) == ["vp-a", "vp-b"]
+    assert all(f": {url}\nHTTP/1.0 200 OK\n" in b and b.rstrip().endswith("from the web") for b in blocks)
+
+
 @pytest.mark.parametrize("script,args,pattern", [
     ("shortest_ping.py", ["::1"], r"local[123] \d+\.\d{3} ms\n"),
     ("async_ping.py", [], r"(\s+local[12]\s+(127\.0\.0\.1|::1) 2/2 min \d+\.\d{3} ms\n){4}"),
