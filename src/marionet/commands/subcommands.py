@@ -46,7 +46,7 @@ def _ping_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tos", type=int, help="IP TOS / traffic class byte")
     p.add_argument("-R", dest="ip_rr", action="store_true", default=None, help="IPv4 record route option")
     p.add_argument("-T", dest="ip_ts", metavar="tsonly|tsandaddr|tsprespec=A,…", help="IPv4 timestamp option")
-    p.add_argument("--sport", type=int, help="source port (udp/tcp methods) or ICMP id")
+    p.add_argument("--sport", type=int, help="source port (udp/tcp methods)")
     p.add_argument("--dport", type=int, help="destination port (udp/tcp methods)")
     p.add_argument("-S", "--src", help="source address (one of the VP's)")
 
