@@ -14,6 +14,7 @@ APT_PACKAGES=(
   traceroute scamper                            # native tools compared against (Butskoy traceroute, scamper)
   iperf3 tcpdump dnsutils curl                  # lab services and checks
   nsd nginx unbound                             # lab DNS (authoritative, recursive) and HTTP(S) servers
+  chrony snmpd                                  # lab NTP and SNMP servers (udpprobe)
   clang lld                                     # guard monitors written in C (--target=wasm32)
 )
 missing=()

@@ -898,6 +898,8 @@ def _primitive(name: str, *positional: str) -> Callable[..., Any]:
 AsyncCtrl.do_trace = _primitive("trace", "dst")  # type: ignore[attr-defined]
 AsyncCtrl.do_dns = _primitive("dns", "qname")  # type: ignore[attr-defined]
 AsyncCtrl.do_http = _primitive("http", "dst", "url")  # type: ignore[attr-defined]
+AsyncCtrl.do_udpprobe = _primitive("udpprobe", "dst", "dport")  # type: ignore[attr-defined]
+AsyncCtrl.do_sniff = _primitive("sniff", "src")  # type: ignore[attr-defined]
 
 __all__ = ["AsyncCtrl", "BadParams", "InstError", "Inst", "Task", "VpInfo", "params_of", "deadline_of",
            "local_vp_specs", "check_task_params"]

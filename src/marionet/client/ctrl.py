@@ -226,6 +226,8 @@ class Ctrl:
     do_trace = _sync(AsyncCtrl.do_trace)  # type: ignore[attr-defined]
     do_dns = _sync(AsyncCtrl.do_dns)  # type: ignore[attr-defined]
     do_http = _sync(AsyncCtrl.do_http)  # type: ignore[attr-defined]
+    do_udpprobe = _sync(AsyncCtrl.do_udpprobe)  # type: ignore[attr-defined]
+    do_sniff = _sync(AsyncCtrl.do_sniff)  # type: ignore[attr-defined]
 
     def _do(self, primitive: str, params: dict[str, Any], inst: Any = None, sync: bool = False,
             userid: int | None = None) -> Any:

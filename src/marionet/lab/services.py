@@ -26,6 +26,12 @@ kind            server
 ``udpecho``     a Python UDP responder: payload + kernel receive time +
                 transmit time (ns).
 ``aliasrouter`` the IP-ID emulating router (``aliasrouter.py``).
+``ntp``         chronyd (Debian ``chrony``) as a server of its local clock
+                (``local stratum N``) with ``-x``: it answers mode-3 client
+                queries but never steers the machine's clock.
+``snmp``        snmpd (Debian ``snmpd``): SNMPv1/v2c, one read-only
+                community ("public"), sysDescr/sysName/sysLocation/sysContact
+                from the options, no system config files read.
 ==============  ===========================================================
 
 Every service gets its own directory ``<state_dir>/<name>/`` holding its
@@ -70,7 +76,7 @@ __all__ = [
     "parse_udpecho_reply",
 ]
 
-KINDS = ("dns", "http", "https", "bulk", "udpecho", "aliasrouter", "resolver")
+KINDS = ("dns", "http", "https", "bulk", "udpecho", "aliasrouter", "resolver", "ntp", "snmp")
 
 #: Trailer a udpecho reply appends to the echoed payload: receive time then
 #: transmit time, ns since the Unix epoch (CLOCK_REALTIME), big-endian.
@@ -963,6 +969,9 @@ def start_service(kind: str, netns: str, options: Mapping[str, Any] | None = Non
         return _start_udpecho(netns, name, d, options)
     if kind == "resolver":
         return _start_resolver(netns, name, d, options)
+    if kind in ("ntp", "snmp"):
+        from .udpservices import start_ntp, start_snmp
+        return (start_ntp if kind == "ntp" else start_snmp)(netns, name, d, options)
     return _start_aliasrouter(netns, name, d, options)
 
 

@@ -40,6 +40,8 @@ PACKAGES: dict[str, str] = {
     "iperf3": "iperf3",
     "unbound": "unbound",
     "unbound-checkconf": "unbound",
+    "chronyd": "chrony",
+    "snmpd": "snmpd",
 }
 
 #: programs each service kind runs (Python servers need none).
@@ -48,6 +50,8 @@ SERVICE_TOOLS: dict[str, tuple[str, ...]] = {
     "http": ("nginx",),
     "https": ("nginx",),
     "resolver": ("unbound", "unbound-checkconf"),
+    "ntp": ("chronyd",),
+    "snmp": ("snmpd",),
 }
 
 

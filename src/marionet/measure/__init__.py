@@ -10,6 +10,8 @@ from marionet.measure.ping import SUPPORTED_METHODS as PING_METHODS_SUPPORTED
 from marionet.measure.ping import ping, plan_ping
 from marionet.measure.registry import PRIMITIVES, run_primitive
 from marionet.measure.trace import plan_trace, trace
+from marionet.measure.udpprobe import plan_udpprobe, udpprobe
+from marionet.measure.sniff import plan_sniff, sniff
 
 __all__ = ["ping", "plan_ping", "PING_METHODS_SUPPORTED", "trace", "plan_trace", "dns", "plan_dns", "http", "plan_http",
-           "PRIMITIVES", "run_primitive"]
+           "udpprobe", "plan_udpprobe", "sniff", "plan_sniff", "PRIMITIVES", "run_primitive"]

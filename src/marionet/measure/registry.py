@@ -22,6 +22,8 @@ from marionet.measure.http import http, plan_http
 from marionet.measure.params import MAX_TASK_S, shown
 from marionet.measure.ping import ping, plan_ping
 from marionet.measure.trace import plan_trace, trace
+from marionet.measure.udpprobe import plan_udpprobe, udpprobe
+from marionet.measure.sniff import plan_sniff, sniff
 
 __all__ = ["PRIMITIVES", "VALIDATORS", "run_primitive", "check_params", "UnknownPrimitive"]
 
@@ -33,6 +35,8 @@ PRIMITIVES: dict[str, Primitive] = {
     "dns": dns,
     "trace": trace,
     "http": http,
+    "udpprobe": udpprobe,
+    "sniff": sniff,
 }
 
 #: name -> a function taking the same parameters that raises ``ValueError``
@@ -42,6 +46,8 @@ VALIDATORS: dict[str, Callable[..., Any]] = {
     "dns": plan_dns,
     "trace": plan_trace,
     "http": plan_http,
+    "udpprobe": plan_udpprobe,
+    "sniff": plan_sniff,
 }
 
 # Keyword arguments the runner supplies itself; never accepted from a Task.

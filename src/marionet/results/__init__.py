@@ -19,6 +19,8 @@ from .jsonfmt import dumps, from_json, loads, to_json
 from .ping import PING_METHODS, Ping, PingReply, PingStop
 from .trace import (TRACE_METHODS, IcmpExt, MplsLabel, Trace, TraceHop,
                     TraceStop)
+from .udpprobe import Udpprobe, UdpprobeProbe, UdpprobeReply, UdpprobeStop
+from .sniff import Sniff, SniffPkt, SniffStop
 
 __all__ = [
     "Addr", "ns_to_datetime", "ns_to_timedelta",
@@ -28,6 +30,7 @@ __all__ = [
     "Trace", "TraceHop", "TraceStop", "IcmpExt", "MplsLabel", "TRACE_METHODS",
     "Http", "HttpBuf", "HttpHeaders", "HttpStop",
     "DnsResult", "DnsQuery", "DnsRR", "DnsMX", "DnsSOA", "DnsStop",
+    "Udpprobe", "UdpprobeProbe", "UdpprobeReply", "UdpprobeStop", "Sniff", "SniffPkt", "SniffStop",
     "to_frame", "to_parquet", "read_parquet",
 ]
 
