@@ -154,10 +154,10 @@ _ANNOT4 = {0: "!N", 1: "!H", 2: "!P", 4: "!F", 5: "!S", 9: "!X", 10: "!X", 13: "
 _ANNOT6 = {0: "!N", 1: "!X", 3: "!H"}
 
 
-def _annotation(h: Any, dst: Any) -> str:
+def _annotation(h: Any) -> str:
     if h.is_icmp_unreach():
         if h.is_icmp_unreach_port():
-            return "" if h.src == dst else " !"
+            return ""  # the destination's "done", printed bare as traceroute does
         table = _ANNOT4 if h.src.is_ipv4() else _ANNOT6
         return " " + table.get(h.icmp_code or 0, f"!<{h.icmp_code}>")
     return ""
@@ -197,7 +197,7 @@ def trace_text(t: Any) -> str:
                 if h.src != last:
                     parts.append(str(h.src))
                     last = h.src
-                parts.append(f" {_ms(h.rtt)} ms{_annotation(h, t.dst)}")
+                parts.append(f" {_ms(h.rtt)} ms{_annotation(h)}")
         lines.append(f"{ttl:2d}  " + _join_hop(parts))
     return "\n".join(lines)
 
