@@ -1,11 +1,11 @@
-"""``marionet demo`` and ``marionet ping``: the measurement API from the shell.
+"""``marionet demo``: the measurement API from the shell, on this machine.
 
 ``demo`` is the README's first command, so it must work on a fresh
 machine with nothing else running: an embedded controller and several
 local endpoints (distinct names and countries, all on this machine) ping
 targets on this machine, shortest-ping style, and print a table and the
-file the results went to. ``ping`` prints scamper-like text for one
-target from one or more VPs, through a controller or the embedded one.
+file the results went to. (``marionet ping`` and the other measurement
+subcommands live in ``marionet.commands``.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import sys
 import tempfile
 import time
 from typing import Any
@@ -100,74 +99,6 @@ def run_demo(vps: int = 4, targets: list[str] | None = None, out: str | None = N
     return 0 if results and not errors else 1
 
 
-# --------------------------------------------------------------------- ping
-def format_ping(p: Any) -> str:
-    """scamper-like text for one ping result."""
-    size = p.probe_size or 0
-    lines = [f"ping {p.src or '?'} to {p.dst}: {size} byte packets ({p.method}, from VP {p.vp})"]
-    for r in p.replies:
-        what = ""
-        if not p.is_from_target(r):
-            what = f" icmp type={r.icmp_type} code={r.icmp_code}"
-        elif r.is_tcp():
-            what = f" tcp flags=0x{(r.tcp_flags or 0):02x}"
-        lines.append(f"{r.reply_size or 0} bytes from {r.src}, seq={r.attempt} ttl={r.reply_ttl} "
-                     f"time={r.rtt.total_seconds() * 1000:.3f} ms{what}")
-    lines.append(f"--- {p.dst} ping statistics ---")
-    loss = 100.0 * (p.loss_rate or 0.0)
-    dup = f", +{p.ndups} duplicates" if p.ndups else ""
-    lines.append(f"{p.ping_sent} packets transmitted, {p.nreplies} packets received{dup}, "
-                 f"{loss:.0f}% packet loss")
-    if p.min_rtt is not None:
-        lines.append("round-trip min/avg/max/stddev = " + "/".join(
-            f"{t.total_seconds() * 1000:.3f}" for t in (p.min_rtt, p.avg_rtt, p.max_rtt, p.stddev_rtt)) + " ms")
-    return "\n".join(lines)
-
-
-def run_ping(args: argparse.Namespace) -> int:
-    from marionet import Ctrl, File, InstError
-
-    kw: dict[str, Any] = {}
-    if args.controller:
-        kw.update(controller=args.controller, ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure,
-                  vps=[] if args.vp and "all" not in args.vp else None)
-    params = dict(method=args.method, attempts=args.count, wait_probe=args.wait, wait_timeout=args.timeout,
-                  ttl=args.ttl, tos=args.tos, size=args.size, dport=args.dport, sport=args.sport, src=args.src)
-    outfile = File(args.output, "w") if args.output else None
-    try:
-        with Ctrl(outfile=outfile, errors="collect", **kw) as ctrl:
-            if args.vp and "all" not in args.vp:
-                insts = ctrl.add_vps(args.vp)
-            else:
-                insts = ctrl.instances()
-                if len(insts) > 1 and not args.vp:
-                    names = ", ".join(i.name for i in insts)
-                    print(f"marionet ping: the controller has {len(insts)} VPs ({names}); "
-                          "choose with --vp NAME (repeatable) or --vp all", file=sys.stderr)
-                    return 2
-            if not insts:
-                print("marionet ping: no VP to ping from", file=sys.stderr)
-                return 2
-            ctrl.do_ping(args.dst, inst=insts, **params)
-            got = sorted(ctrl.responses(), key=lambda r: r.vp)
-            for i, p in enumerate(got):
-                if i:
-                    print()
-                print(format_ping(p))
-            errors = list(ctrl.exceptions())
-            for e in errors:
-                print(f"marionet ping: {e}", file=sys.stderr)
-    except (InstError, ExceptionGroup, OSError, ValueError) as exc:
-        print(f"marionet ping: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if outfile is not None:
-            outfile.close()
-    if errors:
-        return 2
-    return 0 if any(p.nreplies for p in got) else 1
-
-
 # ---------------------------------------------------------------- parsers
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="embedded controller + local endpoints: a shortest-ping run on this machine")
@@ -188,28 +119,3 @@ def _demo_handler(a: argparse.Namespace) -> int:
 
         return run_lab_demo(a.lab or None)
     return run_demo(a.vps, a.target, a.output, a.count)
-
-
-def add_ping_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ping", help="ping a destination from VPs (scamper-like output)")
-    p.add_argument("dst")
-    p.add_argument("-c", "--count", type=int, default=4, help="probes (scamper: attempts; default 4)")
-    p.add_argument("-i", "--wait", type=float, default=None, help="seconds between probes (default 1)")
-    p.add_argument("-W", "--timeout", type=float, default=None, help="seconds to wait after the last probe")
-    p.add_argument("-P", "--method", default=None,
-                   help="icmp-echo (default), udp, tcp-syn, … (scamper's ping methods)")
-    p.add_argument("-m", "--ttl", type=int)
-    p.add_argument("-z", "--tos", type=int)
-    p.add_argument("-s", "--size", type=int, help="whole IP packet size (scamper's -s)")
-    p.add_argument("-d", "--dport", type=int)
-    p.add_argument("-F", "--sport", type=int)
-    p.add_argument("-S", "--src")
-    p.add_argument("--vp", action="append", metavar="NAME", help="VP to ping from (repeatable; 'all' for every VP)")
-    p.add_argument("--controller", metavar="ADDR",
-                   help="HOST:PORT or unix:PATH (default: an embedded controller with one local endpoint)")
-    p.add_argument("--ca")
-    p.add_argument("--cert")
-    p.add_argument("--key")
-    p.add_argument("--insecure", action="store_true", help="plain TCP to the controller (loopback only)")
-    p.add_argument("-o", "--output", metavar="FILE", help="also write the results (scamper JSON)")
-    p.set_defaults(handler=run_ping)

@@ -588,6 +588,11 @@ def _nth(rrs: list[DnsRR], i: int) -> DnsRR | None:
     if isinstance(i, bool) or not isinstance(i, int):
         raise TypeError(f"record index must be an int, got {i!r}")
     return rrs[i] if 0 <= i < len(rrs) else None
+    def to_text(self) -> str:
+        """Text in the style of the classic tool (``marionet.results.text``)."""
+        from .text import dns_text
+
+        return dns_text(self)
 
 
 # ---------------------------------------------------------------------------

@@ -440,6 +440,11 @@ class Http:
         """scamper's JSON line for this result."""
         from .jsonline import json_line
         return json_line(self)
+    def to_text(self) -> str:
+        """Text in the style of the classic tool (``marionet.results.text``)."""
+        from .text import http_text
+
+        return http_text(self)
 
 
 # ---------------------------------------------------------------------------

@@ -457,3 +457,8 @@ class Ping:
         """scamper's JSON line for this ping."""
         from .jsonline import json_line
         return json_line(self)
+    def to_text(self) -> str:
+        """Text in the style of the classic tool (``marionet.results.text``)."""
+        from .text import ping_text
+
+        return ping_text(self)

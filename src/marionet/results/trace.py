@@ -358,3 +358,8 @@ class Trace:
         """scamper's JSON line for this traceroute."""
         from .jsonline import json_line
         return json_line(self)
+    def to_text(self) -> str:
+        """Text in the style of the classic tool (``marionet.results.text``)."""
+        from .text import trace_text
+
+        return trace_text(self)
