@@ -54,7 +54,7 @@ def read_all(data: bytes) -> list:
 
 
 def test_handmade_file():
-    objs = read_all(LIST + CYCLE + rec(7, ping_body()) + rec(0x0f, b"http?") + STOP)
+    objs = read_all(LIST + CYCLE + rec(7, ping_body()) + rec(0x0c, b"sting?") + STOP)
     c, p, u, s = objs
     assert c == CycleStart(start_time=1_700_000_000, list_name="default", cycle_id=3, hostname="vm")
     assert isinstance(p, Ping) and p.dst == "127.0.0.1" and p.src == "127.0.0.1"
@@ -62,7 +62,7 @@ def test_handmade_file():
     (r,) = p.replies
     assert r.rtt_ns == 250_000 and r.tx_ns == 1_700_000_000_000_010_000
     assert r.is_icmp_echo_reply()
-    assert u == UnknownResult(type="http", raw=b"http?")
+    assert u == UnknownResult(type="sting", raw=b"sting?")
     assert s == CycleStop(stop_time=1_700_000_009, list_name="default", cycle_id=3, hostname="vm")
 
 

@@ -547,6 +547,12 @@ class DnsResult:
         from .jsonline import json_line
         return json_line(self)
 
+    def to_text(self) -> str:
+        """Text in the style of the classic tool (``marionet.results.text``)."""
+        from .text import dns_text
+
+        return dns_text(self)
+
 
 #: type names scamper's ``ans(rrtypes)`` filter knows, and a few more.
 _RRTYPE_NUMS = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16,
@@ -588,11 +594,6 @@ def _nth(rrs: list[DnsRR], i: int) -> DnsRR | None:
     if isinstance(i, bool) or not isinstance(i, int):
         raise TypeError(f"record index must be an int, got {i!r}")
     return rrs[i] if 0 <= i < len(rrs) else None
-    def to_text(self) -> str:
-        """Text in the style of the classic tool (``marionet.results.text``)."""
-        from .text import dns_text
-
-        return dns_text(self)
 
 
 # ---------------------------------------------------------------------------
