@@ -98,3 +98,15 @@ async def test_async_remote_placement():
     async with AsyncCtrl() as c:
         p = await c.do_ping("127.0.0.1", sync=True, placement="remote", **FAST)
         assert isinstance(p, Ping) and p.nreplies == 3
+
+
+@pytest.mark.root
+def test_do_ping_takes_the_ip_options_in_both_placements(ctrl2):
+    """ip_rr / ip_ts reach the primitive through do_ping (raw IPv4 probes: root)."""
+    inst = ctrl2.instances()[0]
+    rr = ctrl2.do_ping("127.0.0.1", inst=inst, ip_rr=True, sync=True, attempts=1)
+    ts = ctrl2.do_ping("127.0.0.1", inst=inst, ip_ts="tsonly", sync=True, attempts=1, placement="remote")
+    (r,) = rr.replies
+    assert r.v4rr and all(str(a) == "127.0.0.1" for a in r.v4rr)
+    (t,) = ts.replies
+    assert t.v4ts is not None and len(t.v4ts.tss) >= 1

@@ -864,6 +864,7 @@ class AsyncCtrl:
                       dport: int | None = None, icmp_id: int | None = None, icmp_seq: int | None = None,
                       icmp_sum: int | None = None, tcp_seq: int | None = None, tcp_ack: int | None = None,
                       mtu: int | None = None, rtr: Any = None, recordroute: bool | None = None,
+                      ip_rr: bool | None = None, ip_ts: str | None = None,
                       dltx: bool | None = None, userid: int | None = None, inst: Any = None,
                       sync: bool = False, placement: str = "endpoint") -> Any:
         """Ping ``dst`` (scamper's do_ping parameters; seconds or timedelta).
@@ -878,7 +879,8 @@ class AsyncCtrl:
             dst=dst, method=method, attempts=attempts, wait_probe=wait_probe, wait_timeout=wait_timeout,
             stop_count=stop_count, ttl=ttl, tos=tos, size=size, payload=payload, src=src, sport=sport,
             dport=dport, icmp_id=icmp_id, icmp_seq=icmp_seq, icmp_sum=icmp_sum, tcp_seq=tcp_seq,
-            tcp_ack=tcp_ack, mtu=mtu, rtr=rtr, recordroute=recordroute, dltx=dltx), inst, sync, userid,
+            tcp_ack=tcp_ack, mtu=mtu, rtr=rtr, recordroute=recordroute, ip_rr=ip_rr, ip_ts=ip_ts,
+            dltx=dltx), inst, sync, userid,
             placement)
 
 
