@@ -340,10 +340,10 @@ SCAMPER_PARAMS = {
     "do_http": ("dst", "url", "headers", "insecure", "limit_time", "userid"),
 }
 #: what marionet refuses today, with a ScamperInstError naming the parameter
-REFUSED = {"do_ping": {"mtu", "rtr", "recordroute", "icmp_sum", "tcp_ack"},
-           "do_trace": {"confidence", "pmtud", "ptr", "rtr"}, "do_dns": set(), "do_http": set()}
-#: being added now by other helpers (ping: record route, tcp-ack …; trace: confidence, PMTUD)
-PENDING_PARAMS = {"do_ping": {"recordroute", "icmp_sum", "tcp_ack"}, "do_trace": {"confidence", "pmtud"}}
+REFUSED = {"do_ping": {"mtu", "rtr", "icmp_sum"},
+           "do_trace": {"pmtud", "ptr", "rtr"}, "do_dns": set(), "do_http": set()}
+#: parameters other work will add (refused until then)
+PENDING_PARAMS: dict[str, set[str]] = {}
 FIRST = {"do_ping": ("127.0.0.1",), "do_trace": ("127.0.0.1",), "do_dns": ("x.example",),
          "do_http": ("127.0.0.1",)}
 SAMPLE = {"rtr": "127.0.0.2", "mtu": 1400, "recordroute": True, "ptr": True, "pmtud": True, "confidence": 95,

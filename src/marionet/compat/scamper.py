@@ -466,9 +466,7 @@ _NOT_IN_MARIONET = {
     "do_ally": "alias resolution (ally)", "do_mercator": "alias resolution (mercator)",
     "do_midarest": "alias resolution (MIDAR estimation)", "do_midardisc": "alias resolution (MIDAR discovery)",
     "do_prefixscan": "alias resolution (prefixscan)", "do_radargun": "alias resolution (radargun)",
-    "do_owamp": "one-way delay (OWAMP)", "do_tracelb": "MDA traceroute (tracelb)",
-    "do_udpprobe": "UDP probes (udpprobe)", "do_sniff": "packet capture (sniff)",
-    "do_tbit": "TCP behaviour inference (tbit)",
+    "do_owamp": "one-way delay (OWAMP)",
 }
 
 
