@@ -88,3 +88,28 @@ def test_exec_and_addr(lab_factory):  # noqa: F811
     assert lab.netns("r1").startswith(lab.prefix)
     st = lab.status()
     assert st["up"] and all(n["present"] for n in st["nodes"].values())
+
+
+_GET_TX_CSUM = r"""
+import ctypes, fcntl, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for name in sys.argv[1:]:
+    ev = bytearray(struct.pack("II", 0x16, 0xFF))  # ETHTOOL_GTXCSUM
+    ptr = ctypes.addressof(ctypes.c_char.from_buffer(ev))
+    fcntl.ioctl(s, 0x8946, struct.pack("16sP", name.encode(), ptr))
+    print(name, struct.unpack("II", ev)[1])
+"""
+
+
+def test_veths_finish_checksums_before_the_wire(lab_factory):  # noqa: F811
+    """TX checksum offload is off on every veth, so a router's ICMP error
+    quotes the checksum the sender's kernel computed (as on a real NIC)."""
+    import sys
+
+    lab = lab_factory(linear_path(2))
+    assert not lab.warnings, lab.warnings
+    for node in ("client", "r1", "target"):
+        names = [i.name for i in lab.plan.ifaces[node] if not i.tun]
+        out = lab.exec(node, [sys.executable, "-c", _GET_TX_CSUM, *names], check=True).stdout
+        got = dict(line.split() for line in out.splitlines())
+        assert got == {n: "0" for n in names}, (node, got)

@@ -16,8 +16,8 @@ number of TTLs probed and how many replies each TTL got must be equal:
   stack, scamper reads the same ``icmpext``, and our JSON and warts
   (checked with ``sc_warts2json``) carry them unchanged.
 
-The client's veth interfaces get transmit checksum offload turned off
-(``oracle_ready``): scamper sends IPv6 udp-paris probes from a UDP socket,
+The lab turns transmit checksum offload off on every veth
+(``marionet.lab.system.tx_checksum_off``); without that, scamper sends IPv6 udp-paris probes from a UDP socket,
 so over veth their checksum is left unfinished (CHECKSUM_PARTIAL), the
 Linux routers quote that unfinished field in their ICMPv6 errors, and
 scamper, which names IPv6 udp-paris probes by their checksum, then matches
@@ -31,7 +31,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from typing import Any
 
@@ -53,24 +52,6 @@ FAMILIES = [4, 6]
 METHODS = ["udp-paris", "icmp-paris", "udp", "icmp", "tcp", "tcp-ack"]
 #: scamper's option for each of our parameters
 SCAMPER_OPT = {"firsthop": "-f", "attempts": "-q", "gaplimit": "-g", "loops": "-l", "confidence": "-c"}
-
-
-_TX_CSUM_OFF = r"""
-import ctypes, fcntl, socket, struct, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for name in sys.argv[1:]:
-    ev = bytearray(struct.pack("II", 0x17, 0))  # struct ethtool_value {ETHTOOL_STXCSUM, off}
-    ptr = ctypes.addressof(ctypes.c_char.from_buffer(ev))
-    fcntl.ioctl(s, 0x8946, struct.pack("16sP", name.encode(), ptr))  # SIOCETHTOOL
-"""
-
-
-def oracle_ready(lab: Any) -> Any:
-    """Turn off transmit checksum offload on the client's interfaces (see the
-    module docstring: scamper's IPv6 udp-paris needs finished checksums)."""
-    names = [i.name for i in lab.plan.ifaces["client"]]
-    lab.exec("client", [sys.executable, "-c", _TX_CSUM_OFF, *names], check=True)
-    return lab
 
 
 def scamper_trace(lab: Any, dst: str, method: str, **kw: Any) -> dict[str, Any]:
@@ -128,7 +109,7 @@ def lab() -> Any:
     from marionet.lab.pytest_plugin import make_lab
 
     with make_lab(linear_path(3, name="trsc")) as lab:
-        yield oracle_ready(lab)
+        yield lab
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -162,7 +143,7 @@ async def test_firsthop_all_attempts_and_confidence_equal_scamper(lab, family):
 
 
 async def test_gaplimit_equals_scamper(lab_factory):
-    lab = oracle_ready(lab_factory(linear_path(3, unresponsive=(2, 3), name="trsg")))
+    lab = lab_factory(linear_path(3, unresponsive=(2, 3), name="trsg"))
     async with client_endpoint(lab) as (session, native):
         for family in FAMILIES:
             dst = lab.addr("target", family)
@@ -176,7 +157,7 @@ async def test_gaplimit_equals_scamper(lab_factory):
 
 async def test_routing_loop_equals_scamper(lab_factory):
     """r2 routes the target back to r1: r1, r2, r1, r2 … until ``loops``."""
-    lab = oracle_ready(lab_factory(linear_path(3, name="trsl")))
+    lab = lab_factory(linear_path(3, name="trsl"))
     for family in FAMILIES:
         f = f"-{family}"
         route = json.loads(lab.exec("r2", ["ip", "-j", f, "route", "get", lab.addr("client", family)],
@@ -232,7 +213,7 @@ def sc_warts2json(data: bytes) -> list[dict[str, Any]]:
 
 
 async def test_mpls_label_stacks_end_to_end(lab_factory):
-    lab = oracle_ready(lab_factory(mpls_spec()))
+    lab = lab_factory(mpls_spec())
     assert not lab.warnings, lab.warnings
     async with client_endpoint(lab) as (session, native):
         for family in FAMILIES:

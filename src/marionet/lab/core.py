@@ -213,6 +213,10 @@ class Lab:
                 lines.append(f"addr add {ifc.ipv6} dev {ifc.name} nodad")
                 lines.append(f"link set {ifc.name} up")
             system.ip_batch(plan.netns(name), lines)
+            veths = [ifc.name for ifc in plan.ifaces[name] if not ifc.tun]
+            if veths:  # checksums finished before the "wire", as a NIC would (see tx_checksum_off)
+                for bad in system.tx_checksum_off(plan.netns(name), veths):
+                    self.warnings.append(f"{name}: cannot turn off TX checksum offload on {bad}")
         # forwarders must hold the TUNs before routes via them are useful
         for k, (a, b) in enumerate(plan.link_ifaces):
             if a.tun:

@@ -8,10 +8,14 @@ checking they are still the process we started (pid reuse).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import shlex
 import signal
+import socket
+import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -102,6 +106,47 @@ def setns(name: str) -> None:
             raise OSError(err, f"setns({name}): {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_STXCSUM = 0x17
+
+
+def tx_checksum_off(ns: str, names: list[str]) -> list[str]:
+    """Turn off transmit checksum offload on interfaces ``names`` in netns
+    ``ns``; returns the names it could not change.
+
+    Why: over veth a packet from a UDP or TCP socket leaves with its
+    checksum unfinished (CHECKSUM_PARTIAL) — a real NIC would finish it on
+    the wire — so a router's ICMP error quotes a checksum the sender never
+    put there, and tools that match probes by it (scamper's IPv6
+    udp-paris, tracelb) see no replies. With offload off the kernel
+    finishes it in software, as the Internet would see it. The ioctl is
+    ethtool's (``ethtool -K DEV tx off``) from a thread that enters ``ns``.
+    """
+    failed: list[str] = []
+    box: dict[str, BaseException] = {}
+
+    def work() -> None:
+        try:
+            setns(ns)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for name in names:
+                    ev = bytearray(struct.pack("II", _ETHTOOL_STXCSUM, 0))
+                    ptr = ctypes.addressof(ctypes.c_char.from_buffer(ev))
+                    try:
+                        fcntl.ioctl(s, _SIOCETHTOOL, struct.pack("16sP", name.encode()[:15], ptr))
+                    except OSError:
+                        failed.append(name)
+        except BaseException as e:  # noqa: BLE001 - carried to the caller
+            box["err"] = e
+
+    t = threading.Thread(target=work, name=f"txcsum-{ns}")  # setns moves this thread only
+    t.start()
+    t.join()
+    if "err" in box:
+        raise box["err"]
+    return failed
 
 
 def proc_starttime(pid: int) -> int | None:
