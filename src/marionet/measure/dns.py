@@ -61,6 +61,7 @@ from marionet.measure.params import MAX_TASK_S, task_duration
 from marionet.measure.params import integer as _int
 from marionet.measure.params import seconds as _seconds
 from marionet.measure.params import shown
+from marionet.measure.rawio import HALTED, HaltWatch
 from marionet.results.dns import (DnsMX, DnsQuery, DnsResult, DnsRR, DnsSOA,
                                   DnsStop, header_flag_names)
 
@@ -424,7 +425,7 @@ class _Driver:
         self.src: str | None = None
         self.tags: dict[int, DnsQuery] = {}
         self._tag = random.SystemRandom().randrange(1, 2**31)
-        self._halt_wait: asyncio.Future | None = None
+        self.watch = HaltWatch(halt)
         self.error: str | None = None
 
     def next_tag(self, q: DnsQuery) -> int:
@@ -435,26 +436,13 @@ class _Driver:
     async def next_note(self, deadline: float) -> Any:
         """The next notification before ``deadline`` (monotonic); None on
         timeout; ``_HALTED`` when the halt event fires."""
-        if self.halt is not None and self.halt.is_set():
+        if self.watch.halted:
             return _HALTED
         note = self.stream.poll()
         if note is not None:
             return note
-        timeout = max(0.0, deadline - time.monotonic())
-        if self.halt is None:
-            return await self.stream.next(timeout)
-        if self._halt_wait is None:
-            self._halt_wait = asyncio.ensure_future(self.halt.wait())
-        nt = asyncio.ensure_future(self.stream.next(timeout))
-        await asyncio.wait({nt, self._halt_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if not nt.done():
-            nt.cancel()
-            try:
-                await nt
-            except (asyncio.CancelledError, ConnectionLost):
-                pass
-            return _HALTED
-        return nt.result()
+        note = await self.watch.next(self.stream, max(0.0, deadline - time.monotonic()))
+        return _HALTED if note is HALTED else note
 
     def on_ntag(self, note: Any) -> DnsQuery | None:
         q = self.tags.get(note.tag)
@@ -593,8 +581,7 @@ class _Driver:
                 pass
 
     async def close(self) -> None:
-        if self._halt_wait is not None:
-            self._halt_wait.cancel()
+        self.watch.close()
         if self.udp is not None:
             try:
                 await self.io.nclose(self.udp)

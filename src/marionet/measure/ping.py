@@ -69,8 +69,8 @@ from marionet.measure.params import payload as check_payload
 from marionet.measure.params import seconds as _seconds
 from marionet.measure.params import shown
 from marionet.measure.params import target as check_target
-from marionet.measure.rawio import (ProbeSockets, close_sockets, open_probe_sockets, queue_lead_ns,
-                                    route_source)
+from marionet.measure.rawio import (HALTED, HaltWatch, ProbeSockets, close_sockets, open_probe_sockets,
+                                    queue_lead_ns, route_source)
 from marionet.results import Ping, PingReply, PingStop, PingTsReply, PingV4TS
 
 __all__ = ["ping", "plan_ping", "PingPlan", "PingProbing", "SUPPORTED_METHODS"]
@@ -707,7 +707,7 @@ async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: Pro
     stop = PingStop.DONE
     extra: dict[str, Any] = {}
     nxt = 0  # next attempt to queue
-    halt_wait: asyncio.Task | None = None
+    watch = HaltWatch(halt)
     deadline_ep: int | None = None  # endpoint-clock end of the wait, once reached
     try:
         while True:
@@ -765,23 +765,8 @@ async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: Pro
             if note is None:
                 note = stream.poll()
             if note is None:
-                timeout = max(0.0, (wake - local) / _NS)
-                if halt is None:
-                    note = await stream.next(timeout)
-                else:
-                    if halt_wait is None:
-                        halt_wait = asyncio.ensure_future(halt.wait())
-                    nt = asyncio.ensure_future(stream.next(timeout))
-                    await asyncio.wait({nt, halt_wait}, return_when=asyncio.FIRST_COMPLETED)
-                    if not nt.done():
-                        nt.cancel()
-                        try:
-                            await nt
-                        except (asyncio.CancelledError, ConnectionLost):
-                            pass
-                        continue
-                    note = nt.result()
-                if note is None:
+                note = await watch.next(stream, max(0.0, (wake - local) / _NS))
+                if note is None or note is HALTED:
                     continue
             kind = note.kind
             if kind == "ndata" and note.sock in socks.capture:
@@ -804,6 +789,5 @@ async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: Pro
         extra["error"] = str(exc)
         stop = PingStop.ERROR
     finally:
-        if halt_wait is not None:
-            halt_wait.cancel()
+        watch.close()
     return run.result(start_ns=start, stop_reason=stop, vp=io.endpoint_name, extra=extra)

@@ -1,7 +1,9 @@
-"""Packet-interface plumbing shared by the raw-socket primitives (ping, trace)."""
+"""Packet-interface plumbing shared by the primitives: probe sockets, queue
+lead, route source, and waits that a halt ends."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +11,51 @@ from typing import Any
 from marionet.client.errors import ConnectionLost, EndpointError
 from marionet.client.packet import PacketSession
 from marionet.measure import probes as P
+
+
+#: what ``HaltWatch.next`` returns when the halt came first
+HALTED: Any = type("Halted", (), {"__repr__": lambda self: "HALTED"})()
+
+
+class HaltWatch:
+    """Waits for the next notification that end the moment ``halt`` is set.
+
+    Why one helper: a halted primitive must stop waiting at once, to hand
+    back its partial result, and must not leave a ``stream.next`` pending
+    behind it (it would eat the next notification). ``halt`` None: plain
+    waits. ``close()`` when the measurement ends.
+    """
+
+    def __init__(self, halt: asyncio.Event | None) -> None:
+        self.halt = halt
+        self._wait: asyncio.Future | None = None
+
+    @property
+    def halted(self) -> bool:
+        return self.halt is not None and self.halt.is_set()
+
+    async def next(self, stream: Any, timeout: float) -> Any:
+        """The next notification, None on timeout, ``HALTED`` if the halt
+        fired first."""
+        if self.halt is None:
+            return await stream.next(timeout)
+        if self._wait is None:
+            self._wait = asyncio.ensure_future(self.halt.wait())
+        nt = asyncio.ensure_future(stream.next(timeout))
+        await asyncio.wait({nt, self._wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not nt.done():
+            nt.cancel()
+            try:
+                await nt
+            except (asyncio.CancelledError, ConnectionLost):
+                pass
+            return HALTED
+        return nt.result()
+
+    def close(self) -> None:
+        if self._wait is not None:
+            self._wait.cancel()
+            self._wait = None
 
 
 @dataclass

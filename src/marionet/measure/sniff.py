@@ -34,6 +34,7 @@ from typing import Any
 from marionet.client.errors import ConnectionLost, EndpointError
 from marionet.client.packet import NotificationStream, PacketSession
 from marionet.measure.params import NS, MAX_TASK_S, address, integer, seconds, shown, task_duration
+from marionet.measure.rawio import HALTED, HaltWatch
 from marionet.results.sniff import Sniff, SniffPkt, SniffStop
 
 __all__ = ["sniff", "plan_sniff", "SniffPlan", "matches_icmp_id", "icmp_id_filter"]
@@ -214,7 +215,7 @@ async def sniff(io: PacketSession, src: Any, *, icmp_id: Any = None, expr: Any =
 
 async def _gather(cap: _Capture, stream: NotificationStream, socks: set[int], deadline: float,
                   halt: asyncio.Event | None) -> SniffStop:
-    halt_wait = asyncio.ensure_future(halt.wait()) if halt is not None else None
+    watch = HaltWatch(halt)
     ended: set[int] = set()
 
     def halted() -> SniffStop:
@@ -226,24 +227,16 @@ async def _gather(cap: _Capture, stream: NotificationStream, socks: set[int], de
 
     try:
         while True:
-            if halt is not None and halt.is_set():
+            if watch.halted:
                 return halted()
             note = stream.poll()
             if note is None:
                 left = deadline - time.monotonic()
                 if left <= 0 or ended >= socks:
                     return SniffStop.LIMIT_TIME
-                nt = asyncio.ensure_future(stream.next(left))
-                waits = {nt} if halt_wait is None else {nt, halt_wait}
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if not nt.done():
-                    nt.cancel()
-                    try:
-                        await nt
-                    except (asyncio.CancelledError, ConnectionLost):
-                        pass
+                note = await watch.next(stream, left)
+                if note is HALTED:
                     return halted()
-                note = nt.result()
                 if note is None:
                     continue
             if note.kind == "ndata" and note.sock in socks:
@@ -254,5 +247,4 @@ async def _gather(cap: _Capture, stream: NotificationStream, socks: set[int], de
             elif note.kind == "ndrop":
                 cap.drops += int(getattr(note, "count", 0) or 0)
     finally:
-        if halt_wait is not None:
-            halt_wait.cancel()
+        watch.close()

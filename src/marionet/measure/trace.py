@@ -71,8 +71,8 @@ from marionet.measure.params import method as check_method
 from marionet.measure.params import payload as check_payload
 from marionet.measure.params import seconds as _seconds
 from marionet.measure.params import target as check_target
-from marionet.measure.rawio import (ProbeSockets, close_sockets, open_probe_sockets, queue_lead_ns,
-                                    route_source)
+from marionet.measure.rawio import (HALTED, HaltWatch, ProbeSockets, close_sockets, open_probe_sockets,
+                                    queue_lead_ns, route_source)
 from marionet.results import IcmpExt, MplsLabel, Trace, TraceHop, TraceStop
 
 __all__ = ["trace", "plan_trace", "TracePlan", "TraceProbing", "SUPPORTED_METHODS",
@@ -817,25 +817,6 @@ async def trace(io: PacketSession, dst: Any, *, method: str = "udp-paris", attem
             await close_sockets(io, socks)
 
 
-async def _next_note(stream: Any, timeout: float, halt: asyncio.Event | None,
-                     holder: list[asyncio.Future]) -> Any:
-    """The next notification, None on timeout or when ``halt`` is set."""
-    if halt is None:
-        return await stream.next(timeout)
-    if not holder:
-        holder.append(asyncio.ensure_future(halt.wait()))
-    nt = asyncio.ensure_future(stream.next(timeout))
-    await asyncio.wait({nt, holder[0]}, return_when=asyncio.FIRST_COMPLETED)
-    if not nt.done():
-        nt.cancel()
-        try:
-            await nt
-        except (asyncio.CancelledError, ConnectionLost):
-            pass
-        return None
-    return nt.result()
-
-
 async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: ProbeSockets,
                  halt: asyncio.Event | None, stream: Any) -> Trace:
     off = await io.clock_offset(samples=3)
@@ -846,7 +827,7 @@ async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: P
     tag_base = random.SystemRandom().randrange(1, 2**31)
     extra: dict[str, Any] = {}
     last_at: int | None = None
-    holder: list[asyncio.Future] = []
+    watch = HaltWatch(halt)
     barriers: set[int] = set()  # probes whose deadline barrier has been run
 
     def handle(note: Any) -> None:
@@ -932,8 +913,8 @@ async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: P
                 raise AssertionError("trace stalled with no probe out")
             note = stream.poll()
             if note is None:
-                note = await _next_note(stream, max(0.0, (wake - local) / _NS), halt, holder)
-                if note is None:
+                note = await watch.next(stream, max(0.0, (wake - local) / _NS))
+                if note is None or note is HALTED:
                     continue
             handle(note)
         # Every probe's kernel transmit stamp (answered ones need it for the RTT).
@@ -947,6 +928,5 @@ async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: P
         extra["error"] = str(exc)
         run._stop(TraceStop.ERROR)
     finally:
-        if holder:
-            holder[0].cancel()
+        watch.close()
     return run.result(start_ns=start, vp=io.endpoint_name, extra=extra)

@@ -35,6 +35,7 @@ from marionet.client.errors import ConnectionLost, EndpointError
 from marionet.client.packet import NotificationStream, PacketSession
 from marionet.measure.params import NS, MAX_TASK_S, boolean, integer, seconds, target, task_duration
 from marionet.measure.params import payload as _payload
+from marionet.measure.rawio import HALTED, HaltWatch
 from marionet.results.udpprobe import Udpprobe, UdpprobeProbe, UdpprobeReply, UdpprobeStop
 
 __all__ = ["udpprobe", "plan_udpprobe", "UdpprobePlan", "UdpprobeRun"]
@@ -166,32 +167,14 @@ class UdpprobeRun:
                         vp=vp or None)
 
 
-_HALTED = object()
-
-
-async def _next(stream: NotificationStream, deadline: float, halt: asyncio.Event | None,
-                halt_wait: list[asyncio.Future]) -> Any:
-    """The next notification before ``deadline`` (monotonic), None on timeout, ``_HALTED``."""
-    if halt is not None and halt.is_set():
-        return _HALTED
+async def _next(stream: NotificationStream, deadline: float, watch: HaltWatch) -> Any:
+    """The next notification before ``deadline`` (monotonic), None on timeout, ``HALTED``."""
+    if watch.halted:
+        return HALTED
     note = stream.poll()
     if note is not None:
         return note
-    timeout = max(0.0, deadline - time.monotonic())
-    if halt is None:
-        return await stream.next(timeout)
-    if not halt_wait:
-        halt_wait.append(asyncio.ensure_future(halt.wait()))
-    nt = asyncio.ensure_future(stream.next(timeout))
-    await asyncio.wait({nt, halt_wait[0]}, return_when=asyncio.FIRST_COMPLETED)
-    if not nt.done():
-        nt.cancel()
-        try:
-            await nt
-        except (asyncio.CancelledError, ConnectionLost):
-            pass
-        return _HALTED
-    return nt.result()
+    return await watch.next(stream, max(0.0, deadline - time.monotonic()))
 
 
 async def udpprobe(io: PacketSession, dst: Any, dport: Any, *, payload: Any = None, attempts: Any = 1,
@@ -210,7 +193,7 @@ async def udpprobe(io: PacketSession, dst: Any, dport: Any, *, payload: Any = No
     run = UdpprobeRun(plan)
     start_local = time.time_ns()
     opened: list[int] = []
-    halt_wait: list[asyncio.Future] = []
+    watch = HaltWatch(halt)
     stop, error, laddr, first_sport = UdpprobeStop.DONE, None, plan.src, 0
     tag = random.SystemRandom().randrange(1, 2**31)
     with io.stream() as stream:
@@ -237,7 +220,7 @@ async def udpprobe(io: PacketSession, dst: Any, dport: Any, *, payload: Any = No
                     break
                 last = i == plan.attempts - 1
                 deadline = time.monotonic() + (plan.wait_timeout_ns if last else plan.wait_probe_ns) / NS
-                outcome = await _collect(run, stream, deadline, halt, halt_wait, plan.exitfirst)
+                outcome = await _collect(run, stream, deadline, watch, plan.exitfirst)
                 if outcome is not None:
                     stop = outcome
                     break
@@ -245,17 +228,16 @@ async def udpprobe(io: PacketSession, dst: Any, dport: Any, *, payload: Any = No
                     # enough probes answered: no more probes, but late and
                     # repeated replies still count until wait_timeout
                     deadline += (plan.wait_timeout_ns - plan.wait_probe_ns) / NS
-                    outcome = await _collect(run, stream, deadline, halt, halt_wait, plan.exitfirst)
+                    outcome = await _collect(run, stream, deadline, watch, plan.exitfirst)
                     if outcome is not None:
                         stop = outcome
                     break
             if stop != UdpprobeStop.HALTED:
-                await _await_stamps(run, stream, halt, halt_wait)
+                await _await_stamps(run, stream, watch)
         except ConnectionLost as exc:
             stop, error = UdpprobeStop.ERROR, str(exc)
         finally:
-            for f in halt_wait:
-                f.cancel()
+            watch.close()
             for sid in opened:
                 try:
                     await io.nclose(sid)
@@ -267,14 +249,14 @@ async def udpprobe(io: PacketSession, dst: Any, dport: Any, *, payload: Any = No
                       vp=io.endpoint_name, start_local=start_local)
 
 
-async def _collect(run: UdpprobeRun, stream: NotificationStream, deadline: float, halt: asyncio.Event | None,
-                   halt_wait: list[asyncio.Future], exitfirst: bool) -> UdpprobeStop | None:
+async def _collect(run: UdpprobeRun, stream: NotificationStream, deadline: float, watch: HaltWatch,
+                   exitfirst: bool) -> UdpprobeStop | None:
     """Record notifications until ``deadline``; a stop reason if the run must end now."""
     while True:
-        note = await _next(stream, deadline, halt, halt_wait)
+        note = await _next(stream, deadline, watch)
         if note is None:
             return None
-        if note is _HALTED:
+        if note is HALTED:
             return UdpprobeStop.HALTED
         _apply(run, note)
         if exitfirst and run.answered():
@@ -293,13 +275,12 @@ def _apply(run: UdpprobeRun, note: Any) -> None:
             p.error = f"ICMP type {note.icmp_type} code {note.icmp_code} from {note.peer}"
 
 
-async def _await_stamps(run: UdpprobeRun, stream: NotificationStream, halt: asyncio.Event | None,
-                        halt_wait: list[asyncio.Future]) -> None:
+async def _await_stamps(run: UdpprobeRun, stream: NotificationStream, watch: HaltWatch) -> None:
     """Transmit stamps still outstanding (an ntag can trail the reply)."""
     deadline = time.monotonic() + _TX_GRACE_S
     while run.tags:
-        note = await _next(stream, deadline, halt, halt_wait)
-        if note is None or note is _HALTED:
+        note = await _next(stream, deadline, watch)
+        if note is None or note is HALTED:
             return
         _apply(run, note)
 
