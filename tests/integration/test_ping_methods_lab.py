@@ -18,19 +18,19 @@ on that.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import json
 import shutil
 import subprocess
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
 from marionet.lab import linear_path
 from marionet.measure.ping import SUPPORTED_METHODS, ping
 from marionet.results import Ping, from_json, to_json
+
+from .labclient import client_endpoint, task_result
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -66,41 +66,8 @@ def scamper_ping(lab: Any, family: int, method: str, opts: str = "") -> Ping:
     return from_json(pings[0])
 
 
-@contextlib.asynccontextmanager
-async def client_endpoint(lab: Any) -> AsyncIterator[Any]:
-    """(session to an endpoint in the client namespace, native session there)."""
-    from marionet import aio
-    from marionet.endpoint.daemon import Endpoint, EndpointConfig
-    from marionet.endpoint.local import native_session
-
-    from . import pathlab
-
-    with pathlab.inside(lab.netns("client")):
-        ep = Endpoint(EndpointConfig(name="ping-lab"))
-        try:
-            srv = await ep.serve("127.0.0.1", 0, None)
-            s = await aio.connect(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", insecure=True)
-            try:
-                async with native_session() as ns:
-                    yield s, ns
-            finally:
-                await s.close()
-        finally:
-            await ep.close()
-
-
 async def task_ping(session: Any, params: dict) -> Ping:
-    tid = await session.task("ping", params)
-
-    async def wait() -> Any:
-        while True:
-            n = await session.next_notification(30)
-            assert n is not None, f"no result for task {tid}"
-            if n.kind == "taskres" and n.task == tid:
-                return n
-    n = await asyncio.wait_for(wait(), 30)
-    assert n.error is None, n.error
-    return from_json(n.result)
+    return await task_result(session, "ping", params, 30)
 
 
 async def both(lab: Any, **params: Any) -> list[tuple[str, Ping]]:

@@ -29,7 +29,7 @@ from marionet.lab.services import netns_socket
 from marionet.measure.sniff import sniff
 from marionet.results import File, Sniff, SniffStop, from_json
 
-from .test_trace_lab import client_endpoint
+from .labclient import client_endpoint
 
 pytestmark = [pytest.mark.root]
 

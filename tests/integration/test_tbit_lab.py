@@ -23,7 +23,7 @@ import itertools
 import json
 import shutil
 import subprocess
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -31,8 +31,10 @@ from marionet.lab import parse_spec
 from marionet.lab.pytest_plugin import make_lab
 from marionet.measure.tbit import tbit
 from marionet.measure import tcpseg as T
-from marionet.results import Tbit, TbitResult, dumps, from_json, loads
+from marionet.results import Tbit, TbitResult, dumps, loads
 from marionet.results.warts_writer import WartsWriter
+
+from .labclient import client_endpoint, task_result
 
 pytestmark = pytest.mark.root
 
@@ -81,41 +83,8 @@ def sysctl(lab: Any, name: str, value: int) -> None:
     lab.exec("target", ["sysctl", "-qw", f"{name}={value}"], check=True)
 
 
-@contextlib.asynccontextmanager
-async def client_endpoint(lab: Any) -> AsyncIterator[Any]:
-    """(session to an endpoint in the client namespace, native session there)."""
-    from marionet import aio
-    from marionet.endpoint.daemon import Endpoint, EndpointConfig
-    from marionet.endpoint.local import native_session
-
-    from . import pathlab
-
-    with pathlab.inside(lab.netns("client")):
-        ep = Endpoint(EndpointConfig(name="tbit-lab"))
-        try:
-            srv = await ep.serve("127.0.0.1", 0, None)
-            s = await aio.connect(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", insecure=True)
-            try:
-                async with native_session() as ns:
-                    yield s, ns
-            finally:
-                await s.close()
-        finally:
-            await ep.close()
-
-
 async def task_tbit(session: Any, params: dict) -> Tbit:
-    tid = await session.task("tbit", params)
-
-    async def wait() -> Any:
-        while True:
-            n = await session.next_notification(60)
-            assert n is not None, f"no result for task {tid}"
-            if n.kind == "taskres" and n.task == tid:
-                return n
-    n = await asyncio.wait_for(wait(), 60)
-    assert n.error is None, n.error
-    return from_json(n.result)
+    return await task_result(session, "tbit", params, 60)
 
 
 def run_native(lab: Any, family: int = 4, **kw: Any) -> Tbit:
@@ -247,7 +216,7 @@ def test_native_and_endpoint_placements_agree(lab: Any) -> None:
                                                      TbitResult.NULL_SUCCESS, TbitResult.ICW_SUCCESS), \
             (a.to_text(), b.to_text())
         assert (a.server_mss, a.icw_bytes, a.client_mss) == (b.server_mss, b.icw_bytes, b.client_mss)
-        assert b.vp == "tbit-lab" and str(b.src) == lab.addr("client")
+        assert b.vp == "lab-client" and str(b.src) == lab.addr("client")
         # the same conversation: the same flags on the same relative sequence numbers
         from marionet.results.tbit import _pkts_json
 

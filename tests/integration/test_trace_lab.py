@@ -13,15 +13,16 @@ agrees with Debian's ``traceroute -n -q 1`` run in the same namespace
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
 from marionet.lab import linear_path
 from marionet.measure.trace import trace
-from marionet.results import Trace, TraceStop, from_json
+from marionet.results import Trace, TraceStop
+
+from .labclient import client_endpoint, task_result
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -42,41 +43,8 @@ def path_of(t: Trace) -> list[str | None]:
     return [None if h is None else str(h.src) for h in t.hops()]
 
 
-@contextlib.asynccontextmanager
-async def client_endpoint(lab: Any) -> AsyncIterator[Any]:
-    """(session to an endpoint in the client namespace, native session there)."""
-    from marionet import aio
-    from marionet.endpoint.daemon import Endpoint, EndpointConfig
-    from marionet.endpoint.local import native_session
-
-    from . import pathlab
-
-    with pathlab.inside(lab.netns("client")):
-        ep = Endpoint(EndpointConfig(name="trace-lab"))
-        try:
-            srv = await ep.serve("127.0.0.1", 0, None)
-            s = await aio.connect(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", insecure=True)
-            try:
-                async with native_session() as ns:
-                    yield s, ns
-            finally:
-                await s.close()
-        finally:
-            await ep.close()
-
-
 async def task_trace(session: Any, params: dict) -> Trace:
-    tid = await session.task("trace", params)
-
-    async def wait() -> Any:
-        while True:
-            n = await session.next_notification(30)
-            assert n is not None, f"no result for task {tid}"
-            if n.kind == "taskres" and n.task == tid:
-                return n
-    n = await asyncio.wait_for(wait(), 30)
-    assert n.error is None, n.error
-    return from_json(n.result)
+    return await task_result(session, "trace", params, 30)
 
 
 def native_traceroute(lab: Any, family: int, method: str) -> list[str | None]:

@@ -43,7 +43,8 @@ from marionet.results import Trace, from_json, to_json
 from marionet.results.warts import WartsReader
 from marionet.results.warts_writer import WartsWriter
 
-from .test_trace_lab import client_endpoint, path_of, task_trace, truth_path
+from .labclient import client_endpoint
+from .test_trace_lab import path_of, task_trace, truth_path
 
 pytestmark = [pytest.mark.root, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("scamper") is None, reason="Debian's scamper not installed")]

@@ -29,7 +29,7 @@ from marionet.lab.udpservices import SYS_DESCR, SYS_NAME, ntp_request, parse_ntp
 from marionet.measure.udpprobe import udpprobe
 from marionet.results import Udpprobe, UdpprobeStop, from_json
 
-from .test_trace_lab import client_endpoint
+from .labclient import client_endpoint
 
 pytestmark = [pytest.mark.root]
 
