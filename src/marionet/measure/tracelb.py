@@ -259,6 +259,7 @@ class _Node:
     ttl: int
     q_ttl: int | None = None
     terminal: bool = False  # the destination, or an unreachable: nothing to explore past it
+    reply_ttl: int | None = None  # the IP TTL its first reply arrived with (its distance back)
 
 
 @dataclass(slots=True, eq=False)
@@ -499,7 +500,7 @@ class TracelbProbing:
         node = self.nodes.get(addr)
         if node is None:
             q = pkt.icmp.quote if pkt.icmp is not None else None
-            node = self.nodes[addr] = _Node(addr, pr.ttl, q.ttl if q is not None else None)
+            node = self.nodes[addr] = _Node(addr, pr.ttl, q.ttl if q is not None else None, reply_ttl=pkt.ttl)
         if kind != "ttl":
             node.terminal = True
         self.flow_at[(pr.flow, pr.ttl)] = addr
@@ -599,6 +600,8 @@ class TracelbProbing:
         if len(ex.answered) >= need:
             ex.done, ex.why = True, "confident"
             return None
+        if self._converges(ex):
+            return None
         if not ex.answered and ex.lost:  # a silent hop: look one further with the same flows
             if len(ex.silent) + 1 >= p.gaplimit or ex.probe_ttl >= 255:
                 ex.done, ex.why = True, "gaplimit"
@@ -624,6 +627,28 @@ class TracelbProbing:
             self.next_flow += 1
             return (flow, ex.probe_ttl, 0, ex, False)
         return "short"
+
+    def _converges(self, ex: _Explore) -> bool:
+        """scamper's destination rule, across a hop: once a flow from a node
+        at ``ex.ttl`` reached the destination one TTL on, the other nodes at
+        that TTL are taken to reach it too (paths converge at the
+        destination; in a diamond they are the interfaces of its exit
+        router), with no probe of their own — scamper's clump does the same.
+        Only for a node not yet probed past and whose replies came back over
+        as many hops as that sibling's (the same distance from us).  The
+        link's probe set is the sibling's probe that met the destination."""
+        if ex.node == ROOT or ex.answered or ex.lost or ex.silent or ex.probe_ttl != ex.ttl + 1:
+            return False
+        me = self.nodes.get(ex.node)
+        dst = self.plan.dst
+        for e in self.explores:
+            if (e is not ex and e.ttl == ex.ttl and e.why == "destination" and set(e.succ) == {dst}
+                    and e.probe_ttl == ex.probe_ttl and e.node in self.nodes and me is not None
+                    and me.reply_ttl is not None and self.nodes[e.node].reply_ttl == me.reply_ttl):
+                ex.succ[dst] = list(e.succ[dst])
+                ex.done, ex.why = True, "converged"
+                return True
+        return False
 
     def _hop_covered(self, ttl: int) -> bool:
         """The hop-level rule (scamper's clumps, MDA-Lite's unmeshed hops):
