@@ -376,3 +376,101 @@ def test_registered_as_an_endpoint_primitive():
         check_params("tracelb", {"dst": DST, "confidence": 50})
     with pytest.raises(ValueError, match="tracelb could run"):
         check_params("tracelb", {"dst": DST, "gaplimit": 255, "wait_timeout": 60})
+
+
+# -- warts type 8 read back -------------------------------------------------------------------------------
+
+
+def _warts(*objs) -> bytes:
+    import io
+
+    from marionet.results.warts_writer import WartsWriter
+
+    buf = io.BytesIO()
+    w = WartsWriter(buf)
+    for o in objs:
+        w.write(o)
+    return buf.getvalue()
+
+
+def _read_all(data: bytes) -> list:
+    import io
+
+    from marionet.results.warts import WartsReader
+
+    r, out = WartsReader(io.BytesIO(data)), []
+    while (o := r.read()) is not None:
+        out.append(o)
+    return out
+
+
+def _scamper_view(t: Tracelb) -> dict:
+    """Our JSON without marionet's own key: what warts (and sc_warts2json) can carry."""
+    d = json.loads(dumps(to_json(t)))
+    d.pop("marionet", None)
+    return d
+
+
+_WARTS_CASES = [(diamond(2, 2), "udp-dport", set()), (diamond(4, 1), "icmp-echo", set()),
+                ([["10.1.0.1"], ["10.2.0.1"], ["10.3.0.1"]], "tcp-sport", {"10.2.0.1"}),
+                ([["10.1.0.1"], ["a1"], ["b1"], ["c1"]], "udp-sport", {"a1", "b1", "c1", DST})]
+
+
+@pytest.mark.parametrize("layers,method,silent", _WARTS_CASES)
+def test_warts_round_trip_reads_into_an_equal_tracelb(layers, method, silent):
+    """ours → warts → ours: the same record (everything warts carries), and
+    with sc_warts2json present, the same as what it reads from our bytes."""
+    layers = [[a if "." in a else f"10.7.{i}.{j + 1}" for j, a in enumerate(lay)] for i, lay in enumerate(layers)]
+    silent = {a for lay in layers for a in lay if a in silent or a.startswith("10.7.")} | ({DST} & silent)
+    kw = {} if method == "icmp-echo" else {"sport": 40000}
+    t = run(SimNet(layers, silent=silent, salt=1), method=method, userid=7, gaplimit=2, attempts=1, **kw)
+    data = _warts(t)
+    (back,) = _read_all(data)
+    assert isinstance(back, Tracelb)
+    assert _scamper_view(back) == _scamper_view(t)
+    assert back.flow_links() == t.flow_links() and back.nodec == t.nodec and back.linkc == t.linkc
+    assert [ln.pair() for ln in back.links()] == [ln.pair() for ln in t.links()]
+    assert _warts(back) == data  # and it writes back byte for byte
+    if shutil.which("sc_warts2json"):
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".warts") as fh:
+            fh.write(data)
+            fh.flush()
+            cp = subprocess.run(["sc_warts2json", fh.name], capture_output=True, text=True, check=True)
+        (theirs,) = [json.loads(x) for x in cp.stdout.splitlines()]
+        assert _scamper_view(from_json(theirs)) == _scamper_view(back) == theirs
+
+
+def test_truncated_or_garbled_tracelb_records_are_format_errors():
+    """Every truncation of a real type-8 record, and random byte damage to it,
+    either reads as some record or raises FormatError — never anything else."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from marionet.results.errors import FormatError
+
+    data = _warts(run(SimNet(diamond(2, 1), salt=1), sport=40000))
+    body_len = len(data) - 8
+    for cut in range(8, len(data)):  # the record claims the bytes the file no longer has
+        with pytest.raises(FormatError):
+            _read_all(data[:cut])
+    for n in range(body_len):  # a shorter record: its length field says so too
+        short = data[:4] + n.to_bytes(4, "big") + data[8:8 + n]
+        with pytest.raises(FormatError):
+            _read_all(short)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(st.tuples(st.integers(8, len(data) - 1), st.integers(0, 255)), min_size=1, max_size=8))
+    def garble(edits):
+        b = bytearray(data)
+        for i, v in edits:
+            b[i] = v
+        try:
+            for o in _read_all(bytes(b)):
+                if isinstance(o, Tracelb):
+                    o.flow_links()
+                    to_json(o)
+        except FormatError:
+            pass
+    garble()
