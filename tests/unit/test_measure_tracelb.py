@@ -203,6 +203,35 @@ def test_per_node_stopping_rule():
     assert t.probec == len([p for p in mda.probes if p.error is None])
 
 
+def test_destination_converges_only_over_siblings_at_the_same_distance():
+    """The exit router's interfaces (replies back over the same number of
+    hops) share the one probe that met the destination; an interface whose
+    replies come from farther away is no sibling and gets its own probe."""
+    layers = diamond(4, 1)
+
+    class Skewed(SimNet):
+        def answer(self, raw: bytes) -> bytes | None:
+            out = super().answer(raw)
+            if out is not None and out[12:16] == bytes(map(int, "10.3.2.1".split("."))):
+                b = bytearray(out)
+                b[8] -= 3  # 10.3.2.1's replies travel three more hops
+                b[10:12] = b"\0\0"
+                b[10:12] = P.checksum(bytes(b[:20])).to_bytes(2, "big")
+                out = bytes(b)
+            return out
+
+    mda, t = run_core(SimNet(layers, salt=1), sport=40000)
+    ex = {e.node: e for e in mda.explores}
+    whys = sorted(ex[a].why for a in layers[-1])
+    assert whys == ["converged"] * 3 + ["destination"]
+    assert {ln.pair() for ln in t.links()} == truth(layers)
+    mda2, t2 = run_core(Skewed(layers, salt=1), sport=40000)
+    ex2 = {e.node: e for e in mda2.explores}
+    assert ex2["10.3.2.1"].why == "destination" and len(ex2["10.3.2.1"].answered) == 1
+    assert {ln.pair() for ln in t2.links()} == truth(layers)
+    assert t2.probec == t.probec + 1
+
+
 def test_meshed_hop_gets_node_control():
     """r1 → {a, b} → {c1..c4} with each of a, b balancing over all four c's:
     a and b each show four next hops, so each needs n_4 = 21 flows of its

@@ -48,6 +48,13 @@ The MDA (``TracelbProbing``, sans-I/O) works node by node, hop by hop:
 * As scamper does, the first hop is probed with one flow (it is assumed not
   to be balanced); a reply from the destination ends a node's exploration
   (paths converge there); an ICMP unreachable ends that branch.
+* Paths converge at the destination across a hop, too (scamper's clump
+  does this): once one node's flow met the destination one TTL on, the
+  other nodes at that TTL whose replies came back over as many hops (in a
+  diamond: the exit router's other interfaces) get the link to it without
+  a probe of their own; the link's probe set is that one probe.  This is
+  an assumption, scamper's: a sibling whose branch is one router longer
+  would be drawn straight to the destination and that router missed.
 * A probe unanswered after ``attempts`` tries loses its flow for that hop;
   when a node's first probed flow is lost and no flow answered, the hop is
   silent and the same flows probe one TTL further, up to ``gaplimit``
