@@ -11,10 +11,10 @@ runs of ``scamper -c 'tracelb -P METHOD -c 95'`` there (its fastest pacing,
 how often each found every link of the lab's truth.  Figures only; never
 fails on them.  Needs root and Debian's scamper.
 
-Why ours may send more: our MDA keeps node control (each diamond router
-needs n_1 = 6 flows known to reach it), while scamper explores a diamond
-whose routers each show one next hop as one "clump", reusing the hop's
-flows for all its routers.
+Where the two differ: our MDA keeps node control, scamper explores a
+diamond as one "clump"; on these unmeshed diamonds both end up needing the
+hop's n_K flows per TTL.  At the destination hop each uses one probe however
+many interfaces the exit router shows (the others converge on it unprobed).
 
 Usage: python bench/tracelb_probes.py [--rounds 30] [--scamper-rounds 3] [--confidence 95]
 """

@@ -81,7 +81,8 @@ def sample_results() -> list:
 
 
 def warts_seeds() -> list[bytes]:
-    """A whole file (list, cycle, ping, trace, cycle-stop) and each record alone."""
+    """A whole file (list, cycle, ping, trace, cycle-stop), each record alone,
+    a tracelb record and one of a type the reader does not decode."""
     from marionet.results.warts_writer import WartsWriter
 
     objs = sample_results()
@@ -94,9 +95,36 @@ def warts_seeds() -> list[bytes]:
         buf = io.BytesIO()
         WartsWriter(buf).write(o)
         out.append(buf.getvalue())
-    # a record type the reader does not decode (tracelb): comes back as UnknownResult
-    out.append(struct.pack(">HHI", 0x1205, 8, 4) + b"\x00\x01\x02\x03")
+    buf = io.BytesIO()
+    WartsWriter(buf).write(sample_tracelb())
+    out.append(buf.getvalue())
+    # a record type the reader does not decode (sting): comes back as UnknownResult
+    out.append(struct.pack(">HHI", 0x1205, 0x0C, 4) + b"\x00\x01\x02\x03")
     return out
+
+
+def sample_tracelb():
+    """A small MDA graph: r1 balancing over two routers that meet at the
+    destination, with ICMP time-exceeded, port-unreachable and silent probes."""
+    from marionet.results import (Addr, Tracelb, TracelbLink, TracelbNode, TracelbProbe, TracelbProbeset,
+                                  TracelbReply)
+
+    def probe(ttl: int, flow: int, src: str | None, k: int) -> TracelbProbe:
+        rs = [] if src is None else [TracelbReply(src=Addr(src), rx_ns=T0 + k * 1000 + 500, reply_ttl=64 - ttl,
+                                                  reply_ipid=k, icmp_type=3 if src == "192.0.2.9" else 11,
+                                                  icmp_code=3 if src == "192.0.2.9" else 0, icmp_q_tos=0,
+                                                  icmp_q_ttl=1)]
+        return TracelbProbe(tx_ns=T0 + k * 1000, ttl=ttl, flowid=33435 + flow, attempt=0, replies=rs)
+
+    r1, a, b, d = (TracelbNode(addr=Addr(x), q_ttl=1) for x in ("192.0.2.1", "192.0.2.2", "192.0.2.3",
+                                                                 "192.0.2.9"))
+    r1.links = [TracelbLink(near=r1, far=a, probesets=[TracelbProbeset([probe(2, 0, "192.0.2.2", 1)])]),
+                TracelbLink(near=r1, far=b, probesets=[TracelbProbeset([probe(2, 1, "192.0.2.3", 2)])])]
+    a.links = [TracelbLink(near=a, far=d, probesets=[TracelbProbeset([probe(3, 0, None, 3)]),
+                                                     TracelbProbeset([probe(4, 0, "192.0.2.9", 4)])])]
+    b.links = [TracelbLink(near=b, far=d, probesets=[TracelbProbeset([probe(3, 1, "192.0.2.9", 5)])])]
+    return Tracelb(dst=Addr("192.0.2.9"), src=Addr("192.0.2.100"), start_ns=T0, sport=40000, dport=33435,
+                   probe_size=44, probec=5, node_list=[r1, a, b, d])
 
 
 DNS_QNAME = "www.example"

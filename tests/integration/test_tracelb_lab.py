@@ -225,3 +225,33 @@ def _binom_interval(n: int, p: float, alpha: float = 0.05) -> tuple[int, int]:
         acc += pmf[hi]
         hi -= 1
     return lo, hi
+
+
+@pytest.mark.parametrize("labname,method", [("kernel2", "udp-dport"), ("kernel4", "tcp-sport"),
+                                            ("flow2", "icmp-echo")])
+def test_scampers_own_warts_reads_as_its_json_says(request, labname, method, tmp_path):
+    """Debian scamper's ``-O warts`` tracelb record (clumped links and all)
+    reads into a Tracelb equal to what sc_warts2json makes of the same file."""
+    import io
+
+    from marionet.results import dumps
+    from marionet.results.warts import WartsReader
+
+    lab = request.getfixturevalue(labname)
+    path = tmp_path / "scamper.warts"
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    cmd = (f"mount --bind {resolv} /etc/resolv.conf && scamper -O warts -o {path} -c "
+           f"'tracelb -P {method} -c 95 -W 15 -w 1' -i {lab.addr('target')}")
+    lab.exec("client", ["unshare", "-m", "sh", "-c", cmd], check=True, timeout=300)
+    r, got = WartsReader(io.BytesIO(path.read_bytes()), path=str(path)), []
+    while (o := r.read()) is not None:
+        got.append(o)
+    (ours,) = [o for o in got if isinstance(o, Tracelb)]
+    cp = lab.exec("client", ["sc_warts2json", str(path)], check=True, timeout=60)
+    (theirs,) = [json.loads(x) for x in cp.stdout.splitlines() if '"tracelb"' in x]
+    mine = json.loads(dumps(ours))
+    mine.pop("marionet")
+    assert mine == theirs
+    assert ours.flow_links() == from_json(theirs).flow_links() == truth_links(lab)
+    assert ours.probec == theirs["probec"] and ours.method == method

@@ -159,11 +159,20 @@ def test_finds_every_link_of_a_diamond(width, length, method):
             for pr in ps.probes:
                 assert pr.replies and all(r.src == ln.far.addr for r in pr.replies)
     # node control: every probe at TTL t+1 of a link went on a flow seen at the near node at TTL t
+    # — except links into the destination taken from a sibling's probe (scamper's destination rule):
+    # their probe went on a flow seen at another node of the near node's TTL.
     seen = {(pr.flowid, pr.ttl): str(ln.far.addr) for ln in t.links() for pr in ln.probesets[0].probes}
+    last = {a for a in layers[-1]}
     for ln in t.links():
         for pr in ln.probesets[0].probes:
             if pr.ttl > 2:
-                assert seen.get((pr.flowid, pr.ttl - 1), str(ln.near.addr)) == str(ln.near.addr)
+                at = seen.get((pr.flowid, pr.ttl - 1), str(ln.near.addr))
+                assert at == str(ln.near.addr) or (str(ln.far.addr) == DST and {at, str(ln.near.addr)} <= last)
+    # one probe at the destination hop however many exit interfaces (as scamper)
+    assert sum(1 for ln in t.links() if str(ln.far.addr) == DST
+               for pr in ln.probesets[0].probes) >= len(layers[-1])
+    assert len({(pr.flowid, pr.ttl) for ln in t.links() if str(ln.far.addr) == DST
+                for pr in ln.probesets[0].probes}) == 1
 
 
 def test_per_node_stopping_rule():
@@ -183,13 +192,44 @@ def test_per_node_stopping_rule():
         # nodes short of n_1 flows of their own stop when the hop's flows rule
         # out a third next hop (n_2 = 11), as scamper's clumps do
         assert sum(len(ex[a].answered) for a in level) >= 11
-    for a in ("10.3.0.1", "10.3.1.1"):
-        assert ex[a].why == "destination" and len(ex[a].answered) == 1
+    # the first exit interface's flow meets the destination; the other converges on it unprobed
+    assert ex["10.3.0.1"].why == "destination" and len(ex["10.3.0.1"].answered) == 1
+    assert ex["10.3.1.1"].why == "converged" and not ex["10.3.1.1"].answered
+    assert ex["10.3.1.1"].succ == {DST: ex["10.3.0.1"].succ[DST]}
     by_near: dict[str, set[int]] = {}
     for ln in t.links():
         by_near.setdefault(str(ln.near.addr), set()).update(p.flowid for p in ln.probesets[0].probes)
     assert len(by_near["10.1.0.1"]) >= 11  # plus flows brought forward that landed behind r1
     assert t.probec == len([p for p in mda.probes if p.error is None])
+
+
+def test_destination_converges_only_over_siblings_at_the_same_distance():
+    """The exit router's interfaces (replies back over the same number of
+    hops) share the one probe that met the destination; an interface whose
+    replies come from farther away is no sibling and gets its own probe."""
+    layers = diamond(4, 1)
+
+    class Skewed(SimNet):
+        def answer(self, raw: bytes) -> bytes | None:
+            out = super().answer(raw)
+            if out is not None and out[12:16] == bytes(map(int, "10.3.2.1".split("."))):
+                b = bytearray(out)
+                b[8] -= 3  # 10.3.2.1's replies travel three more hops
+                b[10:12] = b"\0\0"
+                b[10:12] = P.checksum(bytes(b[:20])).to_bytes(2, "big")
+                out = bytes(b)
+            return out
+
+    mda, t = run_core(SimNet(layers, salt=1), sport=40000)
+    ex = {e.node: e for e in mda.explores}
+    whys = sorted(ex[a].why for a in layers[-1])
+    assert whys == ["converged"] * 3 + ["destination"]
+    assert {ln.pair() for ln in t.links()} == truth(layers)
+    mda2, t2 = run_core(Skewed(layers, salt=1), sport=40000)
+    ex2 = {e.node: e for e in mda2.explores}
+    assert ex2["10.3.2.1"].why == "destination" and len(ex2["10.3.2.1"].answered) == 1
+    assert {ln.pair() for ln in t2.links()} == truth(layers)
+    assert t2.probec == t.probec + 1
 
 
 def test_meshed_hop_gets_node_control():
@@ -365,3 +405,101 @@ def test_registered_as_an_endpoint_primitive():
         check_params("tracelb", {"dst": DST, "confidence": 50})
     with pytest.raises(ValueError, match="tracelb could run"):
         check_params("tracelb", {"dst": DST, "gaplimit": 255, "wait_timeout": 60})
+
+
+# -- warts type 8 read back -------------------------------------------------------------------------------
+
+
+def _warts(*objs) -> bytes:
+    import io
+
+    from marionet.results.warts_writer import WartsWriter
+
+    buf = io.BytesIO()
+    w = WartsWriter(buf)
+    for o in objs:
+        w.write(o)
+    return buf.getvalue()
+
+
+def _read_all(data: bytes) -> list:
+    import io
+
+    from marionet.results.warts import WartsReader
+
+    r, out = WartsReader(io.BytesIO(data)), []
+    while (o := r.read()) is not None:
+        out.append(o)
+    return out
+
+
+def _scamper_view(t: Tracelb) -> dict:
+    """Our JSON without marionet's own key: what warts (and sc_warts2json) can carry."""
+    d = json.loads(dumps(to_json(t)))
+    d.pop("marionet", None)
+    return d
+
+
+_WARTS_CASES = [(diamond(2, 2), "udp-dport", set()), (diamond(4, 1), "icmp-echo", set()),
+                ([["10.1.0.1"], ["10.2.0.1"], ["10.3.0.1"]], "tcp-sport", {"10.2.0.1"}),
+                ([["10.1.0.1"], ["a1"], ["b1"], ["c1"]], "udp-sport", {"a1", "b1", "c1", DST})]
+
+
+@pytest.mark.parametrize("layers,method,silent", _WARTS_CASES)
+def test_warts_round_trip_reads_into_an_equal_tracelb(layers, method, silent):
+    """ours → warts → ours: the same record (everything warts carries), and
+    with sc_warts2json present, the same as what it reads from our bytes."""
+    layers = [[a if "." in a else f"10.7.{i}.{j + 1}" for j, a in enumerate(lay)] for i, lay in enumerate(layers)]
+    silent = {a for lay in layers for a in lay if a in silent or a.startswith("10.7.")} | ({DST} & silent)
+    kw = {} if method == "icmp-echo" else {"sport": 40000}
+    t = run(SimNet(layers, silent=silent, salt=1), method=method, userid=7, gaplimit=2, attempts=1, **kw)
+    data = _warts(t)
+    (back,) = _read_all(data)
+    assert isinstance(back, Tracelb)
+    assert _scamper_view(back) == _scamper_view(t)
+    assert back.flow_links() == t.flow_links() and back.nodec == t.nodec and back.linkc == t.linkc
+    assert [ln.pair() for ln in back.links()] == [ln.pair() for ln in t.links()]
+    assert _warts(back) == data  # and it writes back byte for byte
+    if shutil.which("sc_warts2json"):
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".warts") as fh:
+            fh.write(data)
+            fh.flush()
+            cp = subprocess.run(["sc_warts2json", fh.name], capture_output=True, text=True, check=True)
+        (theirs,) = [json.loads(x) for x in cp.stdout.splitlines()]
+        assert _scamper_view(from_json(theirs)) == _scamper_view(back) == theirs
+
+
+def test_truncated_or_garbled_tracelb_records_are_format_errors():
+    """Every truncation of a real type-8 record, and random byte damage to it,
+    either reads as some record or raises FormatError — never anything else."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from marionet.results.errors import FormatError
+
+    data = _warts(run(SimNet(diamond(2, 1), salt=1), sport=40000))
+    body_len = len(data) - 8
+    for cut in range(8, len(data)):  # the record claims the bytes the file no longer has
+        with pytest.raises(FormatError):
+            _read_all(data[:cut])
+    for n in range(body_len):  # a shorter record: its length field says so too
+        short = data[:4] + n.to_bytes(4, "big") + data[8:8 + n]
+        with pytest.raises(FormatError):
+            _read_all(short)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(st.tuples(st.integers(8, len(data) - 1), st.integers(0, 255)), min_size=1, max_size=8))
+    def garble(edits):
+        b = bytearray(data)
+        for i, v in edits:
+            b[i] = v
+        try:
+            for o in _read_all(bytes(b)):
+                if isinstance(o, Tracelb):  # what reads also expands, writes and reads as JSON
+                    o.flow_links()
+                    assert isinstance(loads(dumps(o)), Tracelb)
+        except FormatError:
+            pass
+    garble()

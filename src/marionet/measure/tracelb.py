@@ -48,6 +48,13 @@ The MDA (``TracelbProbing``, sans-I/O) works node by node, hop by hop:
 * As scamper does, the first hop is probed with one flow (it is assumed not
   to be balanced); a reply from the destination ends a node's exploration
   (paths converge there); an ICMP unreachable ends that branch.
+* Paths converge at the destination across a hop, too (scamper's clump
+  does this): once one node's flow met the destination one TTL on, the
+  other nodes at that TTL whose replies came back over as many hops (in a
+  diamond: the exit router's other interfaces) get the link to it without
+  a probe of their own; the link's probe set is that one probe.  This is
+  an assumption, scamper's: a sibling whose branch is one router longer
+  would be drawn straight to the destination and that router missed.
 * A probe unanswered after ``attempts`` tries loses its flow for that hop;
   when a node's first probed flow is lost and no flow answered, the hop is
   silent and the same flows probe one TTL further, up to ``gaplimit``
@@ -259,6 +266,7 @@ class _Node:
     ttl: int
     q_ttl: int | None = None
     terminal: bool = False  # the destination, or an unreachable: nothing to explore past it
+    reply_ttl: int | None = None  # the IP TTL its first reply arrived with (its distance back)
 
 
 @dataclass(slots=True, eq=False)
@@ -499,7 +507,7 @@ class TracelbProbing:
         node = self.nodes.get(addr)
         if node is None:
             q = pkt.icmp.quote if pkt.icmp is not None else None
-            node = self.nodes[addr] = _Node(addr, pr.ttl, q.ttl if q is not None else None)
+            node = self.nodes[addr] = _Node(addr, pr.ttl, q.ttl if q is not None else None, reply_ttl=pkt.ttl)
         if kind != "ttl":
             node.terminal = True
         self.flow_at[(pr.flow, pr.ttl)] = addr
@@ -599,6 +607,8 @@ class TracelbProbing:
         if len(ex.answered) >= need:
             ex.done, ex.why = True, "confident"
             return None
+        if self._converges(ex):
+            return None
         if not ex.answered and ex.lost:  # a silent hop: look one further with the same flows
             if len(ex.silent) + 1 >= p.gaplimit or ex.probe_ttl >= 255:
                 ex.done, ex.why = True, "gaplimit"
@@ -624,6 +634,28 @@ class TracelbProbing:
             self.next_flow += 1
             return (flow, ex.probe_ttl, 0, ex, False)
         return "short"
+
+    def _converges(self, ex: _Explore) -> bool:
+        """scamper's destination rule, across a hop: once a flow from a node
+        at ``ex.ttl`` reached the destination one TTL on, the other nodes at
+        that TTL are taken to reach it too (paths converge at the
+        destination; in a diamond they are the interfaces of its exit
+        router), with no probe of their own — scamper's clump does the same.
+        Only for a node not yet probed past and whose replies came back over
+        as many hops as that sibling's (the same distance from us).  The
+        link's probe set is the sibling's probe that met the destination."""
+        if ex.node == ROOT or ex.answered or ex.lost or ex.silent or ex.probe_ttl != ex.ttl + 1:
+            return False
+        me = self.nodes.get(ex.node)
+        dst = self.plan.dst
+        for e in self.explores:
+            if (e is not ex and e.ttl == ex.ttl and e.why == "destination" and set(e.succ) == {dst}
+                    and e.probe_ttl == ex.probe_ttl and e.node in self.nodes and me is not None
+                    and me.reply_ttl is not None and self.nodes[e.node].reply_ttl == me.reply_ttl):
+                ex.succ[dst] = list(e.succ[dst])
+                ex.done, ex.why = True, "converged"
+                return True
+        return False
 
     def _hop_covered(self, ttl: int) -> bool:
         """The hop-level rule (scamper's clumps, MDA-Lite's unmeshed hops):

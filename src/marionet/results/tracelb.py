@@ -306,9 +306,10 @@ def _probe_json(p: TracelbProbe, addr: Addr | None) -> dict[str, Any]:
 
 
 def _set_json(ps: TracelbProbeset) -> list[dict[str, Any]]:
-    """A middle probe set: one entry per address, then "*" if some probe got nothing."""
+    """A middle probe set: one entry per address in address order (as
+    sc_warts2json lists them), then "*" if some probe got nothing."""
     out: list[dict[str, Any]] = []
-    for a in ps.addrs():
+    for a in sorted(ps.addrs()):
         out.append({"addr": str(a), "probes": [_probe_json(p, a) for p in ps.probes
                                                 if any(r.src == a for r in p.replies)]})
     if any(not p.replies for p in ps.probes) or not out:
