@@ -70,8 +70,8 @@ with _instrumentation(sys.argv[1] if __name__ == "__main__" and len(sys.argv) > 
     from marionet.measure.dns import (DnsExchange, ParsedReply, _question_ok, parse_reply,
                                       plan_dns)
     from marionet.measure import probes as P
-    from marionet.results import (CycleStart, CycleStop, FormatError, Ping, Trace, Tracelb,
-                                  UnknownResult, dumps, from_json, loads, to_json)
+    from marionet.results import (CycleStart, CycleStop, FormatError, Http, Ping, Sniff, Tbit, Trace,
+                                  Tracelb, Udpprobe, UnknownResult, dumps, from_json, loads, to_json)
     from marionet.results.dns import DnsQuery, DnsResult, DnsStop
     from marionet.results.warts import WartsReader
     from marionet.wire import codec
@@ -142,12 +142,14 @@ def fuzz_wire(data: bytes) -> None:
 
 # -------------------------------------------------------------------------- warts
 
-_WARTS_TYPES = (Ping, Trace, Tracelb, CycleStart, CycleStop, UnknownResult)
+# every record type the reader decodes (ping, trace here; the rest registered)
+_WARTS_TYPES = (Ping, Trace, Tracelb, Tbit, Sniff, Udpprobe, DnsResult, Http, CycleStart, CycleStop,
+                UnknownResult)
 
 
 def fuzz_warts(data: bytes) -> None:
     """``WartsReader``: only ``FormatError``; every record read advances the
-    stream (no endless loop), and what reads as ping/trace/tracelb writes as JSON."""
+    stream (no endless loop), and every record read writes as JSON and reads back as its type."""
     reader = WartsReader(io.BytesIO(data), path="fuzz.warts")
     for _ in range(len(data) // 8 + 2):  # a record is at least its 8-byte header
         try:

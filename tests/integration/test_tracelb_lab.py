@@ -15,18 +15,19 @@ and checks the rate of runs that miss the second path against 2·2⁻⁶.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
 import tempfile
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
 from marionet.lab import diamond_path
 from marionet.measure.tracelb import tracelb
 from marionet.results import Tracelb, TracelbStop, from_json
+
+from .labclient import client_endpoint, task_result
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -64,41 +65,8 @@ def scamper_tracelb(lab: Any, family: int, method: str, confidence: int = 99) ->
     return from_json(rec)
 
 
-@contextlib.asynccontextmanager
-async def client_endpoint(lab: Any) -> AsyncIterator[Any]:
-    """(session to an endpoint in the client namespace, native session there)."""
-    from marionet import aio
-    from marionet.endpoint.daemon import Endpoint, EndpointConfig
-    from marionet.endpoint.local import native_session
-
-    from . import pathlab
-
-    with pathlab.inside(lab.netns("client")):
-        ep = Endpoint(EndpointConfig(name="tracelb-lab"))
-        try:
-            srv = await ep.serve("127.0.0.1", 0, None)
-            s = await aio.connect(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", insecure=True)
-            try:
-                async with native_session() as ns:
-                    yield s, ns
-            finally:
-                await s.close()
-        finally:
-            await ep.close()
-
-
 async def task_tracelb(session: Any, params: dict) -> Tracelb:
-    tid = await session.task("tracelb", params)
-
-    async def wait() -> Any:
-        while True:
-            n = await session.next_notification(60)
-            assert n is not None, f"no result for task {tid}"
-            if n.kind == "taskres" and n.task == tid:
-                return n
-    n = await asyncio.wait_for(wait(), 120)
-    assert n.error is None, n.error
-    return from_json(n.result)
+    return await task_result(session, "tracelb", params, 120)
 
 
 def _lab(spec: Any) -> Any:

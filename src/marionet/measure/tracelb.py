@@ -86,8 +86,8 @@ from marionet.measure.params import integer as _int
 from marionet.measure.params import method as check_method
 from marionet.measure.params import seconds as _seconds
 from marionet.measure.params import target as check_target
-from marionet.measure.rawio import (ProbeSockets, close_sockets, open_probe_sockets, queue_lead_ns,
-                                    route_source)
+from marionet.measure.rawio import (HALTED, HaltWatch, ProbeSockets, close_sockets, open_probe_sockets,
+                                    queue_lead_ns, route_source)
 from marionet.measure.trace import paris_word
 from marionet.results.common import Addr
 from marionet.results.tracelb import (Tracelb, TracelbLink, TracelbNode, TracelbProbe, TracelbProbeset,
@@ -778,24 +778,6 @@ async def tracelb(io: PacketSession, dst: Any, *, confidence: int = 95, method: 
             await close_sockets(io, socks)
 
 
-async def _next_note(stream: Any, timeout: float, halt: asyncio.Event | None,
-                     holder: list[asyncio.Future]) -> Any:
-    if halt is None:
-        return await stream.next(timeout)
-    if not holder:
-        holder.append(asyncio.ensure_future(halt.wait()))
-    nt = asyncio.ensure_future(stream.next(timeout))
-    await asyncio.wait({nt, holder[0]}, return_when=asyncio.FIRST_COMPLETED)
-    if not nt.done():
-        nt.cancel()
-        try:
-            await nt
-        except (asyncio.CancelledError, ConnectionLost):
-            pass
-        return None
-    return nt.result()
-
-
 async def _drive(io: PacketSession, plan: TracelbPlan, run: TracelbProbing, socks: ProbeSockets,
                  halt: asyncio.Event | None, stream: Any) -> Tracelb:
     off = await io.clock_offset(samples=3)
@@ -806,7 +788,7 @@ async def _drive(io: PacketSession, plan: TracelbPlan, run: TracelbProbing, sock
     tag_base = random.SystemRandom().randrange(1, 2**31)
     extra: dict[str, Any] = {}
     last_at: int | None = None
-    holder: list[asyncio.Future] = []
+    watch = HaltWatch(halt)
     barrier: set[int] = set()
 
     def handle(note: Any) -> None:
@@ -869,8 +851,8 @@ async def _drive(io: PacketSession, plan: TracelbPlan, run: TracelbProbing, sock
                 wake = end
             note = stream.poll()
             if note is None:
-                note = await _next_note(stream, max(0.0, (wake - local) / _NS), halt, holder)
-                if note is None:
+                note = await watch.next(stream, max(0.0, (wake - local) / _NS))
+                if note is None or note is HALTED:
                     continue
             handle(note)
         until = _now() + _TX_GRACE_NS
@@ -883,6 +865,5 @@ async def _drive(io: PacketSession, plan: TracelbPlan, run: TracelbProbing, sock
         extra["error"] = str(exc)
         run._stop(TracelbStop.ERROR)
     finally:
-        if holder:
-            holder[0].cancel()
+        watch.close()
     return run.result(start_ns=start, vp=io.endpoint_name, extra=extra)

@@ -1,4 +1,4 @@
-"""Writer for scamper's binary warts format (ping and trace records).
+"""Writer for scamper's binary warts format (ping and trace here; other kinds by ``register``).
 
 Why: warts is what scamper's own tools (``sc_warts2json``, ``sc_wartsdump``,
 ``sc_analysis_dump``) and many existing pipelines read.  Writing it lets
@@ -146,8 +146,10 @@ def register(cls: type, rtype: int, body: Callable[[Any, RecordContext], bytes])
 class WartsWriter:
     """Writes result objects to a binary stream as warts records.
 
-    ``write`` takes ``Ping``, ``Trace``, ``CycleStart`` and ``CycleStop``;
-    anything else raises ``TypeError`` (write DNS and HTTP results as JSON).
+    ``write`` takes ``Ping``, ``Trace``, ``CycleStart``, ``CycleStop`` and
+    every registered type (``register``: tracelb, tbit, sniff, udpprobe,
+    DNS host and HTTP records); anything else raises ``TypeError`` naming
+    what it can write (write it as JSON).
     Records between a cycle-start and its cycle-stop carry that cycle.
     """
 
