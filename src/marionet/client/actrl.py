@@ -576,7 +576,7 @@ class AsyncCtrl:
             assert session is not None
             if placement == "remote":
                 inst.taskc += 1
-                task._runner = self._spawn(self._run_remote(task))
+                self._spawn(self._run_remote(task))
                 self._maybe_more(inst)
                 return task
             inst.taskc += 1

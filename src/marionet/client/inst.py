@@ -226,7 +226,6 @@ class Task:
         self.id: int | None = None  # the endpoint's task id (None for a remote-placement task)
         self.placement = "endpoint"  # or "remote": the primitive runs in this process
         self._halt_event: asyncio.Event | None = None  # a remote task's halt
-        self._runner: asyncio.Task | None = None  # a remote task's coroutine
         self.halted = False
         self.result: Any = None
         self.error: InstError | None = None
