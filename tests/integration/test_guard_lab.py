@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import struct
 import threading
 import time
 
 import pytest
 
-from marionet.client.errors import EndpointError, GuardDeniedError
+from marionet.client.errors import GuardDeniedError
 from tests.integration.test_endpoint_paths import icmp_echo, ipv4_udp
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import struct
-import subprocess
-import time
+import sys
 
 import pytest
 
@@ -104,8 +100,6 @@ for name in sys.argv[1:]:
 def test_veths_finish_checksums_before_the_wire(lab_factory):  # noqa: F811
     """TX checksum offload is off on every veth, so a router's ICMP error
     quotes the checksum the sender's kernel computed (as on a real NIC)."""
-    import sys
-
     lab = lab_factory(linear_path(2))
     assert not lab.warnings, lab.warnings
     for node in ("client", "r1", "target"):
