@@ -69,8 +69,8 @@ from marionet.measure.params import payload as check_payload
 from marionet.measure.params import seconds as _seconds
 from marionet.measure.params import shown
 from marionet.measure.params import target as check_target
-from marionet.measure.rawio import (HALTED, HaltWatch, ProbeSockets, close_sockets, open_probe_sockets,
-                                    queue_lead_ns, route_source)
+from marionet.measure.rawio import (HALTED, HaltWatch, ProbeSockets, queue_lead_ns, route_source,
+                                    with_probe_sockets)
 from marionet.results import Ping, PingReply, PingStop, PingTsReply, PingV4TS
 
 __all__ = ["ping", "plan_ping", "PingPlan", "PingProbing", "SUPPORTED_METHODS"]
@@ -683,17 +683,9 @@ async def ping(io: PacketSession, dst: Any, *, method: str = "icmp-echo", attemp
                      recordroute=recordroute, userid=userid)
     source = plan.src or await route_source(io, plan.family, plan.dst, plan.dport or 33435)
     run = PingProbing(plan, source)
-    socks = ProbeSockets()
-    proto = _PROBE_IPPROTO[plan.family][plan.kind]
-    # Our own notification stream: other measurements on this session
-    # neither see our packets nor lose theirs to us.
-    with io.stream() as stream:
-        try:
-            await open_probe_sockets(io, socks, family=plan.family, proto=proto, src=run.src,
-                                     filters=run.filters(), stream=stream, ttl=plan.ttl, tos=plan.tos)
-            return await _drive(io, plan, run, socks, halt, stream)
-        finally:
-            await close_sockets(io, socks)
+    return await with_probe_sockets(io, lambda socks, stream: _drive(io, plan, run, socks, halt, stream),
+                                    family=plan.family, proto=_PROBE_IPPROTO[plan.family][plan.kind],
+                                    src=run.src, filters=run.filters(), ttl=plan.ttl, tos=plan.tos)
 
 
 async def _drive(io: PacketSession, plan: PingPlan, run: PingProbing, socks: ProbeSockets,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from marionet.client.errors import ConnectionLost, EndpointError
 from marionet.client.packet import PacketSession
@@ -122,6 +122,22 @@ async def open_probe_sockets(io: PacketSession, socks: ProbeSockets, *, family: 
         socks.capture[socks.send] = "probe"
     for sid, role in socks.capture.items():
         await io.ncap(sid, filters[role])
+
+
+async def with_probe_sockets(io: PacketSession, drive: Callable[[ProbeSockets, Any], Awaitable[Any]], *,
+                             family: int, proto: int, src: str, filters: dict[str, str],
+                             ttl: int | None = None, tos: int | None = None) -> Any:
+    """``drive(socks, stream)`` over probe sockets opened on a notification
+    stream of their own (other measurements on the session neither see our
+    packets nor lose theirs to us), closed afterwards whatever happens."""
+    socks = ProbeSockets()
+    with io.stream() as stream:
+        try:
+            await open_probe_sockets(io, socks, family=family, proto=proto, src=src, filters=filters,
+                                     stream=stream, ttl=ttl, tos=tos)
+            return await drive(socks, stream)
+        finally:
+            await close_sockets(io, socks)
 
 
 async def close_sockets(io: PacketSession, socks: ProbeSockets) -> None:

@@ -71,8 +71,8 @@ from marionet.measure.params import method as check_method
 from marionet.measure.params import payload as check_payload
 from marionet.measure.params import seconds as _seconds
 from marionet.measure.params import target as check_target
-from marionet.measure.rawio import (HALTED, HaltWatch, ProbeSockets, close_sockets, open_probe_sockets,
-                                    queue_lead_ns, route_source)
+from marionet.measure.rawio import (HALTED, HaltWatch, ProbeSockets, queue_lead_ns, route_source,
+                                    with_probe_sockets)
 from marionet.results import IcmpExt, MplsLabel, Trace, TraceHop, TraceStop
 
 __all__ = ["trace", "plan_trace", "TracePlan", "TraceProbing", "SUPPORTED_METHODS",
@@ -807,14 +807,9 @@ async def trace(io: PacketSession, dst: Any, *, method: str = "udp-paris", attem
                       confidence=confidence)
     source = plan.src or await route_source(io, plan.family, plan.dst, plan.dport or 33435)
     run = TraceProbing(plan, source)
-    socks = ProbeSockets()
-    with io.stream() as stream:
-        try:
-            await open_probe_sockets(io, socks, family=plan.family, proto=plan.proto, src=run.src,
-                                     filters=run.filters(), stream=stream, tos=plan.tos)
-            return await _drive(io, plan, run, socks, halt, stream)
-        finally:
-            await close_sockets(io, socks)
+    return await with_probe_sockets(io, lambda socks, stream: _drive(io, plan, run, socks, halt, stream),
+                                    family=plan.family, proto=plan.proto, src=run.src, filters=run.filters(),
+                                    tos=plan.tos)
 
 
 async def _drive(io: PacketSession, plan: TracePlan, run: TraceProbing, socks: ProbeSockets,

@@ -86,8 +86,8 @@ from marionet.measure.params import integer as _int
 from marionet.measure.params import method as check_method
 from marionet.measure.params import seconds as _seconds
 from marionet.measure.params import target as check_target
-from marionet.measure.rawio import (HALTED, HaltWatch, ProbeSockets, close_sockets, open_probe_sockets,
-                                    queue_lead_ns, route_source)
+from marionet.measure.rawio import (HALTED, HaltWatch, ProbeSockets, queue_lead_ns, route_source,
+                                    with_probe_sockets)
 from marionet.measure.trace import paris_word
 from marionet.results.common import Addr
 from marionet.results.tracelb import (Tracelb, TracelbLink, TracelbNode, TracelbProbe, TracelbProbeset,
@@ -768,14 +768,9 @@ async def tracelb(io: PacketSession, dst: Any, *, confidence: int = 95, method: 
                         dport=dport, tos=tos, probec_max=probec_max, size=size, src=src, userid=userid)
     source = plan.src or await route_source(io, plan.family, plan.dst, plan.dport or 33435)
     run = TracelbProbing(plan, source)
-    socks = ProbeSockets()
-    with io.stream() as stream:
-        try:
-            await open_probe_sockets(io, socks, family=plan.family, proto=plan.proto, src=run.src,
-                                     filters=run.filters(), stream=stream, tos=plan.tos)
-            return await _drive(io, plan, run, socks, halt, stream)
-        finally:
-            await close_sockets(io, socks)
+    return await with_probe_sockets(io, lambda socks, stream: _drive(io, plan, run, socks, halt, stream),
+                                    family=plan.family, proto=plan.proto, src=run.src, filters=run.filters(),
+                                    tos=plan.tos)
 
 
 async def _drive(io: PacketSession, plan: TracelbPlan, run: TracelbProbing, socks: ProbeSockets,
