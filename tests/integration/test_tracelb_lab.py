@@ -136,10 +136,14 @@ async def test_same_links_as_debian_scamper(request, labname, method):
     probes in the lab (every hop "*"), while its IPv4 ones work."""
     lab = request.getfixturevalue(labname)
     family = 4
+    want = truth_links(lab, family)
     async with client_endpoint(lab) as (session, _native):
         ours = await tracelb(session, lab.addr("target", family), method=method, confidence=99, **FAST)
+        if ours.flow_links() < want:  # a 99% MDA misses a branch in ~1% of runs, by design: once more
+            ours = await tracelb(session, lab.addr("target", family), method=method, confidence=99, **FAST)
     theirs = await asyncio.to_thread(scamper_tracelb, lab, family, method)
-    want = truth_links(lab, family)
+    if theirs.flow_links() < want:  # the same for scamper's
+        theirs = await asyncio.to_thread(scamper_tracelb, lab, family, method)
     assert theirs.flow_links() == want, theirs.flow_links() ^ want
     assert links(ours) == theirs.flow_links() == ours.flow_links()
 
