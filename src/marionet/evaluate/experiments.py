@@ -1,0 +1,323 @@
+"""The congruence study's experiments: one measurement, every source, one row shape.
+
+Each experiment knows its *sources* — marionet's placements (``native``: the
+measurement in a worker process on the VP; ``endpoint``: the VP's endpoint
+runs it as a primitive; ``remote``: this process runs it over the VP's
+packet interface) and the native tools it is judged against — and turns one
+run of one source on one VP into ``Sample`` rows. The study (``study``)
+alternates the sources back to back; the report (``report``) compares every
+source with the experiment's reference source, as PAM'25 compares
+PacketLab with the native tool.
+
+Why these defaults:
+
+* traceroute: ``udp-paris``-free plain UDP as Butskoy sends it, three
+  attempts per hop with every attempt kept, so each run gives three RTTs
+  from the destination and one path; the reference is Butskoy traceroute
+  (user-space send stamp, kernel receive stamp).
+* throughput: the PAM'25 pipe-saturation method in both directions against
+  the lab's throughput server; the reference is a plain-socket client of the
+  same protocol (``native_throughput``); iperf3 is reported beside it.
+* web: fetch every lab site with curl and with the HTTP primitive; a site's
+  body is compared after the paper's cleaning step (``web.clean_body``).
+* send gap: trains of scheduled UDP sends; the reference is a plain Python
+  sender on the VP (sleep, then spin), both stamped by the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from marionet.evaluate.samples import Sample
+
+__all__ = ["Experiment", "TraceExperiment", "ThroughputExperiment", "WebExperiment", "SendGapExperiment",
+           "StudyContext", "GOODPUT_RATIO", "WebSite"]
+
+#: TCP payload per Ethernet frame at MTU 1500 (timestamps on): what a rate limit leaves for goodput
+GOODPUT_RATIO = 1448 / 1514
+
+
+@dataclass
+class StudyContext:
+    """What experiments need from the running study."""
+
+    lab: Any                       # marionet.lab.core.Lab
+    ctrl: Any                      # marionet.client.actrl.AsyncCtrl attached to the lab's VPs
+    conn: Any                      # a ControllerConnection (for packet sessions to VPs)
+    workers: dict[str, Any]        # vp -> NativeWorker in the VP's namespace
+    server: str                    # the server node's name
+    server_addr: str               # its IPv4 address
+    truth: dict[str, Any] = field(default_factory=dict)
+
+    def inst(self, vp: str) -> Any:
+        for i in self.ctrl.instances():
+            if i.name == vp:
+                return i
+        raise LookupError(f"VP {vp!r} is not attached")
+
+    async def exec(self, node: str, argv: Sequence[str], timeout: float) -> Any:
+        return await asyncio.to_thread(self.lab.exec, node, list(argv), timeout=timeout)
+
+    def link_to(self, vp: str) -> dict[str, Any]:
+        """The VP's access link in the lab truth (its delay and rate)."""
+        for ln in self.truth.get("links", []):
+            if vp in (ln["a"], ln["b"]):
+                return ln
+        raise LookupError(f"no link at {vp}")
+
+    def rtt_ms(self, vp: str, dst_node: str) -> float | None:
+        """Configured round-trip time from ``vp`` to ``dst_node`` (IPv4), from the lab truth."""
+        for p in self.truth.get("paths", []):
+            if p["src"] == vp and p["dst"] == dst_node and p["family"] == 4 and p.get("one_way_delay_ms"):
+                lo, hi = p["one_way_delay_ms"]
+                added = float(p.get("forwarder_added_ms", 0.0) or 0.0)
+                return 2 * (lo + hi) / 2 + added
+        return None
+
+
+class Experiment:
+    """One measurement across sources. Subclasses set the class attributes."""
+
+    name: str = ""
+    sources: tuple[str, ...] = ()
+    reference: str = ""
+    #: run VPs at the same time (latency/content experiments) or one at a time (throughput, send gap)
+    parallel: bool = True
+    #: seconds one run of one source may take before it counts as failed
+    timeout: float = 120.0
+
+    def specs(self, ctx: StudyContext, vps: Sequence[str]) -> list[Any]:
+        """``report.ExperimentSpec`` s for the samples this experiment writes."""
+        raise NotImplementedError
+
+    async def run(self, ctx: StudyContext, vp: str, source: str, run: int) -> list[Sample]:
+        raise NotImplementedError
+
+    async def setup(self, ctx: StudyContext, vps: Sequence[str]) -> None:
+        """Once before the first run (start receivers, check tools)."""
+
+    async def teardown(self, ctx: StudyContext) -> None:
+        """Once after the last run."""
+
+
+async def _marionet(ctx: StudyContext, vp: str, source: str, primitive: str, params: dict[str, Any],
+                    timeout: float) -> Any:
+    """Run ``primitive`` from ``vp`` in marionet placement ``source``."""
+    if source == "native":
+        return await ctx.workers[vp].run(primitive, params, timeout=timeout)
+    do = getattr(ctx.ctrl, f"do_{primitive}")
+    return await asyncio.wait_for(do(inst=ctx.inst(vp), sync=True, placement=source, **params), timeout)
+
+
+# ------------------------------------------------------------------ traceroute
+class TraceExperiment(Experiment):
+    """Traceroute to the server: destination RTTs (``trace-rtt``) and the path (``trace-path``)."""
+
+    name = "trace"
+    sources = ("traceroute", "scamper", "native", "endpoint", "remote")
+    reference = "traceroute"
+    attempts = 3
+    max_ttl = 16
+
+    def specs(self, ctx: StudyContext, vps: Sequence[str]) -> list[Any]:
+        from marionet.evaluate.report import ExperimentSpec
+
+        truth = {vp: ctx.rtt_ms(vp, ctx.server) for vp in vps}
+        return [
+            ExperimentSpec("trace-rtt", "Traceroute: RTT of the destination's replies", "rtt_ms",
+                           self.reference, kind="numeric", truth={k: v for k, v in truth.items() if v},
+                           unit="ms"),
+            ExperimentSpec("trace-path", "Traceroute: path ((hop, address) pairs over all runs)", "path",
+                           self.reference, kind="set"),
+        ]
+
+    async def run(self, ctx: StudyContext, vp: str, source: str, run: int) -> list[Sample]:
+        dst = ctx.server_addr
+        now = time.time_ns()
+        if source in ("traceroute", "scamper"):
+            from marionet.evaluate import native
+
+            fn = native.run_traceroute if source == "traceroute" else native.run_scamper_trace
+            tr = await asyncio.to_thread(fn, ctx.lab, vp, dst, attempts=self.attempts, max_ttl=self.max_ttl,
+                                         timeout=self.timeout)
+            if tr.error:
+                return [Sample("trace-rtt", vp, source, run, "rtt_ms", None, None, None, now)]
+            rtts, items = tr.dest_rtts(), sorted(tr.path_items())
+        else:
+            res = await _marionet(ctx, vp, source, "trace",
+                                  {"dst": dst, "method": "udp", "attempts": self.attempts, "all_attempts": True,
+                                   "hoplimit": self.max_ttl, "wait_timeout": 2}, self.timeout)
+            rtts, items = _trace_dest_rtts(res, dst), sorted(_trace_path_items(res))
+        out = [Sample("trace-rtt", vp, source, run, "rtt_ms", r, None, None, now) for r in rtts]
+        if not rtts:
+            out.append(Sample("trace-rtt", vp, source, run, "rtt_ms", None, None, None, now))
+        out += [Sample("trace-path", vp, source, run, "path", None, it, None, now) for it in items]
+        return out
+
+
+def _trace_dest_rtts(res: Any, dst: str) -> list[float]:
+    """RTTs (ms) of every reply from the destination, all attempts."""
+    return [h.rtt_ns / 1e6 for h in res.hop_records if str(h.src) == dst and h.rtt_ns is not None]
+
+
+def _trace_path_items(res: Any) -> set[str]:
+    """The C3 items of one trace: "ttl|address" for every responding hop."""
+    return {f"{h.probe_ttl}|{h.src}" for h in res.hop_records if h.src is not None}
+
+
+# ------------------------------------------------------------------ throughput
+class ThroughputExperiment(Experiment):
+    """TCP pipe saturation (PAM'25 §5.2) against the lab's throughput server."""
+
+    parallel = False
+    sources = ("native-client", "native", "endpoint", "remote", "iperf3")
+    reference = "native-client"
+    timeout = 180.0
+
+    def __init__(self, direction: str, size: int = 25 << 20, skip: int = 1 << 20) -> None:
+        if direction not in ("download", "upload"):
+            raise ValueError("direction must be download or upload")
+        self.direction = direction
+        self.size = size
+        self.skip = skip
+        self.name = "throughput-down" if direction == "download" else "throughput-up"
+
+    def specs(self, ctx: StudyContext, vps: Sequence[str]) -> list[Any]:
+        from marionet.evaluate.report import ExperimentSpec
+
+        truth = {}
+        for vp in vps:
+            rate = ctx.link_to(vp).get("rate_bps")
+            if rate:
+                truth[vp] = rate * GOODPUT_RATIO / 1e6
+        return [ExperimentSpec(self.name, f"TCP throughput, {self.direction} ({self.size >> 20} MiB, "
+                               f"first {self.skip >> 10} KiB skipped)", "mbps", self.reference, kind="numeric",
+                               threshold=0.06, truth=truth, unit="Mbit/s")]
+
+    async def run(self, ctx: StudyContext, vp: str, source: str, run: int) -> list[Sample]:
+        from marionet.measure.throughput_proto import DEFAULT_PORT
+
+        now = time.time_ns()
+        mbps: float | None = None
+        if source == "native-client":
+            cp = await ctx.exec(vp, [sys.executable, "-m", "marionet.evaluate.native_throughput", ctx.server_addr,
+                                     str(DEFAULT_PORT), self.direction, str(self.size), str(self.skip)],
+                                self.timeout)
+            mbps = _native_client_mbps(cp.stdout)
+        elif source == "iperf3":
+            from marionet.evaluate import iperf
+
+            r = await asyncio.to_thread(iperf.run_iperf3, ctx.lab, vp, ctx.server_addr,
+                                        direction=self.direction, nbytes=self.size, timeout=self.timeout)
+            mbps = None if r.error else r.receiver_mbps
+        else:
+            res = await _marionet(ctx, vp, source, "throughput",
+                                  {"dst": ctx.server_addr, "port": DEFAULT_PORT, "direction": self.direction,
+                                   "size": self.size, "skip": self.skip}, self.timeout)
+            mbps = None if res.error else res.bps / 1e6
+        return [Sample(self.name, vp, source, run, "mbps", mbps, None, None, now)]
+
+
+def _native_client_mbps(stdout: str) -> float | None:
+    import json
+
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if d.get("error") or not d.get("bps"):
+            return None
+        return float(d["bps"]) / 1e6
+    return None
+
+
+# ------------------------------------------------------------------ web content
+@dataclass(frozen=True)
+class WebSite:
+    name: str        # the site's host name (SNI, Host)
+    url: str         # what is fetched
+
+
+class WebExperiment(Experiment):
+    """Web content: every site fetched by curl and by the HTTP primitive; C3 over (site, body)."""
+
+    name = "web"
+    sources = ("curl", "native", "endpoint", "remote")
+    reference = "curl"
+
+    def __init__(self, sites: Sequence[WebSite], ca_file: str | None) -> None:
+        self.sites = list(sites)
+        self.ca_file = ca_file
+
+    def specs(self, ctx: StudyContext, vps: Sequence[str]) -> list[Any]:
+        from marionet.evaluate.report import ExperimentSpec
+
+        return [ExperimentSpec("web", "Web content: (site, cleaned body) pairs", "web", self.reference,
+                               kind="set")]
+
+    async def run(self, ctx: StudyContext, vp: str, source: str, run: int) -> list[Sample]:
+        from marionet.evaluate import native, web
+
+        now = time.time_ns()
+        out = []
+        for site in self.sites:
+            if source == "curl":
+                r = await asyncio.to_thread(native.run_curl, ctx.lab, vp, site.url, resolve=(site.name, ctx.server_addr),
+                                            ca_file=self.ca_file, timeout=30)
+                item = web.web_item(site.name, r.status, r.body, r.error)
+            else:
+                params: dict[str, Any] = {"dst": ctx.server_addr, "url": site.url}
+                if self.ca_file:
+                    params["ca_file"] = self.ca_file
+                try:
+                    res = await _marionet(ctx, vp, source, "http", params, 60)
+                    item = web.web_item(site.name, res.status_code, res.body,
+                                        None if res.status_code else (res.error or str(res.stop_reason)))
+                except Exception as e:  # noqa: BLE001 - a failed fetch is a result ("site|ERROR:…")
+                    item = web.web_item(site.name, None, None, f"{type(e).__name__}: {e}")
+            out.append(Sample("web", vp, source, run, "web", None, item, None, now))
+        return out
+
+
+# ------------------------------------------------------------------ send gap
+class SendGapExperiment(Experiment):
+    """Scheduled UDP sends at fixed spacings: achieved gaps at the sender (kernel TX stamps) and receiver."""
+
+    name = "sendgap"
+    parallel = False
+    sources = ("native-sender", "native", "remote")
+    reference = "native-sender"
+    spacings_us: tuple[float, ...] = (100.0, 20.0, 10.0, 7.3, 5.0)
+    count = 500
+    port = 9911
+
+    def specs(self, ctx: StudyContext, vps: Sequence[str]) -> list[Any]:
+        from marionet.evaluate.report import ExperimentSpec
+
+        params = [_spacing_param(s) for s in self.spacings_us]
+        return [ExperimentSpec("sendgap-tx", "Send gap at the sender (kernel TX stamps)", "gap_us", self.reference,
+                               kind="numeric", unit="µs", params_order=params),
+                ExperimentSpec("sendgap-rx", "Send gap at the receiver (kernel RX stamps)", "gap_us", self.reference,
+                               kind="numeric", unit="µs", params_order=params)]
+
+    async def run(self, ctx: StudyContext, vp: str, source: str, run: int) -> list[Sample]:
+        from marionet.evaluate import sendgap
+
+        out: list[Sample] = []
+        for sp in self.spacings_us:
+            spacing_ns = int(round(sp * 1000))
+            train = await sendgap.run_train(ctx, vp, source, ctx.server_addr, self.port, count=self.count,
+                                            spacing_ns=spacing_ns, timeout=self.timeout)
+            for exp, which in (("sendgap-tx", "tx"), ("sendgap-rx", "rx")):
+                out += sendgap.train_samples(train, experiment=exp, which=which, vp=vp, source=source, run=run,
+                                             param=_spacing_param(sp))
+        return out
+
+
+def _spacing_param(us: float) -> str:
+    return f"{us:g}us"
