@@ -16,7 +16,6 @@ import http.server
 import os
 import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -230,6 +229,7 @@ def dns_server() -> Iterator[tuple[str, int]]:
     import dns.flags
     import dns.message
     import dns.rcode
+    import dns.rdatatype
     import dns.rrset
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -253,8 +253,6 @@ def dns_server() -> Iterator[tuple[str, int]]:
             for ln in lines or []:
                 r.answer.append(dns.rrset.from_text(*ln.split(None, 4)[:4], ln.split(None, 4)[4]))
             sock.sendto(r.to_wire(), peer)
-
-    import dns.rdatatype
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
