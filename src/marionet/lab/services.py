@@ -15,7 +15,19 @@ kind            server
                 starts in a namespace with a config that lives entirely in
                 the state dir.
 ``http``        nginx (Debian ``nginx-light``); static files and a JSON API.
-``https``       nginx with a certificate from the lab CA (``labca.py``).
+                Options: ``files`` {path: text | bytes | size}, ``api``
+                {URL path: JSON}, ``servers``, ``hostnames``, ``served_by``,
+                ``port``, and ``dynamic``: ``true`` (every HTML file of the
+                site) or a list of file paths whose bodies vary per request —
+                nginx SSI is on for them, so ``<!--# echo var="request_id"
+                -->`` (32 hex), ``var="msec"`` (Unix time, ms) and
+                ``var="date_gmt"`` become per-request tokens (the paper's
+                web sites with per-request content; see
+                ``marionet.evaluate.web.clean_body``).  With ``dynamic =
+                true`` and no ``files``, the default page carries all three.
+                Default ``false``: bodies are byte-stable.
+``https``       nginx with a certificate from the lab CA (``labca.py``);
+                the same options as ``http``.
 ``resolver``    Unbound (Debian ``unbound``): recursive, for the lab's own
                 zones only (stub zones at their authoritative servers, no
                 root hints: every other name is NXDOMAIN), for clients in
@@ -714,6 +726,34 @@ def _dns_answers(netns: str, addr: str, port: int, zone: str, timeout: float) ->
 
 _URL_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 
+#: Per-request tokens the default page of a ``dynamic = true`` site carries
+#: (nginx SSI): a request id, the time in ms and the HTTP date.
+_DYNAMIC_TOKENS = ('<p>request <!--# echo var="request_id" --> at <!--# echo var="msec" -->'
+                   ' (<!--# echo var="date_gmt" -->)</p>\n')
+
+
+def _ssi_conf(kind: str, dynamic: bool | Sequence[str], files: Mapping[str, Any]) -> str:
+    """nginx lines that turn SSI on for a dynamic site (all of it) or for the listed files only.
+
+    Only the listed files are processed, so every other page of the site
+    stays byte-stable from request to request.
+    """
+    if dynamic is True:
+        return "        ssi on;\n"
+    if not dynamic:
+        return ""
+    names = {str(r).lstrip("/") for r in files}
+    out = []
+    for rel in dynamic:
+        rel_s = str(rel).lstrip("/")
+        if rel_s not in names:
+            raise ServiceConfigError(f"{kind}.dynamic: {rel!r} is not one of the site's files")
+        url = "/" + rel_s
+        if not _URL_PATH_RE.match(url):
+            raise ServiceConfigError(f"{kind}.dynamic: bad path {rel!r}")
+        out.append(f"        location = {url} {{ ssi on; ssi_types *; }}\n")
+    return "".join(out)
+
 
 def _start_web(kind: str, netns: str, name: str, d: Path, options: Mapping[str, Any],
                state_dir: Path) -> ServiceHandle:
@@ -731,9 +771,17 @@ def _start_web(kind: str, netns: str, name: str, d: Path, options: Mapping[str, 
     api = d / "api"
     for sub in (www, api, d / "tmp"):
         sub.mkdir(exist_ok=True)
-    files = options.get("files", {"index.html": f"<!doctype html><title>{served_by}</title><p>marionet lab: {served_by}</p>\n"})
+    dynamic = options.get("dynamic", False)
+    if not isinstance(dynamic, (bool, list, tuple)) or (
+            isinstance(dynamic, (list, tuple)) and not all(isinstance(x, str) and x for x in dynamic)):
+        raise ServiceConfigError(f"{kind}.dynamic: expected true/false or a list of file paths")
+    default_page = f"<!doctype html><title>{served_by}</title><p>marionet lab: {served_by}</p>\n"
+    if dynamic is True:
+        default_page += _DYNAMIC_TOKENS
+    files = options.get("files", {"index.html": default_page})
     if not isinstance(files, Mapping):
         raise ServiceConfigError(f"{kind}.files: expected a table of path -> content")
+    ssi_conf = _ssi_conf(kind, dynamic, files)
     for rel, content in files.items():
         p = Path(str(rel).lstrip("/"))
         if ".." in p.parts or not str(p) or p.is_absolute():
@@ -813,7 +861,7 @@ http {{
         root {www};
         index index.html;
         add_header X-Served-By {served_by} always;
-{tls_conf}{''.join(locations)}    }}
+{tls_conf}{ssi_conf}{''.join(locations)}    }}
 }}
 """
     conf_path = d / "nginx.conf"
@@ -825,6 +873,8 @@ http {{
     proc = _launch(kind, name, netns, d, ["nginx", "-p", str(d), "-c", str(conf_path), "-e", str(d / "error.log")])
     info: dict[str, Any] = {"root": str(www), "config": str(conf_path), "hostnames": list(hostnames),
                             "api": sorted(routes)}
+    if dynamic:
+        info["dynamic"] = True if dynamic is True else ["/" + str(x).lstrip("/") for x in dynamic]
     if tls:
         info["ca"] = str(ca.root_path)
         info["cert"] = str(cert)
