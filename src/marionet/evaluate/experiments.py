@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -142,7 +143,7 @@ class TraceExperiment(Experiment):
             from marionet.evaluate import native
 
             fn = native.run_traceroute if source == "traceroute" else native.run_scamper_trace
-            tr = await asyncio.to_thread(fn, ctx.lab, vp, dst, attempts=self.attempts, max_ttl=self.max_ttl,
+            tr = await asyncio.to_thread(fn, ctx.lab, vp, dst, queries=self.attempts, max_ttl=self.max_ttl,
                                          timeout=self.timeout)
             if tr.error:
                 return [Sample("trace-rtt", vp, source, run, "rtt_ms", None, None, None, now)]
@@ -165,8 +166,12 @@ def _trace_dest_rtts(res: Any, dst: str) -> list[float]:
 
 
 def _trace_path_items(res: Any) -> set[str]:
-    """The C3 items of one trace: "ttl|address" for every responding hop."""
-    return {f"{h.probe_ttl}|{h.src}" for h in res.hop_records if h.src is not None}
+    """The C3 items of one trace, as ``native.TraceRun.path_items``: "ttl|address"
+    for every responding address, "ttl|*" for a TTL nothing answered."""
+    items = {f"{h.probe_ttl}|{h.src}" for h in res.hop_records if h.src is not None}
+    answered = {h.probe_ttl for h in res.hop_records}
+    items |= {f"{ttl}|*" for ttl in range(res.firsthop, (res.hop_count or 0) + 1) if ttl not in answered}
+    return items
 
 
 # ------------------------------------------------------------------ throughput
@@ -251,8 +256,11 @@ class WebExperiment(Experiment):
     reference = "curl"
 
     def __init__(self, sites: Sequence[WebSite], ca_file: str | None) -> None:
+        if not sites:
+            raise ValueError("the web experiment needs at least one site (an http/https service on the server)")
         self.sites = list(sites)
         self.ca_file = ca_file
+        self.ca_pem = open(ca_file).read() if ca_file else None
 
     def specs(self, ctx: StudyContext, vps: Sequence[str]) -> list[Any]:
         from marionet.evaluate.report import ExperimentSpec
@@ -267,13 +275,15 @@ class WebExperiment(Experiment):
         out = []
         for site in self.sites:
             if source == "curl":
-                r = await asyncio.to_thread(native.run_curl, ctx.lab, vp, site.url, resolve=(site.name, ctx.server_addr),
-                                            ca_file=self.ca_file, timeout=30)
+                port = urlsplit(site.url).port or (443 if site.url.startswith("https:") else 80)
+                r = await asyncio.to_thread(native.run_curl, ctx.lab, vp, site.url,
+                                            resolve={f"{site.name}:{port}": ctx.server_addr}, ca=self.ca_file,
+                                            timeout=30)
                 item = web.web_item(site.name, r.status, r.body, r.error)
             else:
                 params: dict[str, Any] = {"dst": ctx.server_addr, "url": site.url}
-                if self.ca_file:
-                    params["ca_file"] = self.ca_file
+                if self.ca_pem:
+                    params["ca"] = self.ca_pem
                 try:
                     res = await _marionet(ctx, vp, source, "http", params, 60)
                     item = web.web_item(site.name, res.status_code, res.body,
@@ -282,6 +292,29 @@ class WebExperiment(Experiment):
                     item = web.web_item(site.name, None, None, f"{type(e).__name__}: {e}")
             out.append(Sample("web", vp, source, run, "web", None, item, None, now))
         return out
+
+
+def web_sites(lab: Any, server: str) -> tuple[list[WebSite], str | None]:
+    """Every page the server's http/https services serve under each host name,
+    and the lab CA (for https): the web experiment's site list."""
+    sites: list[WebSite] = []
+    ca: str | None = None
+    for h in lab.services():
+        if h.netns != lab.netns(server) or h.kind not in ("http", "https"):
+            continue
+        port = h.ports.get(h.kind)
+        scheme = h.kind
+        default = 443 if scheme == "https" else 80
+        names = h.info.get("hostnames") or [server]
+        pages = sorted(h.info.get("files") or ["/"])
+        for name in names:
+            for page in pages:
+                page = page if page.startswith("/") else "/" + page
+                hostport = name if port == default else f"{name}:{port}"
+                sites.append(WebSite(f"{scheme}://{name}{page}", f"{scheme}://{hostport}{page}"))
+        if scheme == "https":
+            ca = h.info.get("ca")
+    return sites, ca
 
 
 # ------------------------------------------------------------------ send gap

@@ -524,6 +524,10 @@ class Lab:
         assert self.plan
         return [str(i.addr(family).ip) for i in self.plan.ifaces[node]]
 
+    def services(self) -> list[Any]:
+        """The running services' handles (kind, name, netns, addresses, ports, info)."""
+        return list(self._services)
+
     def resolver(self) -> list[str]:
         """Addresses of the lab's recursive resolver (what its VPs' resolv.conf names); [] for none."""
         if self.plan is None or self.plan.resolver is None:

@@ -872,7 +872,7 @@ http {{
         raise ServiceConfigError(f"{kind}: generated nginx.conf rejected: {chk.stderr.strip()}")
     proc = _launch(kind, name, netns, d, ["nginx", "-p", str(d), "-c", str(conf_path), "-e", str(d / "error.log")])
     info: dict[str, Any] = {"root": str(www), "config": str(conf_path), "hostnames": list(hostnames),
-                            "api": sorted(routes)}
+                            "api": sorted(routes), "files": sorted("/" + str(r).lstrip("/") for r in files)}
     if dynamic:
         info["dynamic"] = True if dynamic is True else ["/" + str(x).lstrip("/") for x in dynamic]
     if tls:
