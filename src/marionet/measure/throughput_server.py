@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import json
 import logging
 import os
 import socket
@@ -167,7 +169,13 @@ class ThroughputServer:
         port = self.port
         try:
             for host in self.hosts:
-                s = _listener(host, port)
+                try:
+                    s = _listener(host, port)
+                except OSError as e:
+                    # A namespace without IPv6 still serves IPv4 on the default wildcards.
+                    if host == "::" and self._listeners and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                        continue
+                    raise
                 self._listeners.append(s)
                 port = s.getsockname()[1]
         except BaseException:
@@ -522,7 +530,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds a client has to send its request line (default 10)")
     p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
                    help="seconds without progress before a transfer is dropped (default 30)")
-    p.add_argument("--ready-file", metavar="FILE", help="touch FILE once listening (for supervisors)")
+    p.add_argument("--ready-file", metavar="FILE", help="write the listening addresses to FILE once listening")
+    p.add_argument("--transfers", metavar="FILE", help="append one JSON line per transfer to FILE")
 
 
 def run_from_args(a: argparse.Namespace) -> int:
@@ -535,7 +544,8 @@ def run_from_args(a: argparse.Namespace) -> int:
             hosts += [h] if h else ["0.0.0.0", "::"]
         if len({parse_listen(x)[1] for x in a.listen or []}) > 1:
             raise ValueError("--listen: every address must use the same port")
-        kw = dict(max_clients=a.max_clients, header_timeout=a.header_timeout, idle_timeout=a.idle_timeout)
+        kw: dict[str, Any] = dict(max_clients=a.max_clients, header_timeout=a.header_timeout,
+                                  idle_timeout=a.idle_timeout)
         ThroughputServer(hosts or None, port, **kw)       # validate before binding anything
     except ValueError as e:
         print(f"marionet throughput-server: {e}", file=sys.stderr)
@@ -543,6 +553,15 @@ def run_from_args(a: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
+
+    if getattr(a, "transfers", None):
+        path = a.transfers
+
+        def record(rec: dict[str, Any]) -> None:
+            with open(path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+        kw["on_transfer"] = record
 
     def ready(srv: ThroughputServer) -> None:
         print("listening on " + " ".join(_fmt(x) for x in srv.addresses), flush=True)
