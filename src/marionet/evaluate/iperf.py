@@ -7,8 +7,15 @@ JSON: receiver-side and sender-side rates from ``end.sum_received`` /
 ``end.sum_sent`` (omitted intervals excluded, as iperf3 does) and the
 per-interval samples, which iperf3 reports from the client's side (sender
 for uploads, receiver for downloads with ``-R``). iperf3 reports errors in
-its own ``"error"`` key, with exit status 1; those become
+its own ``"error"`` key — with ``-J``, 3.12 exits 0 even then (seen for
+"unable to connect") — so the key, not the status, decides; those become
 ``Iperf3Result.error``, and so does output that is not complete JSON.
+
+Beware in byte mode (``-n``) uploads: the client stops the test when it has
+*written* ``-n`` bytes, so the server (receiver) has counted fewer
+(``bytes_received < bytes_sent``; the rest was still in flight or in the
+send buffer) and the sender-side rate is inflated by what sat in its
+buffer. The receiver's rate (``mbps``) is the one to compare.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ def iperf3_command(server: str, port: int = IPERF3_DEFAULT_PORT, direction: str 
                    extra: list[str] | None = None) -> list[str]:
     """The ``iperf3 -c`` argv: ``-J``, download as ``-R``; exactly one of ``bytes`` (``-n``) or ``seconds`` (``-t``).
 
-    ``omit`` (``-O``, seconds) leaves slow start out of the end figures;
+    ``omit`` (``-O``, whole seconds) leaves slow start out of the end figures;
     ``interval`` (``-i``) sets the per-interval sample period (iperf3: 1 s).
     """
     if direction not in ("download", "upload"):
@@ -88,9 +95,10 @@ def iperf3_command(server: str, port: int = IPERF3_DEFAULT_PORT, direction: str 
             raise ValueError(f"seconds must be in (0, 86400], got {seconds!r}")
         cmd += ["-t", _num(seconds)]
     if omit:
-        if omit < 0:
-            raise ValueError(f"omit must be >= 0 seconds, got {omit!r}")
-        cmd += ["-O", _num(omit)]
+        # iperf3 reads -O with atoi: 0.5 would silently mean 0.
+        if isinstance(omit, bool) or not float(omit).is_integer() or omit < 0:
+            raise ValueError(f"omit must be a whole number of seconds >= 0 (iperf3 reads an integer), got {omit!r}")
+        cmd += ["-O", str(int(omit))]
     if interval is not None:
         if not 0.1 <= interval <= 60:
             raise ValueError(f"interval must be 0.1..60 seconds, got {interval!r}")
