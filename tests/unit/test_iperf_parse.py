@@ -109,7 +109,8 @@ def test_truncated_real_output(iperf3_server):
     ('{"start": {}, "intervals": [], "end": {}}', "no end.sum_received"),
     ('{"end": {"sum_received": {"bits_per_second": "fast"}}}', "unexpected shape"),
     ('{"intervals": [{"sum": {"start": 0}}]}', "unexpected shape"),
-    ('{"start": {}, "end": {}, "error": "the server is busy running a test. try again later"}', "iperf3: the server is busy"),
+    ('{"start": {}, "end": {}, "error": "the server is busy running a test. try again later"}',
+     "iperf3: the server is busy"),
 ])
 def test_error_outputs(text, why):
     res = parse_iperf3_json(text)
