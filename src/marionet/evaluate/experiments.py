@@ -216,9 +216,13 @@ class ThroughputExperiment(Experiment):
         elif source == "iperf3":
             from marionet.evaluate import iperf
 
-            r = await asyncio.to_thread(iperf.run_iperf3, ctx.lab, vp, ctx.server_addr,
-                                        direction=self.direction, nbytes=self.size, timeout=self.timeout)
-            mbps = None if r.error else r.receiver_mbps
+            # iperf3's receiver average over a timed test with the first second omitted (slow start),
+            # long enough to carry about `size` bytes at the link's rate
+            rate = ctx.link_to(vp).get("rate_bps") or 100_000_000
+            secs = max(3, round(self.size * 8 / rate) + 1)
+            r = await asyncio.to_thread(iperf.run_iperf3, ctx.lab, vp, ctx.server_addr, direction=self.direction,
+                                        seconds=secs, omit=1, timeout=self.timeout)
+            mbps = None if r.error else r.mbps
         else:
             res = await _marionet(ctx, vp, source, "throughput",
                                   {"dst": ctx.server_addr, "port": DEFAULT_PORT, "direction": self.direction,
