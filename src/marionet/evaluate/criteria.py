@@ -217,7 +217,8 @@ def c2(reference: Iterable[float | None], other: Iterable[float | None],
     if not math.isfinite(p):
         notes.insert(0, "scipy returned no p-value")
         return C2(d, p, alpha, n, m, None, "; ".join(notes))
-    return C2(d, p, alpha, n, m, p >= alpha, "; ".join(notes) or None)
+    # p ≥ α, an exact p of α passing despite rounding (2/20 → 0.09999999999999999)
+    return C2(d, p, alpha, n, m, _at_most(alpha, p), "; ".join(notes) or None)
 
 
 # ---------------------------------------------------------------------------
