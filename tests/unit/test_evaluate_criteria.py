@@ -124,12 +124,13 @@ def test_c2_alpha_boundary():
     assert c2([1, 2, 3], [4, 5, 6], alpha=0.1000001).passed is False
 
 
-@pytest.mark.parametrize("seed, n, m, ties", [(1, 100, 100, False), (2, 100, 80, True),
-                                              (3, 3000, 2000, False), (4, 500, 500, True)])
-def test_c2_equals_scipy(seed, n, m, ties):
+@pytest.mark.parametrize("seed, n, m, ties, shift", [
+    (1, 100, 100, False, 0.2), (2, 100, 80, True, 0.2), (3, 3000, 2000, False, 0.2),
+    (4, 500, 500, True, 0.2), (5, 200, 150, True, 0.0), (6, 3000, 2500, False, 0.0)])
+def test_c2_equals_scipy(seed, n, m, ties, shift):
     rng = random.Random(seed)
     a = [rng.gauss(10, 1) for _ in range(n)]
-    b = [rng.gauss(10.2, 1.1) for _ in range(m)]
+    b = [rng.gauss(10 + shift, 1 + shift / 2) for _ in range(m)]
     if ties:                                      # a coarse clock: many equal values
         a, b = [round(x, 1) for x in a], [round(x, 1) for x in b]
     want = scipy_stats.ks_2samp(a, b, alternative="two-sided")
