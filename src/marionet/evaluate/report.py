@@ -72,6 +72,7 @@ class ExperimentSpec:
     unit: str = "ms"
     params_order: Sequence[str] | None = None
     panels: str | None = None
+    xlabel: str | None = None     # the plots' x axis; default "<title> (<unit>)"
 
     def __post_init__(self) -> None:
         if self.kind not in ("numeric", "set"):
@@ -117,13 +118,19 @@ def _fmt(x: float | None, digits: int = 3) -> str:
         return f"{x:.0f}"
     if a >= 100:
         return f"{x:.1f}"
-    if a >= 1 or a == 0:
+    if a == 0:
+        return "0"
+    if a >= 1:
         return f"{x:.{digits}f}"
     return f"{x:.{digits}g}"
 
 
 def _pct(x: float | None) -> str:
     return UNDETERMINED if x is None or not math.isfinite(x) else f"{100 * x:+.2f}%"
+
+
+def _fixed(x: float | None) -> str:
+    return UNDETERMINED if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
 def _p(x: float | None) -> str:
@@ -242,7 +249,7 @@ def _numeric_table(comps: list[Comparison], spec: ExperimentSpec, with_param: bo
         row = [c.vp] + ([c.param or ""] if with_param else []) + [
             c.source, f"{rs.n}/{ss.n}", _fmt(rs.mean), _fmt(ss.mean),
             _fmt(c.error_abs), _pct(c.error_rel), _mark(c.c1.passed),
-            _fmt(c.c2.d), _p(c.c2.p), _mark(c.c2.passed)]
+            _fixed(c.c2.d), _p(c.c2.p), _mark(c.c2.passed)]
         if has_truth:
             row += [_fmt(c.truth), _fmt(c.reference_truth_error_abs),
                     _fmt(c.truth_error_abs), _pct(c.truth_error_rel)]
@@ -260,7 +267,7 @@ def _set_table(comps: list[Comparison], spec: ExperimentSpec, with_param: bool) 
         r = c.c3
         rows.append([c.vp] + ([c.param or ""] if with_param else []) + [
             c.source, f"{c.reference_runs}/{c.source_runs}", str(r.n_reference),
-            str(r.n_other), str(r.n_common), _fmt(r.index), _mark(r.passed)])
+            str(r.n_other), str(r.n_common), _fixed(r.index), _mark(r.passed)])
     first_num = 3 if with_param else 2
     return ("table", head, rows, set(range(first_num, len(head))))
 
@@ -342,16 +349,22 @@ def _plot_ecdf(path: Path, rows: list[Sample], spec: ExperimentSpec,
     cols = min(PANEL_COLUMNS, n)
     nrows = math.ceil(n / cols)
     w, h = PANEL_PX
-    fig = Figure(figsize=(cols * w / _DPI, nrows * h / _DPI), dpi=_DPI, layout="constrained")
+    fig_w, fig_h = cols * w / _DPI, nrows * h / _DPI
+    fig = Figure(figsize=(fig_w, fig_h), dpi=_DPI)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, cols, squeeze=False)
+    # fixed margins (inches) instead of a layout engine: constrained layout
+    # costs more than the drawing, and the image size must tell the grid
+    top, left, right, bottom, head = 0.3, 0.6, 0.15, 0.5, 0.3
+    cell_w, cell_h = fig_w / cols, (fig_h - top) / nrows
     colours = {src: f"C{i}" for i, src in enumerate(sources)}
     styles = {src: ("-" if i == 0 else ("--", "-.", ":")[(i - 1) % 3])
               for i, src in enumerate(sources)}
-    for i, ax in enumerate(axes.flat):
-        if i >= n:
-            ax.set_visible(False)
-            continue
+    for i in range(n):
+        r, c = divmod(i, cols)
+        x0 = (c * cell_w + left) / fig_w
+        y0 = (fig_h - top - (r + 1) * cell_h + bottom) / fig_h
+        ax = fig.add_axes((x0, y0, (cell_w - left - right) / fig_w,
+                           (cell_h - bottom - head) / fig_h))
         title, truth, by_source = panels[i]
         for src in sources:
             vals = by_source.get(src)
@@ -368,12 +381,12 @@ def _plot_ecdf(path: Path, rows: list[Sample], spec: ExperimentSpec,
             ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 1.02)
-        ax.set_xlabel(f"{spec.metric} ({spec.unit})", fontsize=9)
+        ax.set_xlabel(spec.xlabel or f"{spec.title} ({spec.unit})", fontsize=9)
         ax.set_ylabel("ECDF", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(spec.title, fontsize=11)
+    fig.suptitle(spec.title, fontsize=11, y=1 - 0.05 / fig_h, va="top")
     fig.savefig(path, format="png")
     return [p[0] for p in panels]
 
@@ -425,7 +438,7 @@ def _runs_text(rows: list[Sample]) -> str:
         per.setdefault((s.vp, s.source), set()).add(s.run)
     counts = sorted(len(v) for v in per.values())
     span = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}–{counts[-1]}"
-    return f"runs per VP and source: {span}"
+    return f"Runs per VP and source: {span}"
 
 
 def write_report(out_dir: str | os.PathLike, samples: Iterable[Sample], *, title: str,
