@@ -455,8 +455,8 @@ def write_report(out_dir: str | os.PathLike, samples: Iterable[Sample], *, title
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = dict(meta or {})
+    now = str(meta.pop("date", None) or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     meta.setdefault("machine", _machine())
     blocks: list[Block] = [("h1", title),
                            ("kv", [("date", now)] + [(str(k), str(v)) for k, v in meta.items()]),
