@@ -343,6 +343,7 @@ def _plot_ecdf(path: Path, rows: list[Sample], spec: ExperimentSpec,
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     panels = _panel_groups(rows, spec)
     n = len(panels)
@@ -379,10 +380,14 @@ def _plot_ecdf(path: Path, rows: list[Sample], spec: ExperimentSpec,
             ax.axvline(truth, color="black", linestyle=(0, (4, 2)), linewidth=1, label="truth")
         if not by_source:
             ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
+        # few ticks, y labels on the first column only: text is most of the cost
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.set_yticks((0, 0.25, 0.5, 0.75, 1), labels=None if c == 0 else ())
         ax.set_xlabel(spec.xlabel or f"{spec.title} ({spec.unit})", fontsize=9)
-        ax.set_ylabel("ECDF", fontsize=9)
+        if c == 0:
+            ax.set_ylabel("ECDF", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
