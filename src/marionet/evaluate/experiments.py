@@ -248,7 +248,8 @@ def _native_client_mbps(stdout: str) -> float | None:
 # ------------------------------------------------------------------ web content
 @dataclass(frozen=True)
 class WebSite:
-    name: str        # the site's host name (SNI, Host)
+    name: str        # how the site is named in results ("https://host/page")
+    host: str        # the host name (SNI, Host; curl --resolve)
     url: str         # what is fetched
 
 
@@ -281,7 +282,7 @@ class WebExperiment(Experiment):
             if source == "curl":
                 port = urlsplit(site.url).port or (443 if site.url.startswith("https:") else 80)
                 r = await asyncio.to_thread(native.run_curl, ctx.lab, vp, site.url,
-                                            resolve={f"{site.name}:{port}": ctx.server_addr}, ca=self.ca_file,
+                                            resolve={f"{site.host}:{port}": ctx.server_addr}, ca=self.ca_file,
                                             timeout=30)
                 item = web.web_item(site.name, r.status, r.body, r.error)
             else:
@@ -315,7 +316,7 @@ def web_sites(lab: Any, server: str) -> tuple[list[WebSite], str | None]:
             for page in pages:
                 page = page if page.startswith("/") else "/" + page
                 hostport = name if port == default else f"{name}:{port}"
-                sites.append(WebSite(f"{scheme}://{name}{page}", f"{scheme}://{hostport}{page}"))
+                sites.append(WebSite(f"{scheme}://{name}{page}", name, f"{scheme}://{hostport}{page}"))
         if scheme == "https":
             ca = h.info.get("ca")
     return sites, ca
