@@ -169,41 +169,21 @@ async def _measure(s: aio.PacketSession, sink_port: int, args: argparse.Namespac
 
 
 def run_native(args: argparse.Namespace, spin_ns: int = 1_000_000) -> list[float]:
-    """One plain Python process: sleep to T−spin, spin, sendto; kernel TX stamp − T."""
-    from marionet.endpoint.timestamps import TxStamp, enable_tx_timestamps, read_errqueue
+    """One plain Python process: sleep to T−spin, spin, sendto; kernel TX stamp − T.
+
+    The send-gap experiment's native sender (``marionet.evaluate.sendgap``),
+    without SCHED_FIFO, to a sink nobody reads."""
+    from marionet.evaluate.sendgap import native_train, schedule_errors
 
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx.setblocking(False)
-    enable_tx_timestamps(tx)
-    dst = sink.getsockname()
-    spacing = args.spacing_us * 1000
-    t0 = time.time_ns() + args.lead_ms * 1_000_000
-    ats = [t0 + i * spacing for i in range(args.n)]
-    stamps: dict[int, int] = {}
     try:
-        for i, at in enumerate(ats):
-            d = at - spin_ns - time.time_ns()
-            if d > 0:
-                time.sleep(d / 1e9)
-            while time.time_ns() < at:
-                pass
-            tx.sendto(b"native-%06d" % i, dst)
-            for item in read_errqueue(tx, limit=64):
-                if isinstance(item, TxStamp):
-                    stamps[item.key] = item.time_ns
-        deadline = time.monotonic() + 1
-        while len(stamps) < args.n and time.monotonic() < deadline:
-            for item in read_errqueue(tx, limit=1024):
-                if isinstance(item, TxStamp):
-                    stamps[item.key] = item.time_ns
-            time.sleep(0.001)
+        train = native_train("127.0.0.1", sink.getsockname()[1], count=args.n, spacing_ns=args.spacing_us * 1000,
+                             start_delay_ns=args.lead_ms * 1_000_000, size=13, spin_ns=spin_ns, realtime=False)
     finally:
-        tx.close()
         sink.close()
-    return [(stamps[i] - at) / 1000 for i, at in enumerate(ats) if i in stamps]
+    return [e / 1000 for e in schedule_errors(train)]
 
 
 def main() -> int:
