@@ -27,6 +27,7 @@ Why these defaults:
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from urllib.parse import urlsplit
@@ -232,8 +233,6 @@ class ThroughputExperiment(Experiment):
 
 
 def _native_client_mbps(stdout: str) -> float | None:
-    import json
-
     for line in reversed(stdout.strip().splitlines()):
         try:
             d = json.loads(line)
@@ -324,38 +323,108 @@ def web_sites(lab: Any, server: str) -> tuple[list[WebSite], str | None]:
 
 # ------------------------------------------------------------------ send gap
 class SendGapExperiment(Experiment):
-    """Scheduled UDP sends at fixed spacings: achieved gaps at the sender (kernel TX stamps) and receiver."""
+    """Scheduled UDP sends at fixed spacings: achieved gaps at the sender
+    (kernel TX stamps, ``send-gap``) and at the receiver (``send-gap-rx``).
+
+    Sources: the native sender (a plain Python process on the VP: sleep,
+    then spin), marionet in the native placement (the train over a private
+    endpoint in the VP's worker) and remote (this process schedules the
+    train on the VP's endpoint through the controller). There is no endpoint
+    placement: the train *is* a packet-model operation (``nsendv`` with
+    ``at=``), so the endpoint-side run is the native one.
+    """
 
     name = "sendgap"
     parallel = False
     sources = ("native-sender", "native", "remote")
     reference = "native-sender"
-    spacings_us: tuple[float, ...] = (100.0, 20.0, 10.0, 7.3, 5.0)
+    spacings_ns: tuple[int, ...] = (100_000, 20_000, 10_000, 7_300, 5_000)
     count = 500
-    port = 9911
+    start_delay_ns = 300_000_000
+    timeout = 60.0
 
     def specs(self, ctx: StudyContext, vps: Sequence[str]) -> list[Any]:
+        from marionet.evaluate import sendgap as sg
         from marionet.evaluate.report import ExperimentSpec
 
-        params = [_spacing_param(s) for s in self.spacings_us]
-        return [ExperimentSpec("sendgap-tx", "Send gap at the sender (kernel TX stamps)", "gap_us", self.reference,
-                               kind="numeric", unit="µs", params_order=params),
-                ExperimentSpec("sendgap-rx", "Send gap at the receiver (kernel RX stamps)", "gap_us", self.reference,
-                               kind="numeric", unit="µs", params_order=params)]
+        params = [sg.spacing_param(s) for s in self.spacings_ns]
+        truth = {(vp, sg.spacing_param(s)): s / 1000 for vp in vps for s in self.spacings_ns}
+        return [ExperimentSpec(sg.EXPERIMENT_TX, "Send gap at the sender (kernel TX stamps)", "gap_us",
+                               self.reference, kind="numeric", unit="µs", params_order=params, truth=truth),
+                ExperimentSpec(sg.EXPERIMENT_RX, "Send gap at the receiver (kernel RX stamps)", "gap_us",
+                               self.reference, kind="numeric", unit="µs", params_order=params, truth=truth)]
 
     async def run(self, ctx: StudyContext, vp: str, source: str, run: int) -> list[Sample]:
-        from marionet.evaluate import sendgap
+        from marionet.evaluate import sendgap as sg
 
         out: list[Sample] = []
-        for sp in self.spacings_us:
-            spacing_ns = int(round(sp * 1000))
-            train = await sendgap.run_train(ctx, vp, source, ctx.server_addr, self.port, count=self.count,
-                                            spacing_ns=spacing_ns, timeout=self.timeout)
-            for exp, which in (("sendgap-tx", "tx"), ("sendgap-rx", "rx")):
-                out += sendgap.train_samples(train, experiment=exp, which=which, vp=vp, source=source, run=run,
-                                             param=_spacing_param(sp))
+        for spacing in self.spacings_ns:
+            train = await self._train(ctx, vp, source, spacing)
+            out += sg.train_samples(train, vp=vp, source=source, run=run)
         return out
 
+    async def _train(self, ctx: StudyContext, vp: str, source: str, spacing_ns: int) -> Any:
+        from marionet.evaluate import sendgap as sg
 
-def _spacing_param(us: float) -> str:
-    return f"{us:g}us"
+        span_s = (self.count * spacing_ns + self.start_delay_ns) / 1e9
+        receiver = _Receiver(ctx.lab.netns(ctx.server), self.count, span_s + 10)
+        port = await receiver.start()
+        kw = dict(count=self.count, spacing_ns=spacing_ns, start_delay_ns=self.start_delay_ns)
+        if source == "native-sender":
+            cp = await ctx.exec(vp, sg.native_send_argv(ctx.server_addr, port, **kw), self.timeout)
+            lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
+            if cp.returncode != 0 or not lines:
+                raise RuntimeError(f"native sender failed ({cp.returncode}): {cp.stderr.strip()[-300:]}")
+            train = sg.Train.from_dict(json.loads(lines[-1]))
+        elif source == "native":
+            train = sg.Train.from_dict(await ctx.workers[vp].call("sendgap.train", timeout=self.timeout,
+                                                                 dst=ctx.server_addr, port=port, **kw))
+        else:
+            session = await ctx.conn.attach(vp)
+            try:
+                train = await asyncio.wait_for(sg.marionet_train(session, ctx.server_addr, port, **kw),
+                                               self.timeout)
+            finally:
+                await session.close()
+        return train.with_receiver(await receiver.result(span_s + 15))
+
+
+class _Receiver:
+    """``sendgap.receive`` in a thread of its own moved into the server's
+    namespace (sockets keep the namespace they were made in; the thread, and
+    with it the namespace switch, ends with the train) — no process start
+    per train."""
+
+    def __init__(self, netns: str, count: int, timeout: float) -> None:
+        import threading
+
+        self.netns, self.count, self.timeout = netns, count, timeout
+        self._loop = asyncio.get_running_loop()
+        self._port: asyncio.Future[int] = self._loop.create_future()
+        self._done: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._thread = threading.Thread(target=self._work, name="sendgap-receiver", daemon=True)
+
+    def _work(self) -> None:
+        from marionet.evaluate import sendgap as sg
+        from marionet.lab.system import setns
+
+        def settle(fut: asyncio.Future, value: Any = None, exc: BaseException | None = None) -> None:
+            def go() -> None:
+                if not fut.done():
+                    fut.set_exception(exc) if exc is not None else fut.set_result(value)
+            self._loop.call_soon_threadsafe(go)
+
+        try:
+            setns(self.netns)
+            report = sg.receive(0, self.count, self.timeout, ready=lambda port: settle(self._port, port))
+            settle(self._done, report)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting study
+            settle(self._port, exc=e)
+            settle(self._done, exc=e)
+
+    async def start(self) -> int:
+        self._thread.start()
+        return await asyncio.wait_for(self._port, 15)
+
+    async def result(self, timeout: float) -> dict[str, Any]:
+        return await asyncio.wait_for(self._done, timeout)
