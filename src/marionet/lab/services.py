@@ -23,6 +23,12 @@ kind            server
 ``bulk``        ``impl="simple"`` (default): a Python TCP source (sends N
                 random bytes) and sink (reads, discards, reports counts);
                 ``impl="iperf3"``: ``iperf3 -s`` in the foreground.
+``throughput``  the MNTPUT1 throughput server (``marionet.measure.
+                throughput_server``): downloads of N pseudo-random bytes and
+                uploads answered with the receiver's kernel-stamped
+                ``b, t0, t1`` report; options ``port`` (default 5301),
+                ``addresses`` (default: every address, v4 and v6),
+                ``max_clients``; ``transfers()`` reads its per-transfer log.
 ``udpecho``     a Python UDP responder: payload + kernel receive time +
                 transmit time (ns).
 ``aliasrouter`` the IP-ID emulating router (``aliasrouter.py``).
@@ -77,6 +83,7 @@ __all__ = [
 ]
 
 KINDS = ("dns", "http", "https", "bulk", "udpecho", "aliasrouter", "resolver", "ntp", "snmp")
+KINDS += ("throughput",)
 
 #: Trailer a udpecho reply appends to the echoed payload: receive time then
 #: transmit time, ns since the Unix epoch (CLOCK_REALTIME), big-endian.
@@ -889,6 +896,30 @@ def _start_udpecho(netns: str, name: str, d: Path, options: Mapping[str, Any]) -
     return h
 
 
+def _start_throughput(netns: str, name: str, d: Path, options: Mapping[str, Any]) -> ServiceHandle:
+    """The MNTPUT1 server, same interpreter (and PYTHONPATH) as the lab, ready once it listens."""
+    from marionet.measure.throughput_proto import DEFAULT_PORT
+
+    port = _port(options, "port", DEFAULT_PORT, "throughput")
+    max_clients = _opt(options, "max_clients", int, 64, "throughput")
+    if max_clients < 1:
+        raise ServiceConfigError(f"throughput.max_clients: must be >= 1, got {max_clients}")
+    given = options.get("addresses")
+    addrs = _public_first(_addresses(netns, options, "throughput"))
+    listen = [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addrs] if given is not None else [str(port)]
+    ready = d / "ready"
+    ready.unlink(missing_ok=True)
+    cmd = [sys.executable, "-u", "-m", "marionet.measure.throughput_server", "--max-clients", str(max_clients),
+           "--ready-file", str(ready), "--transfers", str(d / "transfers.jsonl")]
+    for item in listen:
+        cmd += ["--listen", item]
+    proc = _launch("throughput", name, netns, d, cmd)
+    h = ServiceHandle("throughput", name, netns, d, addrs, {"throughput": port},
+                      {"protocol": "MNTPUT1", "max_clients": max_clients}, proc)
+    _wait_ready(h, ready.exists)
+    return h
+
+
 def _start_python_server(kind: str, netns: str, name: str, d: Path, cfg: dict[str, Any], addrs: list[str],
                          ports: dict[str, int], info: dict[str, Any], ready: bool = True) -> ServiceHandle:
     cfg_path = d / f"{kind}.json"
@@ -967,6 +998,8 @@ def start_service(kind: str, netns: str, options: Mapping[str, Any] | None = Non
         return _start_bulk(netns, name, d, options)
     if kind == "udpecho":
         return _start_udpecho(netns, name, d, options)
+    if kind == "throughput":
+        return _start_throughput(netns, name, d, options)
     if kind == "resolver":
         return _start_resolver(netns, name, d, options)
     if kind in ("ntp", "snmp"):
