@@ -764,7 +764,24 @@ class TcpSocket(EpSocket):
         elif fs.last_ns is not None:
             self._fills.remove(fs)
             self._fill_done(fs)
+        elif not self.reading:
+            self._poll_stamps()
         return True
+
+    def _poll_stamps(self) -> None:
+        """With the reader off (the peer closed: the socket would read as
+        ready for ever), look at the error queue on a timer until the fill's
+        last stamp is in; ``sweep_stamps`` ends the wait after the grace."""
+        if self.closed or not self._fills or self.reading:
+            return
+        try:
+            for item in ts.read_errqueue(self.sock):
+                if isinstance(item, ts.TxStamp):
+                    self._fill_stamp(item.key, item.time_ns)
+        except OSError:
+            pass
+        if self._fills:
+            self.loop.call_later(0.002, self._poll_stamps)
 
     def _fill_done(self, fs: FillState, error: str | None = None) -> None:
         if self.closed:

@@ -206,6 +206,9 @@ async def throughput(io: PacketSession, dst: Any, port: Any = DEFAULT_PORT, *, d
         res.stop_reason, res.error = ThroughputStop.ERROR, f"session lost: {exc}"
         sid = None
         return res
+    except EndpointError as exc:  # e.g. the guard refused the fill: a result that says why
+        res.stop_reason, res.error = ThroughputStop.ERROR, f"{exc.code}: {exc.reason}"
+        return res
     finally:
         await _cleanup(io, st, sid, suppressed)
 
