@@ -59,10 +59,10 @@ def _controller_parser(sub: argparse._SubParsersAction) -> None:
 
 # Each adds one subcommand and sets ``handler`` (a function of args -> int).
 _EXTRA_PARSERS: list = [_controller_parser]
+_EXTRA_PARSERS.append(lambda sub: __import__("marionet.commands.throughput_server", fromlist=["x"]).add_throughput_server_parser(sub))
 _EXTRA_PARSERS.append(lambda sub: __import__("marionet.demo", fromlist=["add_demo_parser"]).add_demo_parser(sub))
 _EXTRA_PARSERS.append(lambda sub: __import__("marionet.commands", fromlist=["add_measure_parsers"])
                       .add_measure_parsers(sub))
-_EXTRA_PARSERS.append(lambda sub: __import__("marionet.commands.throughput_server", fromlist=["x"]).add_throughput_server_parser(sub))
 
 
 def main(argv: list[str] | None = None) -> int:

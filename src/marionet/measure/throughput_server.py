@@ -290,10 +290,12 @@ class ThroughputServer:
         try:
             async with asyncio.timeout(self.idle_timeout) as tmo:
                 for chunk in payload_chunks(req.size):
-                    await loop.sock_sendall(conn, chunk)
-                    sent += len(chunk)
+                    while chunk:
+                        n = await self._send(conn, chunk)
+                        chunk = chunk[n:]
+                        sent += n
+                        tmo.reschedule(loop.time() + self.idle_timeout)   # progress, however slow the link
                     rec["bytes"] = sent
-                    tmo.reschedule(loop.time() + self.idle_timeout)
         except TimeoutError:
             raise TimeoutError(f"idle: client read nothing for {self.idle_timeout:g} s "
                                f"after {sent} of {req.size} bytes") from None
@@ -370,6 +372,22 @@ class ThroughputServer:
             async with asyncio.timeout(2.0):
                 await asyncio.get_running_loop().sock_sendall(conn, f"ERR {reason}\n".encode())
                 conn.shutdown(socket.SHUT_WR)
+
+    async def _send(self, conn: socket.socket, data: memoryview) -> int:
+        """One ``send`` once the socket is writable: bytes taken by the kernel."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return conn.send(data)
+            except (BlockingIOError, InterruptedError):
+                pass
+            fut = loop.create_future()
+            fd = conn.fileno()
+            loop.add_writer(fd, _set_done, fut)
+            try:
+                await fut
+            finally:
+                loop.remove_writer(fd)
 
     async def _recv(self, conn: socket.socket, buf: memoryview) -> tuple[int, int | None]:
         """One ``recvmsg_into``: (bytes, kernel receive stamp or None)."""
