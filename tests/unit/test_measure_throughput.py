@@ -242,3 +242,17 @@ async def test_guard_counts_fill_bytes_and_refuses_an_over_budget_fill():
     finally:
         await io.close()
         await ep.close()
+
+
+def test_do_throughput_in_endpoint_and_remote_placement(server):
+    from marionet import Ctrl
+
+    host, port = server
+    with Ctrl(local_vps=1) as c:
+        for placement in ("endpoint", "remote"):
+            for direction in ("download", "upload"):
+                r = c.do_throughput(host, port, direction=direction, size=4 * MiB, sync=True, placement=placement)
+                assert isinstance(r, Throughput) and r.stop_reason == ThroughputStop.DONE, (placement, r.error)
+                assert r.bytes == 4 * MiB and r.vp == "local"
+        with pytest.raises(ValueError, match="direction"):
+            c.do_throughput(host, port, direction="sideways", sync=True)
