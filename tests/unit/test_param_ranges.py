@@ -36,6 +36,7 @@ BASE: dict[str, dict[str, Any]] = {
     "trace": {"dst": "127.0.0.1"},
     "dns": {"qname": "www.example", "server": "127.0.0.1"},
     "http": {"dst": "127.0.0.1", "url": "http://127.0.0.1/"},
+    "throughput": {"dst": "127.0.0.1"},
 }
 
 # (primitive, parameters on top of BASE, the parameter the message must name,
@@ -190,6 +191,23 @@ BAD: list[tuple[str, dict[str, Any], str, str | None]] = [
     # per task: fine for a native fetch, too much for an endpoint task
     ("http", {"limit_time": 601}, "limit_time", "600 s"),
     ("http", {"limit_size": 3 << 20}, "limit_size", "2097152"),
+    # ---------------------------------------------------------- throughput
+    ("throughput", {"port": 0}, "port", "1 - 65535"),
+    ("throughput", {"direction": "both"}, "direction", "download or upload"),
+    ("throughput", {"size": 0}, "size", "1 - 4294967296"),
+    ("throughput", {"size": (4 << 30) + 1}, "size", "1 - 4294967296"),
+    ("throughput", {"skip": -1}, "skip", "0 - 4294967296"),
+    ("throughput", {"size": 10, "skip": 10}, "skip", "below size"),
+    ("throughput", {"interval": 0}, "interval", "0.001 s - 60 s"),
+    ("throughput", {"interval": NAN}, "interval", "finite"),
+    ("throughput", {"timeout": 0}, "timeout", "positive"),
+    ("throughput", {"timeout": INF}, "timeout", "finite"),
+    ("throughput", {"start_delay": 61}, "start_delay", "0 s - 60 s"),
+    ("throughput", {"connect_timeout": -1}, "connect_timeout", "positive"),
+    ("throughput", {"dst": "www.example.com"}, "dst", "IPv4 or IPv6"),
+    ("throughput", {"userid": -1}, "userid", "4294967295"),
+    # per task: connect_timeout + start_delay + timeout within 600 s
+    ("throughput", {"timeout": 595}, "throughput", "600 s"),
 ]
 
 GOOD: list[tuple[str, dict[str, Any]]] = [
@@ -220,6 +238,8 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
     ("http", {"limit_time": 600, "limit_size": 2 << 20}),
     ("http", {"limit_time": dt.timedelta(milliseconds=1), "limit_size": 1}),
     ("http", {"headers": [["X-A", "b"]] * 100, "method": "X" * 32}),
+    ("throughput", {"size": 1, "skip": 0, "interval": 0.001, "timeout": 589.95, "start_delay": 0,
+                    "connect_timeout": 10, "port": 65535}),
 ]
 
 
@@ -282,7 +302,7 @@ def ctrl():
         yield c
 
 
-_DO = {"ping": "do_ping", "trace": "do_trace", "dns": "do_dns", "http": "do_http"}
+_DO = {"ping": "do_ping", "trace": "do_trace", "dns": "do_dns", "http": "do_http", "throughput": "do_throughput"}
 
 
 @pytest.mark.parametrize("name,extra,param,fragment", BAD, ids=[_id(r) for r in BAD])

@@ -909,6 +909,7 @@ AsyncCtrl.do_http = _primitive("http", "dst", "url")  # type: ignore[attr-define
 AsyncCtrl.do_udpprobe = _primitive("udpprobe", "dst", "dport")  # type: ignore[attr-defined]
 AsyncCtrl.do_sniff = _primitive("sniff", "src")  # type: ignore[attr-defined]
 AsyncCtrl.do_tbit = _primitive("tbit", "dst")  # type: ignore[attr-defined]
+AsyncCtrl.do_throughput = _primitive("throughput", "dst", "port")  # type: ignore[attr-defined]
 
 __all__ = ["AsyncCtrl", "BadParams", "InstError", "Inst", "Task", "VpInfo", "params_of", "deadline_of",
            "local_vp_specs", "check_task_params"]

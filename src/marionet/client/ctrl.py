@@ -232,6 +232,7 @@ class Ctrl:
     do_tracelb = _sync(AsyncCtrl.do_tracelb)  # type: ignore[attr-defined]
     do_dns = _sync(AsyncCtrl.do_dns)  # type: ignore[attr-defined]
     do_http = _sync(AsyncCtrl.do_http)  # type: ignore[attr-defined]
+    do_throughput = _sync(AsyncCtrl.do_throughput)  # type: ignore[attr-defined]
     do_udpprobe = _sync(AsyncCtrl.do_udpprobe)  # type: ignore[attr-defined]
     do_sniff = _sync(AsyncCtrl.do_sniff)  # type: ignore[attr-defined]
     do_tbit = _sync(AsyncCtrl.do_tbit)  # type: ignore[attr-defined]

@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 
 Notification = m.Notification
 
+#: Bounds of ``nsend(fill=)`` and ``ncount`` (the endpoint checks the same).
+MAX_FILL = 4 << 30
+MAX_COUNT_SAMPLES = 100_000
+MAX_COUNT_HEAD = 1024
+
+
+def _bounded(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer within {lo} - {hi}, got {value!r}")
+    return value
+
 
 @dataclass(frozen=True)
 class ClockOffset:
@@ -314,14 +325,43 @@ class PacketSession:
 
     async def nsend(self, sock: int, data: bytes, *, dst: str | None = None, port: int | None = None,
                     at: int | None = None, tag: int | None = None, ttl: int | None = None,
-                    tos: int | None = None, df: bool | None = None) -> None:
+                    tos: int | None = None, df: bool | None = None, fill: int = 0) -> None:
         """Queue a send at endpoint time ``at`` (ns since the epoch; None = now).
 
         Returns once the endpoint accepted it; with a ``tag`` the outcome
         (kernel send time or error) arrives as an ``ntag`` notification.
+
+        ``fill`` (TCP): after ``data`` the endpoint writes ``fill``
+        pseudo-random bytes of its own as the socket drains — an upload
+        without pushing its data through this session — and reports them in
+        one ``nfill`` notification (kernel TX times of the first and last
+        byte, or the error), delivered even while suppressed. The guard
+        counts these bytes like any other; a fill beyond the caller's budget
+        is refused ("denied").
         """
+        fill = _bounded("fill", fill, 0, MAX_FILL)
         await self._request(m.NSend(id=next(self._ids), sock=sock, data=bytes(data), dst=dst, port=port,
-                                    at=at, tag=tag, ttl=ttl, tos=tos, df=df))
+                                    at=at, tag=tag, ttl=ttl, tos=tos, df=df, fill=fill))
+
+    async def ncount(self, sock: int, *, mark: int = 0, interval: float = 0.01,
+                     max_samples: int = 10_000, head: int = 64) -> None:
+        """Count mode for TCP socket ``sock``: from now on the endpoint counts
+        received bytes with their kernel receive times instead of shipping
+        them as ``ndata`` (a transfer larger than the notification buffer,
+        at full speed). When the peer closes, the connection fails or the
+        socket is closed, one ``ncountend`` notification carries the
+        summary — delivered even while suppressed: total bytes, first and
+        last kernel rx ns, the receive that first reached ``mark`` bytes,
+        progress samples (kernel rx ns, cumulative bytes) at most every
+        ``interval`` seconds (at most ``max_samples``), and the first
+        ``head`` bytes (e.g. an error line from the server)."""
+        mark = _bounded("mark", mark, 0, MAX_FILL)
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 1e-4 <= interval <= 60:
+            raise ValueError(f"interval must be 0.0001 - 60 s, got {interval!r}")
+        max_samples = _bounded("max_samples", max_samples, 0, MAX_COUNT_SAMPLES)
+        head = _bounded("head", head, 0, MAX_COUNT_HEAD)
+        await self._request(m.NCount(id=next(self._ids), sock=sock, mark=mark, interval_ns=int(interval * 1e9),
+                                     max_samples=max_samples, head=head))
 
     async def nsendv(self, sends: Iterable[m.SendItem]) -> int:
         """Queue many sends in one request (in order); returns how many."""

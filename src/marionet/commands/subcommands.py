@@ -1,5 +1,5 @@
 """The measurement subcommands: ``marionet ping | trace | tracelb | dns |
-http | udpprobe | sniff | tbit``.
+http | udpprobe | sniff | tbit | throughput``.
 
 Each subcommand's own options are named after scamper's ``do_*``
 parameters (``-c`` sets ``attempts``, ``-W`` ``wait_timeout`` …) and map
@@ -219,6 +219,37 @@ def _tbit_ok(r: Any) -> bool:
     return code is not None and int(code) >= _TBIT_FIRST_OUTCOME
 
 
+# ------------------------------------------------------------ throughput
+def _size(text: str) -> int:
+    """Bytes, with an optional K/M/G suffix (binary, as iperf3 reads -n)."""
+    t = text.strip().upper().removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    try:
+        return int(float(t[:-1] if mult > 1 else t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 25M)") from None
+
+
+def _throughput_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="address(es) of marionet throughput-servers")
+    p.add_argument("-p", "--port", type=int, help="the server's port (default 5301)")
+    p.add_argument("-d", "--direction", choices=("download", "upload"), help="default download")
+    p.add_argument("-n", "--size", type=_size, help="bytes to move, K/M/G suffixes (default 25M)")
+    p.add_argument("--skip", type=_size, help="bytes left out of the figure at the start (default 1M)")
+    p.add_argument("--interval", type=float, metavar="SECONDS", help="sample spacing (default 0.01)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="transfer time limit (default 60)")
+
+
+def _throughput_jobs(a: argparse.Namespace) -> list[Job]:
+    kw = _pick(a, port="port", direction="direction", size="size", skip="skip", interval="interval",
+               timeout="timeout")
+    return [Job("throughput", {"dst": t, **kw}) for t in a.targets]
+
+
+def _throughput_ok(r: Any) -> bool:
+    return getattr(r, "bps", None) is not None
+
+
 # ------------------------------------------------------------- the table
 #: name -> (help, add own arguments, jobs from args, success predicate)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Builder, Callable[[Any], bool]]] = {
@@ -232,6 +263,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Builde
     "udpprobe": ("a UDP request/response from VPs", _udpprobe_args, _udpprobe_jobs, _udpprobe_ok),
     "sniff": ("capture packets at VPs", _sniff_args, _sniff_jobs, lambda r: not _stopped_in_error(r)),
     "tbit": ("TCP behaviour inference from VPs", _tbit_args, _tbit_jobs, _tbit_ok),
+    "throughput": ("TCP throughput from VPs to a throughput server (PAM'25 method)", _throughput_args,
+                   _throughput_jobs, _throughput_ok),
 }
 
 

@@ -44,6 +44,16 @@ log = logging.getLogger("marionet.endpoint")
 
 #: Longest TCP connect timeout a client may ask for.
 MAX_CONNECT_TIMEOUT_NS = 600 * 1_000_000_000
+#: Largest endpoint-generated fill in one send (``NSend.fill``): the
+#: throughput protocol's largest transfer.
+MAX_FILL = 4 << 30
+#: Count mode (``NCount``) bounds: the sample spacing, the number of samples
+#: kept (each ~20 bytes on the wire: the summary must fit one frame) and the
+#: head of the stream the summary carries.
+MIN_COUNT_INTERVAL_NS = 100_000
+MAX_COUNT_INTERVAL_NS = 60 * 1_000_000_000
+MAX_COUNT_SAMPLES = 100_000
+MAX_COUNT_HEAD = 1024
 
 
 #: Notifications never dropped: how a connection, capture or task ended,
@@ -174,7 +184,7 @@ class Session:
     def error(self, rid: int, code: str, reason: str, rule: str | None = None) -> None:
         self.reply(m.Error(id=rid, code=code, reason=reason, rule=rule))
 
-    def notify(self, msg: m.Message, precious: bool | None = None) -> None:
+    def notify(self, msg: m.Message, precious: bool | None = None, urgent: bool = False) -> None:
         """Queue a notification, or hold it while the outlet is slow or the
         client suppressed delivery.
 
@@ -183,6 +193,11 @@ class Session:
         must always learn how a connection or task ended, and stream data is
         slowed by backpressure instead (``stream_room``). Others (datagrams,
         stamps, ICMP errors) are dropped past the buffer limit and counted.
+
+        ``urgent`` ones (the one summary ending a count or a fill) go out
+        like replies, past suppression and held notifications: a client
+        that suppressed delivery during a transfer must still learn that it
+        ended. They are few and small (one per count or fill).
         """
         if self.closed:
             return
@@ -192,7 +207,9 @@ class Session:
         if len(frame) > self.chunk_limit:
             frame = self._too_big(msg, len(frame) - 4)
             precious = True
-        if self._held or self.suppressed or not self.outlet.writable():
+        if urgent:
+            self._queue_frame(frame)
+        elif self._held or self.suppressed or not self.outlet.writable():
             self._hold(msg, frame, precious)
         else:
             self._queue_frame(frame, not precious)
@@ -546,19 +563,36 @@ class Session:
     def _send_item(self, item: m.SendItem) -> None:
         es = self._sock(item.sock)
         self.check_time("at", item.at)
-        earliest = self.guard_op("nsend", item, es)
+        self.check_fill(item, es)
+        try:
+            earliest = self.guard_op("nsend", item, es)
+        except GuardDenied as exc:
+            if item.fill:
+                raise GuardDenied(exc.rule, f"a fill of {item.fill} bytes (plus {len(item.data)} of data) "
+                                            f"is refused: {exc.reason}") from None
+            raise
         self._enqueue(es, item, earliest)
+
+    @staticmethod
+    def check_fill(item: m.SendItem, es: EpSocket) -> None:
+        """A fill is endpoint-generated TCP payload of bounded size."""
+        fill = item.fill
+        if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= MAX_FILL:
+            raise BadRequest("bad-option", f"fill must be 0 - {MAX_FILL} bytes, got {fill!r}")
+        if fill and not isinstance(es, TcpSocket):
+            raise BadRequest("not-supported", f"fill needs a connected TCP socket, socket {es.sid} is {es.kind}")
 
     def _enqueue(self, es: EpSocket, item: m.SendItem, earliest: int | None) -> None:
         if earliest is not None and (item.at is None or item.at < earliest):
             item.at = earliest  # the rate limit delays this send
         es.enqueue(item)
         self.counts["sends"] += 1
-        self.counts["bytes_sent"] += len(item.data)
+        self.counts["bytes_sent"] += len(item.data) + item.fill
 
     def _h_nsend(self, msg: m.NSend) -> None:
         self._send_item(m.SendItem(sock=msg.sock, data=msg.data, dst=msg.dst, port=msg.port,
-                                   at=msg.at, tag=msg.tag, ttl=msg.ttl, tos=msg.tos, df=msg.df))
+                                   at=msg.at, tag=msg.tag, ttl=msg.ttl, tos=msg.tos, df=msg.df,
+                                   fill=msg.fill))
         self.reply(m.Ok(id=msg.id))
 
     def _h_nsendv(self, msg: m.NSendV) -> None:
@@ -571,8 +605,10 @@ class Session:
         bad: BadRequest | None = None
         for item in items:
             try:
-                socks.append(self._sock(item.sock))
+                es = self._sock(item.sock)
                 self.check_time("at", item.at)
+                self.check_fill(item, es)
+                socks.append(es)
             except BadRequest as exc:
                 bad = exc
                 break
@@ -629,6 +665,23 @@ class Session:
             self._sock(msg.sock).shutdown(msg.at)
         else:
             raise BadRequest("bad-option", f"unknown nctl op {msg.op!r} (suppress, resume, shutdown)")
+        self.reply(m.Ok(id=msg.id))
+
+    def _h_ncount(self, msg: m.NCount) -> None:
+        """Count mode on a TCP socket (see ``NCount``); the guard sees it as
+        the control operation "count" on that socket."""
+        es = self._sock(msg.sock)
+        self.guard_op("nctl", m.NCtl(id=msg.id, op="count", sock=msg.sock), es)
+        if not isinstance(es, TcpSocket):
+            raise BadRequest("not-supported", f"count mode needs a connected TCP socket, socket {msg.sock} "
+                                              f"is {es.kind}")
+        for name, value, lo, hi in (("mark", msg.mark, 0, MAX_FILL),
+                                    ("interval_ns", msg.interval_ns, MIN_COUNT_INTERVAL_NS, MAX_COUNT_INTERVAL_NS),
+                                    ("max_samples", msg.max_samples, 0, MAX_COUNT_SAMPLES),
+                                    ("head", msg.head, 0, MAX_COUNT_HEAD)):
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise BadRequest("bad-option", f"ncount {name} must be {lo} - {hi}, got {value!r}")
+        es.start_count(msg.mark, msg.interval_ns, msg.max_samples, msg.head)
         self.reply(m.Ok(id=msg.id))
 
     def _h_task(self, msg: m.Task) -> None:
@@ -712,6 +765,7 @@ class Session:
         m.NSendV: _h_nsendv,
         m.NCap: _h_ncap,
         m.NCtl: _h_nctl,
+        m.NCount: _h_ncount,
         m.Task: _h_task,
         m.Halt: _h_halt,
     }

@@ -224,6 +224,8 @@ class DatagramSocket(EpSocket):
     def enqueue(self, item: m.SendItem) -> None:
         if self.closed:
             raise BadRequest("closed", f"socket {self.sid} is closed")
+        if item.fill:
+            raise BadRequest("not-supported", "fill needs a connected TCP socket")
         if len(item.data) > 65535:
             raise BadRequest("too-big", f"{len(item.data)} bytes exceed 65535")
         if item.ttl is not None and not 0 <= item.ttl <= 255:
@@ -546,6 +548,102 @@ class RawSocket(DatagramSocket):
 # TCP
 # ---------------------------------------------------------------------------
 
+#: Count mode reads this much per receive call (one buffer per socket).
+COUNT_READ_BYTES = 256 * 1024
+#: Fill writes: a pseudo-random block written in chunks as the socket drains.
+FILL_BLOCK_BYTES = 1 << 20
+FILL_CHUNK_BYTES = 256 * 1024
+#: The first write of a fill is this small, so its TX stamp is the first
+#: segment's, not that of a large write's last byte.
+FILL_FIRST_BYTES = 1024
+_fill_block: bytes | None = None
+
+
+def fill_block() -> bytes:
+    """The pseudo-random bytes a fill cycles through (one per process:
+    incompressible, and not worth regenerating per transfer)."""
+    global _fill_block
+    if _fill_block is None:
+        _fill_block = os.urandom(FILL_BLOCK_BYTES)
+    return _fill_block
+
+
+class ByteCounter:
+    """Count mode's state: bounded whatever the transfer's size."""
+
+    __slots__ = ("mark", "interval_ns", "max_samples", "head_limit", "nbytes", "first_ns", "last_ns",
+                 "mark_bytes", "mark_ns", "head", "samples", "lost", "next_ns", "ts_source", "buf", "ended")
+
+    def __init__(self, mark: int, interval_ns: int, max_samples: int, head: int) -> None:
+        self.mark, self.interval_ns, self.max_samples, self.head_limit = mark, interval_ns, max_samples, head
+        self.nbytes = self.first_ns = self.last_ns = self.mark_bytes = self.mark_ns = 0
+        self.head = bytearray()
+        self.samples: list[tuple[int, int]] = []
+        self.lost = 0
+        self.next_ns = 0
+        self.ts_source = "kernel"
+        self.buf = bytearray(COUNT_READ_BYTES)
+        self.ended = False
+
+    def add(self, n: int, t_ns: int, source: str) -> None:
+        if source != "kernel":
+            self.ts_source = "user"
+        if not self.nbytes:
+            self.first_ns = t_ns
+        before = self.nbytes
+        self.nbytes += n
+        self.last_ns = t_ns
+        if before < self.mark <= self.nbytes or (self.mark == 0 and before == 0):
+            self.mark_bytes, self.mark_ns = self.nbytes, t_ns
+        if t_ns >= self.next_ns:
+            self.next_ns = t_ns + self.interval_ns
+            self._sample(t_ns)
+
+    def _sample(self, t_ns: int) -> None:
+        if len(self.samples) < self.max_samples:
+            self.samples.append((t_ns, self.nbytes))
+        else:
+            self.lost += 1
+
+    def summary(self, sid: int, state: str, reason: str | None) -> m.NCountEnd:
+        if self.nbytes and (not self.samples or self.samples[-1][1] != self.nbytes):
+            self._sample(self.last_ns)  # the last receive is always a sample
+        return m.NCountEnd(sock=sid, time_ns=time.time_ns(), state=state, nbytes=self.nbytes,
+                           first_ns=self.first_ns, last_ns=self.last_ns, mark_bytes=self.mark_bytes,
+                           mark_ns=self.mark_ns, head=bytes(self.head), samples=self.samples,
+                           samples_lost=self.lost, ts_source=self.ts_source,  # type: ignore[arg-type]
+                           reason=reason)
+
+
+def recv_count(sock: socket.socket, buf: bytearray) -> tuple[int, int, str] | None:
+    """One receive into ``buf``: (bytes, kernel rx ns, ts source), None when
+    nothing is queued; (0, …) at the peer's FIN. For TCP the kernel's stamp
+    is that of the last segment the read consumed."""
+    try:
+        n, anc, _flags, _addr = sock.recvmsg_into([buf], 512, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    t = ts._kernel_time(anc)
+    if t is None:
+        return n, time.time_ns(), "user"
+    return n, t, "kernel"
+
+
+@dataclass(slots=True)
+class FillState:
+    """A fill in flight: the stream keys of its first and last bytes."""
+
+    nbytes: int
+    tag: int | None
+    at: int | None
+    first_key: int
+    last_key: int
+    first_ns: int | None = None
+    last_ns: int | None = None
+    source: str = "kernel"
+    written: int = 0
+    done_ns: int = 0  # user time the last byte was handed to the kernel (0: still writing)
+
 
 class TcpSocket(EpSocket):
     """A connected TCP stream: ordered scheduled writes, kernel stamps keyed
@@ -562,6 +660,8 @@ class TcpSocket(EpSocket):
         self.peer_closed = False
         self.failed = False
         self.reading = True
+        self.counter: ByteCounter | None = None
+        self._fills: list[FillState] = []
         # The peer's address, read once now: once both directions are
         # closed getpeername() fails (ENOTCONN), and asking after each recv
         # lost the last data of a peer that closed right after sending.
@@ -590,6 +690,119 @@ class TcpSocket(EpSocket):
         self._queue.append(("send", item))
         self._kick()
 
+    # -- count mode ------------------------------------------------------------
+    def start_count(self, mark: int, interval_ns: int, max_samples: int, head: int) -> None:
+        """Count what arrives from now on instead of shipping it (``NCount``)."""
+        if self.counter is not None:
+            raise BadRequest("bad-state", f"socket {self.sid} is already in count mode")
+        self.counter = ByteCounter(mark, interval_ns, max_samples, head)
+        if self.peer_closed or self.failed:
+            self._end_count("peer-closed" if self.peer_closed else "error", None)
+        elif not self.reading:
+            self.resume_reading()  # count mode needs no room in the notification buffer
+
+    def _end_count(self, state: str, reason: str | None) -> None:
+        c = self.counter
+        if c is None or c.ended:
+            return
+        c.ended = True
+        if not self.closed:
+            self.session.notify(c.summary(self.sid, state, reason), urgent=True)
+
+    def _read_counting(self, c: ByteCounter) -> None:
+        """Count mode's reader (the guard sees no data: none leaves the
+        endpoint; the notification buffer is not used either)."""
+        for _ in range(64):
+            got = recv_count(self.sock, c.buf)
+            if got is None:
+                return
+            n, t, src = got
+            if not n:
+                self.peer_closed = True
+                self._stop_reading()
+                self.state("peer-closed")
+                self._end_count("peer-closed", None)
+                return
+            if len(c.head) < c.head_limit:
+                c.head += c.buf[:min(n, c.head_limit - len(c.head))]
+            c.add(n, t, src)
+
+    # -- fill --------------------------------------------------------------------
+    async def _write_fill(self, item: m.SendItem) -> bool:
+        """Write ``item.fill`` endpoint-generated bytes; False on failure
+        (already reported). The ``NFill`` goes out once the last byte's
+        kernel TX stamp is in (or, without one, its hand-off time)."""
+        n = item.fill
+        start = self._bytes
+        first = min(n, FILL_FIRST_BYTES)
+        fs = FillState(n, item.tag, item.at, ts.tcp_key_after(start, first), ts.tcp_key_after(start, n))
+        self._fills.append(fs)
+        block = memoryview(fill_block())
+        off = 0
+        try:
+            while fs.written < n:
+                if self.closed:
+                    return False
+                c = first if fs.written == 0 else min(n - fs.written, FILL_CHUNK_BYTES, len(block) - off)
+                await self.loop.sock_sendall(self.sock, block[off:off + c])
+                if fs.written == 0 and not self._stamps:
+                    fs.first_ns, fs.source = time.time_ns(), "user"
+                fs.written += c
+                self._bytes += c
+                off = (off + c) % len(block)
+        except OSError as exc:
+            self._fills.remove(fs)
+            text = errno_text(exc.errno or 0)
+            self._fill_done(fs, error=text)
+            self.state("error", text)
+            return False
+        fs.done_ns = time.time_ns()
+        if not self._stamps:
+            fs.last_ns = fs.done_ns
+            self._fills.remove(fs)
+            self._fill_done(fs)
+        elif fs.last_ns is not None:
+            self._fills.remove(fs)
+            self._fill_done(fs)
+        elif not self.reading:
+            self._poll_stamps()
+        return True
+
+    def _poll_stamps(self) -> None:
+        """With the reader off (the peer closed: the socket would read as
+        ready for ever), look at the error queue on a timer until the fill's
+        last stamp is in; ``sweep_stamps`` ends the wait after the grace."""
+        if self.closed or not self._fills or self.reading:
+            return
+        try:
+            for item in ts.read_errqueue(self.sock):
+                if isinstance(item, ts.TxStamp):
+                    self._fill_stamp(item.key, item.time_ns)
+        except OSError:
+            pass
+        if self._fills:
+            self.loop.call_later(0.002, self._poll_stamps)
+
+    def _fill_done(self, fs: FillState, error: str | None = None) -> None:
+        if self.closed:
+            return
+        self.session.notify(m.NFill(sock=self.sid, time_ns=time.time_ns(), nbytes=fs.written,
+                                    first_ns=fs.first_ns, last_ns=fs.last_ns,
+                                    ts_source=None if fs.first_ns is None and fs.last_ns is None
+                                    else fs.source,  # type: ignore[arg-type]
+                                    tag=fs.tag, at=fs.at, error=error), urgent=True)
+
+    def _fill_stamp(self, key: int, t_ns: int) -> None:
+        """A TX stamp covers every byte up to its key (TCP coalesces)."""
+        for fs in list(self._fills):
+            if fs.first_ns is None and _u32_le(fs.first_key, key):
+                fs.first_ns = t_ns
+            if fs.written == fs.nbytes and _u32_le(fs.last_key, key):
+                fs.last_ns = t_ns
+                if fs.done_ns:
+                    self._fills.remove(fs)
+                    self._fill_done(fs)
+
     def shutdown(self, at: int | None) -> None:
         self._queue.append(("shutdown", at))
         self._kick()
@@ -613,6 +826,18 @@ class TcpSocket(EpSocket):
                     self.state("error", errno_text(exc.errno or 0))
                 continue
             item: m.SendItem = arg
+            if item.fill:
+                if item.data:
+                    try:
+                        await self.loop.sock_sendall(self.sock, item.data)
+                    except OSError as exc:
+                        text = errno_text(exc.errno or 0)
+                        self._fill_done(FillState(item.fill, item.tag, item.at, 0, 0), error=text)
+                        self.state("error", text)
+                        continue
+                    self._bytes += len(item.data)
+                await self._write_fill(item)
+                continue
             if not item.data:
                 continue
             key = ts.tcp_key_after(self._bytes, len(item.data))
@@ -647,6 +872,12 @@ class TcpSocket(EpSocket):
                         p = self._tags.pop(key)
                         self.notify(m.NTag(sock=self.sid, tag=p.tag, time_ns=item.time_ns,
                                            ts_source="kernel", nbytes=p.nbytes, at=p.at))
+                    if self._fills:
+                        self._fill_stamp(item.key, item.time_ns)
+            if self.counter is not None:
+                if self.reading:
+                    self._read_counting(self.counter)
+                return
             for _ in range(64):
                 if not self.session.stream_room():
                     # Backpressure: leave the data in the kernel, whose
@@ -669,6 +900,10 @@ class TcpSocket(EpSocket):
                 "timeout" if exc.errno == errno_mod.ETIMEDOUT else "error")
             self.state(state, errno_text(exc.errno or 0))
             self.failed = True
+            self._end_count(state, errno_text(exc.errno or 0))
+            for fs in self._fills:
+                self._fill_done(fs, error=errno_text(exc.errno or 0))
+            self._fills.clear()
 
     def _stop_reading(self) -> None:
         if self.reading:
@@ -689,10 +924,21 @@ class TcpSocket(EpSocket):
                 del self._tags[key]
                 self.notify(m.NTag(sock=self.sid, tag=p.tag, time_ns=p.user_ns,
                                    ts_source="user", nbytes=p.nbytes, at=p.at))
+        for fs in list(self._fills):
+            if fs.done_ns and now_ns - fs.done_ns > STAMP_GRACE_NS:
+                # the last stamp never came: its hand-off time, said so
+                self._fills.remove(fs)
+                fs.last_ns, fs.source = fs.done_ns, "user"
+                self._fill_done(fs)
 
     def close(self) -> None:
         if self._pump_task is not None:
             self._pump_task.cancel()
+        if not self.closed:
+            self._end_count("closed", None)
+            for fs in self._fills:
+                self._fill_done(fs, error="socket closed")
+            self._fills.clear()
         super().close()
 
 

@@ -184,8 +184,10 @@ def _pack(buf: bytearray, off: int, ev: Event, data_ptr: int) -> None:
     if ev.src:
         src = _addr16(ev.src)
         flags |= FLAG_SRC
-    n = len(ev.data)
-    copied = n if n <= MAX_PAYLOAD else MAX_PAYLOAD
+    shown_n = len(ev.data)
+    # a fill's bytes are on the wire but not in data: counted, shown as truncated
+    n = min(shown_n + ev.fill, 0xFFFFFFFF)
+    copied = shown_n if shown_n <= MAX_PAYLOAD else MAX_PAYLOAD
     if copied < n:
         flags |= FLAG_TRUNCATED
     _RECORD.pack_into(

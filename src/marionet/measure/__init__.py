@@ -14,8 +14,10 @@ from marionet.measure.trace import plan_trace, trace
 from marionet.measure.udpprobe import plan_udpprobe, udpprobe
 from marionet.measure.sniff import plan_sniff, sniff
 from marionet.measure.tracelb import plan_tracelb, tracelb
+from marionet.measure.throughput import plan_throughput, throughput
 
 __all__ = ["ping", "plan_ping", "PING_METHODS_SUPPORTED", "trace", "plan_trace", "dns", "plan_dns", "http", "plan_http",
            "udpprobe", "plan_udpprobe", "sniff", "plan_sniff", "tracelb", "plan_tracelb",
            "tbit", "plan_tbit",
+           "throughput", "plan_throughput",
            "PRIMITIVES", "run_primitive"]

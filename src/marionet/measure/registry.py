@@ -26,6 +26,7 @@ from marionet.measure.trace import plan_trace, trace
 from marionet.measure.udpprobe import plan_udpprobe, udpprobe
 from marionet.measure.sniff import plan_sniff, sniff
 from marionet.measure.tracelb import plan_tracelb, tracelb
+from marionet.measure.throughput import plan_throughput, throughput
 
 __all__ = ["PRIMITIVES", "VALIDATORS", "run_primitive", "check_params", "UnknownPrimitive"]
 
@@ -41,6 +42,7 @@ PRIMITIVES: dict[str, Primitive] = {
     "sniff": sniff,
     "tracelb": tracelb,
     "tbit": tbit,
+    "throughput": throughput,
 }
 
 #: name -> a function taking the same parameters that raises ``ValueError``
@@ -54,6 +56,7 @@ VALIDATORS: dict[str, Callable[..., Any]] = {
     "sniff": plan_sniff,
     "tracelb": plan_tracelb,
     "tbit": plan_tbit,
+    "throughput": plan_throughput,
 }
 
 # Keyword arguments the runner supplies itself; never accepted from a Task.

@@ -22,6 +22,7 @@ from .trace import (TRACE_METHODS, IcmpExt, MplsLabel, Trace, TraceHop,
                     TraceStop)
 from .udpprobe import Udpprobe, UdpprobeProbe, UdpprobeReply, UdpprobeStop
 from .sniff import Sniff, SniffPkt, SniffStop
+from .throughput import Throughput, ThroughputStop
 from .tracelb import (TRACELB_METHODS, Tracelb, TracelbLink, TracelbNode, TracelbProbe,
                       TracelbProbeset, TracelbReply, TracelbStop)
 from . import warts_host, warts_http  # noqa: F401,E402 - register their warts records
@@ -38,6 +39,7 @@ __all__ = [
     "Tbit", "TbitPkt", "TbitResult",
     "DnsResult", "DnsQuery", "DnsRR", "DnsMX", "DnsSOA", "DnsStop",
     "Udpprobe", "UdpprobeProbe", "UdpprobeReply", "UdpprobeStop", "Sniff", "SniffPkt", "SniffStop",
+    "Throughput", "ThroughputStop",
     "to_frame", "to_parquet", "read_parquet",
 ]
 

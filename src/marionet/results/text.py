@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-__all__ = ["ping_text", "trace_text", "dns_text", "http_text"]
+__all__ = ["ping_text", "trace_text", "dns_text", "http_text", "throughput_text"]
 
 
 def _ms(td: _dt.timedelta | None) -> str:
@@ -281,3 +281,32 @@ def http_text(r: Any) -> str:
         return f"curl: ({r.stop_reason}) {r.url}: {why}"
     head = r.header_raw.replace("\r\n", "\n").rstrip("\n")
     return f"{head}\n\n{r.text}".rstrip("\n")
+
+
+# ------------------------------------------------------------ throughput
+def throughput_text(r: Any) -> str:
+    """iperf3-like: a header, about ten intervals over the transfer, the
+    figure over (b, t0)–(size, t1) and who measured it; or why none."""
+    head = (f"Connecting to host {r.dst}, port {r.port} ({r.direction}, {r.size} bytes, "
+            f"skip {r.skip}, measured by the {'VP' if r.measured_by == 'vp' else 'server'})")
+    lines = [head]
+    s = r.samples
+    if len(s) >= 2:
+        step = max(1, (len(s) - 1) // 10)
+        t_start = s[0][0]
+        picked = s[::step]
+        if picked[-1] != s[-1]:
+            picked.append(s[-1])
+        lines.append("[ ID] Interval           Transfer     Bitrate")
+        for (ta, na), (tb, nb) in zip(picked, picked[1:]):
+            secs = (tb - ta) / 1e9
+            rate = 8 * (nb - na) / secs / 1e6 if secs > 0 else 0.0
+            lines.append(f"[  1] {(ta - t_start) / 1e9:6.2f}-{(tb - t_start) / 1e9:6.2f} sec "
+                         f"{(nb - na) / (1 << 20):7.2f} MBytes {rate:8.2f} Mbits/sec")
+    if r.bps is not None:
+        lines.append(f"throughput {r.bps / 1e6:.2f} Mbits/sec: {r.size - r.b} bytes in "
+                     f"{(r.t1_ns - r.t0_ns) / 1e9:.3f} s after the first {r.b} ({r.ts_source or '?'} times)")
+    else:
+        lines.append(f"no throughput figure: {r.stop_reason}: {r.error or 'no error text'} "
+                     f"({r.bytes} of {r.size} bytes moved)")
+    return "\n".join(lines)

@@ -120,6 +120,7 @@ class SendItem(msgspec.Struct, array_like=True):
     ttl: int | None = None
     tos: int | None = None
     df: bool | None = None
+    fill: int = 0
 
 
 class NSend(Request, tag="nsend"):
@@ -127,6 +128,11 @@ class NSend(Request, tag="nsend"):
 
     Sends on one socket leave in request order. A ``tag`` asks for an
     ``NTag`` carrying the kernel transmit time or the error.
+
+    ``fill`` (TCP only): after ``data``, the endpoint writes ``fill``
+    pseudo-random bytes of its own as the socket drains, and reports the
+    kernel TX times of the first and last in one ``NFill`` (delivered even
+    while suppressed). The guard counts ``len(data) + fill`` bytes.
     """
 
     id: int
@@ -139,6 +145,7 @@ class NSend(Request, tag="nsend"):
     ttl: int | None = None
     tos: int | None = None
     df: bool | None = None
+    fill: int = 0
 
 
 class NSendV(Request, tag="nsendv"):
@@ -171,6 +178,23 @@ class NCtl(Request, tag="nctl"):
     op: str
     sock: int | None = None
     at: int | None = None
+
+
+class NCount(Request, tag="ncount"):
+    """Count mode for a connected TCP socket: from now on received bytes
+    are counted on the endpoint (with their kernel receive times) instead of
+    shipped as ``NData``. Memory stays bounded: a progress sample (kernel rx
+    ns, cumulative bytes) at most every ``interval_ns`` (at most
+    ``max_samples``), the receive that first reaches ``mark`` bytes, the first
+    and the last. When the peer closes or the connection fails (or ``NClose``)
+    one ``NCountEnd`` carries the summary, delivered even while suppressed."""
+
+    id: int
+    sock: int
+    mark: int = 0
+    interval_ns: int = 10_000_000
+    max_samples: int = 100_000
+    head: int = 64
 
 
 class Task(Request, tag="task"):
@@ -382,6 +406,47 @@ class NCapEnd(Notification, tag="ncapend"):
     packets: int
 
 
+class NCountEnd(Notification, tag="ncountend"):
+    """The summary of a socket's count mode (see ``NCount``). ``state`` is
+    how it ended ("peer-closed", "reset", "timeout", "error", "closed");
+    ``mark_bytes``/``mark_ns`` the cumulative count and kernel time of the
+    receive that first reached the mark (0 if it never did); ``head`` the
+    first bytes received (e.g. a server's error line); ``samples`` are
+    (kernel rx ns, cumulative bytes); ``samples_lost`` those past
+    ``max_samples``."""
+
+    sock: int
+    time_ns: int
+    state: str
+    nbytes: int
+    first_ns: int = 0
+    last_ns: int = 0
+    mark_bytes: int = 0
+    mark_ns: int = 0
+    head: bytes = b""
+    samples: list[tuple[int, int]] = []
+    samples_lost: int = 0
+    ts_source: TsSource = "kernel"
+    reason: str | None = None
+
+
+class NFill(Notification, tag="nfill"):
+    """A fill (``NSend.fill``) finished: ``nbytes`` of it written, kernel
+    TX times of its first and last byte (``ts_source`` "user" when the
+    kernel's stamp did not come), or ``error``. Delivered even while
+    suppressed."""
+
+    sock: int
+    time_ns: int
+    nbytes: int
+    first_ns: int | None = None
+    last_ns: int | None = None
+    ts_source: TsSource | None = None
+    tag: int | None = None
+    at: int | None = None
+    error: str | None = None
+
+
 class TaskResult(Notification, tag="taskres"):
     """Final result of a task: ``result`` is the primitive's JSON-able dict,
     or ``error`` says why it failed."""
@@ -494,11 +559,11 @@ class VpEvent(Message, tag="vpevent"):
 
 
 REQUESTS: tuple[type[Message], ...] = (
-    Info, Auth, NOpen, NClose, NSend, NSendV, NCap, NCtl, Task, Halt, Ping,
+    Info, Auth, NOpen, NClose, NSend, NSendV, NCap, NCtl, Task, Halt, Ping, NCount,
 )
 REPLIES: tuple[type[Message], ...] = (Ok, Error, Opened, InfoReply, Pong)
 NOTIFICATIONS: tuple[type[Message], ...] = (
-    NData, NTag, NIcmp, NStat, NDrop, NBlock, NCapEnd, TaskResult, TaskProgress,
+    NData, NTag, NIcmp, NStat, NDrop, NBlock, NCapEnd, TaskResult, TaskProgress, NCountEnd, NFill,
 )
 CONTROLLER: tuple[type[Message], ...] = (
     Register, ChOpen, ChData, ChFlow, ChClose, VpList, VpListReply, Attach, Attached, VpEvent,
