@@ -20,10 +20,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-EXPERIMENTS = ("trace", "throughput-down", "throughput-up", "web", "sendgap")
+EXPERIMENTS = ("trace", "throughput-down", "throughput-up", "web", "sendgap", "ping", "dns")
+#: the default study (the paper's experiments); ping and dns on request
+DEFAULT_EXPERIMENTS = ("trace", "throughput-down", "throughput-up", "web", "sendgap")
 
 #: runs per VP of the default study: chosen so `marionet evaluate paper` ends in < 15 min on 2 cores
-DEFAULT_RUNS = {"trace": 20, "throughput-down": 5, "throughput-up": 5, "web": 10, "sendgap": 5}
+DEFAULT_RUNS = {"trace": 20, "throughput-down": 5, "throughput-up": 5, "web": 10, "sendgap": 5, "ping": 10,
+                "dns": 10}
 DEFAULT_SIZE = 25 << 20
 
 
@@ -40,8 +43,9 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--runs", type=int, help="runs per VP for every experiment (default: per experiment, "
                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_RUNS.items()) + ")")
         q.add_argument("--vps", help="comma-separated VP names (default: every VP of the lab)")
-        q.add_argument("--experiments", default=",".join(EXPERIMENTS),
-                       help=f"comma-separated, from {', '.join(EXPERIMENTS)} (default: all)")
+        q.add_argument("--experiments", default=",".join(DEFAULT_EXPERIMENTS),
+                       help=f"comma-separated, from {', '.join(EXPERIMENTS)} "
+                            f"(default: {','.join(DEFAULT_EXPERIMENTS)})")
         q.add_argument("--size", type=int, default=DEFAULT_SIZE, help="throughput transfer size in bytes (25 MiB)")
         q.add_argument("--skip", type=int, default=1 << 20, help="bytes skipped before timing starts (1 MiB)")
         q.add_argument("--out", default="evaluate-out", help="report directory (created)")
@@ -98,6 +102,10 @@ def make_experiments(names: list[str], lab: Any, server: str, size: int, skip: i
             out.append(ex.WebExperiment(*ex.web_sites(lab, server)))
         elif n == "sendgap":
             out.append(ex.SendGapExperiment())
+        elif n == "ping":
+            out.append(ex.PingExperiment())
+        elif n == "dns":
+            out.append(ex.DnsExperiment(ex.dns_names(lab, server)))
     return out
 
 

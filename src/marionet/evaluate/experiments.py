@@ -36,7 +36,8 @@ from typing import Any, Sequence
 
 from marionet.evaluate.samples import Sample
 
-__all__ = ["Experiment", "TraceExperiment", "ThroughputExperiment", "WebExperiment", "SendGapExperiment",
+__all__ = ["Experiment", "TraceExperiment", "PingExperiment", "DnsExperiment", "ThroughputExperiment",
+           "WebExperiment", "SendGapExperiment", "dns_names", "web_sites",
            "StudyContext", "GOODPUT_RATIO", "WebSite"]
 
 #: TCP payload per Ethernet frame at MTU 1500 (timestamps on): what a rate limit leaves for goodput
@@ -173,6 +174,109 @@ def _trace_path_items(res: Any) -> set[str]:
     answered = {h.probe_ttl for h in res.hop_records}
     items |= {f"{ttl}|*" for ttl in range(res.firsthop, (res.hop_count or 0) + 1) if ttl not in answered}
     return items
+
+
+# ------------------------------------------------------------------ ping
+class PingExperiment(Experiment):
+    """ICMP echo RTTs to the server: iputils ping (reference), scamper, marionet."""
+
+    name = "ping"
+    sources = ("ping", "scamper", "native", "endpoint", "remote")
+    reference = "ping"
+    count = 10
+    interval = 0.2
+
+    def specs(self, ctx: StudyContext, vps: Sequence[str]) -> list[Any]:
+        from marionet.evaluate.report import ExperimentSpec
+
+        truth = {vp: ctx.rtt_ms(vp, ctx.server) for vp in vps}
+        return [ExperimentSpec("ping-rtt", "Ping: RTT of echo replies", "rtt_ms", self.reference, kind="numeric",
+                               truth={k: v for k, v in truth.items() if v}, unit="ms")]
+
+    async def run(self, ctx: StudyContext, vp: str, source: str, run: int) -> list[Sample]:
+        now = time.time_ns()
+        if source in ("ping", "scamper"):
+            from marionet.evaluate import native
+
+            if source == "ping":
+                pr = await asyncio.to_thread(native.run_ping, ctx.lab, vp, ctx.server_addr, count=self.count,
+                                             interval=self.interval, timeout=self.timeout)
+            else:
+                pr = await asyncio.to_thread(native.run_scamper_ping, ctx.lab, vp, ctx.server_addr,
+                                             count=self.count, interval=self.interval, timeout=self.timeout)
+            rtts = [] if pr.error else list(pr.rtts_ms)
+        else:
+            res = await _marionet(ctx, vp, source, "ping",
+                                  {"dst": ctx.server_addr, "attempts": self.count, "wait_probe": self.interval,
+                                   "wait_timeout": 2}, self.timeout)
+            rtts = [r.rtt.total_seconds() * 1e3 for r in res.from_target() if r.rtt is not None]
+        out = [Sample("ping-rtt", vp, source, run, "rtt_ms", r, None, None, now) for r in rtts]
+        return out or [Sample("ping-rtt", vp, source, run, "rtt_ms", None, None, None, now)]
+
+
+# ------------------------------------------------------------------ DNS
+class DnsExperiment(Experiment):
+    """DNS answers from the server's authoritative zone: dig (reference) vs marionet's dns; C3."""
+
+    name = "dns"
+    sources = ("dig", "native", "endpoint", "remote")
+    reference = "dig"
+
+    def __init__(self, names: Sequence[tuple[str, str]]) -> None:
+        if not names:
+            raise ValueError("the dns experiment needs names to ask (a dns service with records on the server)")
+        self.names = list(names)
+
+    def specs(self, ctx: StudyContext, vps: Sequence[str]) -> list[Any]:
+        from marionet.evaluate.report import ExperimentSpec
+
+        return [ExperimentSpec("dns", "DNS: (name, type, answer record) triples", "dns", self.reference, kind="set")]
+
+    async def run(self, ctx: StudyContext, vp: str, source: str, run: int) -> list[Sample]:
+        from marionet.evaluate import native
+
+        now = time.time_ns()
+        items: list[str] = []
+        for qname, qtype in self.names:
+            key = f"{qname} {qtype}"
+            if source == "dig":
+                r = await asyncio.to_thread(native.run_dig, ctx.lab, vp, ctx.server_addr, qname, qtype, timeout=30)
+                if r.error:
+                    items.append(f"{key}|ERROR:{native.error_kind(r.error)}")
+                    continue
+                answers, rcode = r.answer, (r.rcode or "").upper()
+            else:
+                try:
+                    res = await _marionet(ctx, vp, source, "dns",
+                                          {"qname": qname, "qtype": qtype, "server": ctx.server_addr, "rd": False},
+                                          30)
+                except Exception as e:  # noqa: BLE001 - a failed query is a result
+                    items.append(f"{key}|ERROR:{type(e).__name__}")
+                    continue
+                if res.reply is None:
+                    items.append(f"{key}|ERROR:timeout")
+                    continue
+                answers = [native.normalise_rr(str(rr)) for rr in res.ans()]
+                rcode = str(res.rcode_str()).upper()
+            items += [f"{key}|{a}" for a in answers] or [f"{key}|{rcode}"]
+        return [Sample("dns", vp, source, run, "dns", None, it, None, now) for it in sorted(set(items))]
+
+
+def dns_names(lab: Any, server: str) -> list[tuple[str, str]]:
+    """(name, type) of every record the server's dns services hold (from the lab spec)."""
+    out: list[tuple[str, str]] = []
+    for svc in lab.spec.services:
+        if svc.host != server or svc.kind != "dns":
+            continue
+        zones = svc.options.get("zones") or [svc.options]
+        for z in zones:
+            zone = str(z.get("zone", "")).rstrip(".")
+            for rec in z.get("records", []):
+                owner, rtype = str(rec[0]), str(rec[1]).upper()
+                name = zone if owner == "@" else f"{owner}.{zone}"
+                if (name, rtype) not in out:
+                    out.append((name, rtype))
+    return out
 
 
 # ------------------------------------------------------------------ throughput

@@ -501,6 +501,13 @@ _DIG_STATUS = re.compile(r"->>HEADER<<-.*\bstatus: ([A-Z0-9]+)")
 _NAME_TYPES = {"NS", "CNAME", "PTR", "DNAME", "MX", "SOA", "SRV"}
 
 
+def normalise_rr(line: str) -> str:
+    """A resource record line (dig's, or a marionet ``DnsRR``'s ``str``) in
+    the one form answers are compared in: lower-case names, no final dots,
+    single spaces."""
+    return _dig_rr(line)
+
+
 def _dig_rr(line: str) -> str:
     parts = line.split(None, 4)
     if len(parts) < 4:
