@@ -257,7 +257,7 @@ class DnsExperiment(Experiment):
                     items.append(f"{key}|ERROR:timeout")
                     continue
                 answers = [native.normalise_rr(str(rr)) for rr in res.ans()]
-                rcode = str(res.rcode_str()).upper()
+                rcode = str(res.rcode_str).upper()
             items += [f"{key}|{a}" for a in answers] or [f"{key}|{rcode}"]
         return [Sample("dns", vp, source, run, "dns", None, it, None, now) for it in sorted(set(items))]
 
