@@ -122,6 +122,32 @@ def bench_delay(res: dict[str, Any], count: int) -> None:
         res["delay_v6"] = s6
 
 
+def accuracy_line(label: str, s: dict[str, float], want: float) -> dict[str, Any]:
+    """The issue's figures: mean/median/p99/sd of RTTs against the configured RTT."""
+    err = {"mean_err": s["mean"] - want, "median_err": s["median"] - want, "p99_err": s["p99"] - want}
+    ok = abs(err["mean_err"]) <= 0.1 and err["p99_err"] <= 0.5
+    print(f"{label}: configured {want:.1f} ms; mean {s['mean']:.3f} ({err['mean_err']:+.3f}) median "
+          f"{s['median']:.3f} ({err['median_err']:+.3f}) p99 {s['p99']:.3f} ({err['p99_err']:+.3f}) "
+          f"sd {s['sd']:.3f} n={s['n']}  target |mean err|<=0.1, p99 err<=0.5 -> {'PASS' if ok else 'FAIL'}")
+    return {**s, **err, "configured_ms": want, "pass": ok}
+
+
+def bench_path(res: dict[str, Any], count: int) -> None:
+    """4 routers (5 delayed links of 2 ms) and 1 link of 10 ms: both 20 ms RTT, zero jitter."""
+    for key, spec, label in (
+            ("path5", linear_path(4, delay="2ms"), "4-router path, 5 links x 2 ms, ping RTT"),
+            ("link1", linear_path(1, delay="10ms", impair_link=0), "single link 10 ms, ping RTT")):
+        with Lab(spec) as lab:
+            ping_rtts(lab, 20, 0.01)  # warm up (ARP/ND, caches)
+            rtts, _ = ping_rtts(lab, count, 0.01)
+            row = accuracy_line(label, summary(rtts), 20.0)
+            fw = lab.truth().get("forwarder")
+            if fw:
+                row["truth_forwarder"] = fw
+                print(f"  truth reports forwarder: {json.dumps(fw)[:300]}")
+            res[key] = row
+
+
 def bench_jitter(res: dict[str, Any], count: int) -> None:
     jit = 2.0
     with Lab(linear_path(1, delay="20ms", jitter=f"{jit}ms", impair_link=0)) as lab:
@@ -200,11 +226,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer probes")
     ap.add_argument("--json", help="write results here")
-    ap.add_argument("--only", nargs="*", choices=["delay", "jitter", "loss", "rate", "capacity"])
+    ap.add_argument("--only", nargs="*", choices=["path", "delay", "jitter", "loss", "rate", "capacity"])
     a = ap.parse_args()
     count = 500 if a.quick else 2000
     res: dict[str, Any] = {}
-    todo = a.only or ["delay", "jitter", "loss", "rate", "capacity"]
+    todo = a.only or ["path", "delay", "jitter", "loss", "rate", "capacity"]
+    if "path" in todo:
+        bench_path(res, count)
     if "delay" in todo:
         bench_delay(res, count)
     if "jitter" in todo:
