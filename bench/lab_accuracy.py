@@ -138,20 +138,84 @@ def accuracy_line(label: str, s: dict[str, float], want: float) -> dict[str, Any
     return {**s, **err, "configured_ms": want, "pass": ok}
 
 
-def bench_path(res: dict[str, Any], count: int) -> None:
-    """4 routers (5 delayed links of 2 ms) and 1 link of 10 ms: both 20 ms RTT, zero jitter."""
-    for key, spec, label in (
-            ("path5", linear_path(4, delay="2ms"), "4-router path, 5 links x 2 ms, ping RTT"),
-            ("link1", linear_path(1, delay="10ms", impair_link=0), "single link 10 ms, ping RTT")):
-        with Lab(spec) as lab:
-            ping_rtts(lab, 20, 0.01)  # warm up (ARP/ND, caches)
-            rtts, _ = ping_rtts(lab, count, 0.01)
-            row = accuracy_line(label, summary(rtts), 20.0)
-            fw = lab.truth().get("forwarder")
-            if fw:
-                row["truth_forwarder"] = fw
-                print(f"  truth reports forwarder: {json.dumps(fw)[:300]}")
-            res[key] = row
+RAW_PING = r"""
+import json, select, socket, struct, sys, time
+dst, count, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS: receive time from the kernel
+sent, rtts = {}, {}
+def csum(b):
+    t = sum(struct.unpack(f"!{len(b) // 2}H", b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+def take(wait):
+    while select.select([s], [], [], max(0.0, wait))[0]:
+        data, anc, _, _ = s.recvmsg(2048, 64)
+        ihl = (data[0] & 15) * 4
+        typ, _, _, ident, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+        if typ == 0 and ident == 0x4d4e and seq in sent:
+            sec, ns = struct.unpack("qq", [d for _, t, d in anc if t == 35][0][:16])
+            rtts[seq] = (sec * 10**9 + ns - sent[seq]) / 1e6
+        wait = 0
+start = time.monotonic()
+for seq in range(count):
+    take(start + seq * interval - time.monotonic())
+    hdr = struct.pack("!BBHHH", 8, 0, 0, 0x4d4e, seq) + b"\0" * 48
+    sent[seq] = time.time_ns()
+    s.sendto(hdr[:2] + struct.pack("!H", csum(hdr)) + hdr[4:], (dst, 0))
+end = time.monotonic() + 2
+while len(rtts) < count and time.monotonic() < end:
+    take(0.05)
+print(json.dumps(list(rtts.values())))
+"""
+
+
+def precise_rtts(lab: Lab, count: int, interval: float) -> list[float]:
+    """ICMP echo RTTs (ms): user-space send stamp, kernel receive stamp (iputils prints 0.1 ms above 10 ms)."""
+    cp = lab.exec("client", [sys.executable, "-c", RAW_PING, lab.addr("target"), str(count), str(interval)],
+                  timeout=count * interval + 30)
+    return json.loads(cp.stdout)
+
+
+def bench_path(res: dict[str, Any], count: int, busy: bool = False) -> None:
+    """4 routers (5 delayed links of 2 ms) and 1 link of 10 ms, both 20 ms RTT, zero jitter; the same
+    paths on plain veths give the namespaces' own cost.  ``busy``: another lab forwards 10k pkt/s meanwhile."""
+    cases = (("veth5", linear_path(4), None, "4-router path on veths (no delay)"),
+             ("path5", linear_path(4, delay="2ms"), 20.0, "4-router path, 5 links x 2 ms"),
+             ("veth1", linear_path(1), None, "1-router path on veths (no delay)"),
+             ("link1", linear_path(1, delay="10ms", impair_link=0), 20.0, "single link 10 ms"))
+    other = None
+    if busy:
+        other = Lab(linear_path(1, delay="5ms", impair_link=0, name="busy"))
+        other.up()
+        rx = other.popen("target", [sys.executable, "-c", RECEIVER, "600"], stdout=subprocess.DEVNULL)
+        tx = other.popen("client", [sys.executable, "-c", SENDER, other.addr("target"), "10000", "100000000",
+                                    "1472"], stdout=subprocess.DEVNULL)
+    try:
+        for key, spec, want, label in cases:
+            with Lab(spec) as lab:
+                precise_rtts(lab, 20, 0.01)  # warm up
+                s = summary(precise_rtts(lab, count, 0.01))
+                if want is None:
+                    print(f"{label}: {fmt(s)}")
+                    res[key] = s
+                    continue
+                row = accuracy_line(label + (", other lab busy" if busy else ""), s, want)
+                base = res.get("veth5" if key == "path5" else "veth1")
+                if base:
+                    row["forwarder_only_mean_err"] = s["mean"] - want - base["mean"]
+                    print(f"  minus the veth path's own {base['mean']:.3f} ms: forwarder mean error "
+                          f"{row['forwarder_only_mean_err']:+.3f} ms")
+                t = lab.truth()
+                row["truth_added_us"] = [ln.get("added_us") for ln in t["links"] if ln.get("forwarder")]
+                print(f"  truth: per-link added_us medians {[a and a.get('median') for a in row['truth_added_us']]}"
+                      f", calibration {t['forwarder']['calibration'].get('send_late_us')}")
+                res[key + ("_busy" if busy else "")] = row
+    finally:
+        if other is not None:
+            for p in (tx, rx):
+                p.kill()
+                p.wait()
+            other.down()
 
 
 def bench_jitter(res: dict[str, Any], count: int) -> None:
@@ -263,6 +327,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer probes")
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--busy", action="store_true", help="also measure the paths while another lab forwards 10k pkt/s")
     ap.add_argument("--only", nargs="*", choices=["path", "delay", "jitter", "loss", "rate", "rate_delay", "capacity"])
     a = ap.parse_args()
     count = 500 if a.quick else 2000
@@ -270,6 +335,8 @@ def main() -> int:
     todo = a.only or ["path", "delay", "jitter", "loss", "rate", "rate_delay", "capacity"]
     if "path" in todo:
         bench_path(res, count)
+        if a.busy:
+            bench_path(res, count, busy=True)
     if "delay" in todo:
         bench_delay(res, count)
     if "jitter" in todo:

@@ -166,9 +166,10 @@ def test_delay_accuracy_on_a_linear_path(lab_factory):  # noqa: F811
     _precise_rtts(lab, 10)
     r = sorted(_precise_rtts(lab, 300))
     assert len(r) >= 295
-    # VM stalls of 2–70 ms hit single probes on a shared 2-vCPU machine: leave out the top 2 %
-    # so one stall cannot move the mean; a forwarder 0.2 ms late per link still fails this
-    kept = r[: int(len(r) * 0.98)]
+    # VM stalls and other labs' busy forwarders delay some probes by 2–70 ms on a shared 2-vCPU
+    # machine (seen: > 2 % of probes while another lab forwarded 10k pkt/s): the mean is taken over
+    # the lower 90 %, so the tail cannot move it; a forwarder 0.2 ms late per link still fails this
+    kept = r[: int(len(r) * 0.90)]
     assert abs(statistics.fmean(kept) - 20.0) < 0.3, (statistics.fmean(kept), r[-10:])
     assert abs(statistics.median(r) - 20.0) < 0.3, statistics.median(r)
     assert [p["role"] for p in lab.state.procs].count("forwarder") == 1
