@@ -164,14 +164,19 @@ def test_delay_accuracy_on_a_linear_path(lab_factory):  # noqa: F811
     forwarder's own figures (one process, kernel stamps, per-link added delay)."""
     lab = lab_factory(linear_path(4, delay="2ms"))
     _precise_rtts(lab, 10)
-    r = sorted(_precise_rtts(lab, 300))
-    assert len(r) >= 295
     # VM stalls and other labs' busy forwarders delay some probes by 2–70 ms on a shared 2-vCPU
     # machine (seen: > 2 % of probes while another lab forwarded 10k pkt/s): the mean is taken over
-    # the lower 90 %, so the tail cannot move it; a forwarder 0.2 ms late per link still fails this
-    kept = r[: int(len(r) * 0.90)]
-    assert abs(statistics.fmean(kept) - 20.0) < 0.3, (statistics.fmean(kept), r[-10:])
-    assert abs(statistics.median(r) - 20.0) < 0.3, statistics.median(r)
+    # the lower 90 %, so the tail cannot move it, and a burst of noise gets one rerun; a forwarder
+    # 0.2 ms late per link (+2 ms RTT) fails both
+    for attempt in range(2):
+        r = sorted(_precise_rtts(lab, 300))
+        assert len(r) >= 295
+        kept = r[: int(len(r) * 0.90)]
+        mean_err, median_err = statistics.fmean(kept) - 20.0, statistics.median(r) - 20.0
+        if abs(mean_err) < 0.3 and abs(median_err) < 0.3:
+            break
+    assert abs(mean_err) < 0.3, (mean_err, r[-10:])
+    assert abs(median_err) < 0.3, median_err
     assert [p["role"] for p in lab.state.procs].count("forwarder") == 1
     t = lab.truth()
     fw = t["forwarder"]
