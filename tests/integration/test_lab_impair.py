@@ -116,3 +116,93 @@ def test_icmp_rate_limited_router(lab_factory):  # noqa: F811
     assert 1 <= limited < 20, limited
     truth = lab.truth()
     assert truth is not None
+
+
+_RAW_PING = r"""
+import json, select, socket, struct, sys, time
+dst, count, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS: receive time from the kernel
+sent, rtts = {}, {}
+def csum(b):
+    t = sum(struct.unpack(f"!{len(b) // 2}H", b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+def take(wait):
+    while select.select([s], [], [], max(0.0, wait))[0]:
+        data, anc, _, _ = s.recvmsg(2048, 64)
+        ihl = (data[0] & 15) * 4
+        typ, _, _, ident, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+        if typ == 0 and ident == 0x4d4e and seq in sent:
+            sec, ns = struct.unpack("qq", [d for _, t, d in anc if t == 35][0][:16])
+            rtts[seq] = (sec * 10**9 + ns - sent[seq]) / 1e6
+        wait = 0
+start = time.monotonic()
+for seq in range(count):
+    take(start + seq * interval - time.monotonic())
+    hdr = struct.pack("!BBHHH", 8, 0, 0, 0x4d4e, seq) + b"\0" * 48
+    sent[seq] = time.time_ns()
+    s.sendto(hdr[:2] + struct.pack("!H", csum(hdr)) + hdr[4:], (dst, 0))
+end = time.monotonic() + 2
+while len(rtts) < count and time.monotonic() < end:
+    take(0.05)
+print(json.dumps(list(rtts.values())))
+"""
+
+
+def _precise_rtts(lab, n: int, interval: float = 0.01) -> list[float]:
+    """ICMP echo RTTs (ms) client→target: user-space send stamp, kernel receive stamp (µs precision;
+    iputils ping prints 0.1 ms above 10 ms)."""
+    import json
+    cp = lab.exec("client", [sys.executable, "-c", _RAW_PING, lab.addr("target"), str(n), str(interval)],
+                  timeout=n * interval + 30)
+    assert cp.returncode == 0, cp.stderr
+    return json.loads(cp.stdout)
+
+
+def test_delay_accuracy_on_a_linear_path(lab_factory):  # noqa: F811
+    """5 delayed links of 2 ms (20 ms RTT): the RTT matches the configured sum, and truth reports the
+    forwarder's own figures (one process, kernel stamps, per-link added delay)."""
+    lab = lab_factory(linear_path(4, delay="2ms"))
+    _precise_rtts(lab, 10)
+    # VM stalls and other labs' busy forwarders delay some probes by 2–70 ms on a shared 2-vCPU
+    # machine (seen: > 2 % of probes while another lab forwarded 10k pkt/s): the mean is taken over
+    # the lower 90 %, so the tail cannot move it, and a burst of noise gets one rerun; a forwarder
+    # 0.2 ms late per link (+2 ms RTT) fails both
+    for attempt in range(2):
+        r = sorted(_precise_rtts(lab, 300))
+        assert len(r) >= 295
+        kept = r[: int(len(r) * 0.90)]
+        mean_err, median_err = statistics.fmean(kept) - 20.0, statistics.median(r) - 20.0
+        if abs(mean_err) < 0.3 and abs(median_err) < 0.3:
+            break
+    assert abs(mean_err) < 0.3, (mean_err, r[-10:])
+    assert abs(median_err) < 0.3, median_err
+    assert [p["role"] for p in lab.state.procs].count("forwarder") == 1
+    t = lab.truth()
+    fw = t["forwarder"]
+    assert fw["calibration"]["stamp"] == "kernel" and fw["calibration"]["send_late_us"]["n"] > 0
+    assert "offset_us" in fw["calibration"] and fw["model"]
+    for ln in t["links"]:
+        st = fw["links"][str(ln["index"])]
+        assert st["in"] >= 300 and st["out"] >= 300, st  # request and reply directions
+        assert ln["added_us"]["source"] == "live" and ln["added_us"]["n"] >= 300
+        assert 0 <= ln["added_us"]["median"] < 1000, ln["added_us"]
+
+
+def test_rate_and_delay_on_one_link(lab_factory):  # noqa: F811
+    """tbf on the TUNs plus forwarder delay: iperf3 gets ≥ 90 % of the rate in goodput terms."""
+    import json
+    rate = 50e6
+    lab = lab_factory(linear_path(1, delay="5ms", rate="50mbit", impair_link=0))
+    srv = lab.popen("target", ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        cp = lab.exec("client", ["iperf3", "-c", lab.addr("target"), "-t", "3", "-J"], timeout=40)
+        bps = json.loads(cp.stdout)["end"]["sum_received"]["bits_per_second"]
+    finally:
+        srv.wait(timeout=10)
+    assert bps >= 0.9 * rate * 1448 / 1514, bps
+    assert bps <= 1.05 * rate, bps
+    t = lab.truth()
+    assert t["links"][0]["rate_bps"] == rate and t["links"][0]["delay_ms"] == 5.0
+    assert t["forwarder"]["links"]["0"]["out"] > 1000

@@ -8,6 +8,8 @@ in the state file before it is created and removed in ``down()`` (also from a
 from __future__ import annotations
 
 import json
+import os
+import signal
 import secrets
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from typing import Any, Sequence
 
 from . import balancer, system, tools
 from .controller import ControllerInfo
-from .plan import Iface, Plan, make_plan, truth as plan_truth
+from .plan import Iface, Plan, forwarder_truth, make_plan, truth as plan_truth
 from .spec import Spec, _controller_ok, load_spec, parse_spec
 from .state import STATE_DIR, State, all_states, teardown
 from .system import LabError
@@ -125,6 +127,9 @@ class Lab:
         self.plan: Plan | None = None
         self.state: State | None = None
         self._procs: list[subprocess.Popen] = []
+        self._forwarder: subprocess.Popen | None = None
+        self._forwarder_stats: Path | None = None
+        self._forwarder_calibration: dict[str, Any] = {}
         self._services: list[Any] = []
         self._mgmt: dict[str, str] = {}
         self.warnings: list[str] = []
@@ -218,9 +223,7 @@ class Lab:
                 for bad in system.tx_checksum_off(plan.netns(name), veths):
                     self.warnings.append(f"{name}: cannot turn off TX checksum offload on {bad}")
         # forwarders must hold the TUNs before routes via them are useful
-        for k, (a, b) in enumerate(plan.link_ifaces):
-            if a.tun:
-                self._start_forwarder(k, a, b)
+        self._start_forwarder([k for k, (a, _) in enumerate(plan.link_ifaces) if a.tun])
         # routes
         for name in spec.nodes:
             lines = []
@@ -306,26 +309,55 @@ class Lab:
         self.state.add_proc(p.pid, role, node)
         return p
 
-    def _start_forwarder(self, k: int, a: Iface, b: Iface) -> None:
+    def _start_forwarder(self, links: list[int]) -> None:
+        """One forwarder process for every delayed link (one heap, one timer: see forwarder.py)."""
         assert self.plan
-        ln = self.spec.links[k]
-        cfg = {
-            "a": [self.plan.netns(a.node), a.name],
-            "b": [self.plan.netns(b.node), b.name],
-            "delay_ms": ln.delay_ms, "jitter_ms": ln.jitter_ms, "loss": ln.loss,
-            "realtime": self.realtime, "seed": None,
-        }
+        if not links:
+            return
         from .hooks import service_dir
-        log_path = service_dir(self) / f"forwarder-{k}.log"
+        cfg_links = []
+        for k in links:
+            a, b = self.plan.link_ifaces[k]
+            ln = self.spec.links[k]
+            cfg_links.append({"id": k, "a": [self.plan.netns(a.node), a.name], "b": [self.plan.netns(b.node), b.name],
+                              "delay_ms": ln.delay_ms, "jitter_ms": ln.jitter_ms, "loss": ln.loss, "seed": None})
+        self._forwarder_stats = service_dir(self) / "forwarder-stats.json"
+        cfg = {"links": cfg_links, "realtime": self.realtime, "stats_path": str(self._forwarder_stats)}
+        log_path = service_dir(self) / "forwarder.log"
         with open(log_path, "ab") as log:
             p = subprocess.Popen([sys.executable, "-m", "marionet.lab.forwarder", json.dumps(cfg)],
                                  stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
-        self._track(p, "forwarder", f"{a.node}-{b.node}")
+        self._forwarder = self._track(p, "forwarder", ",".join(
+            f"{self.spec.links[k].a}-{self.spec.links[k].b}" for k in links))
         line = p.stdout.readline() if p.stdout else ""
-        if line.strip() != "ready":
+        try:
+            ready = json.loads(line)
+        except ValueError:
+            ready = {}
+        if not ready.get("ready"):
             p.wait(timeout=5)
-            raise LabError(f"forwarder for link {a.node}—{b.node} failed to start: "
+            raise LabError(f"forwarder for links {links} failed to start: "
                            f"{log_path.read_text(errors='replace')[-1000:]}")
+        self._forwarder_calibration = ready.get("calibration", {})
+
+    def forwarder_stats(self, fresh: bool = True) -> dict[str, Any] | None:
+        """The forwarder's live figures (per link: packets, send lateness, read wait), or None without one.
+
+        ``fresh`` asks the process to write them now (SIGUSR1) and waits up to 0.5 s for the file.
+        """
+        p, path = self._forwarder, self._forwarder_stats
+        if p is None or path is None:
+            return None
+        before = path.stat().st_mtime_ns if path.exists() else 0
+        if fresh and p.poll() is None:
+            os.kill(p.pid, signal.SIGUSR1)
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline and (not path.exists() or path.stat().st_mtime_ns == before):
+                time.sleep(0.005)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
     def _start_aliasrouters(self) -> None:
         nodes = [n for n in self.spec.nodes.values() if n.kind == "aliasrouter"]
@@ -473,6 +505,7 @@ class Lab:
             except subprocess.TimeoutExpired:
                 pass
         self._procs.clear()
+        self._forwarder = None
         self.plan = None
         self.state = None
         self.ctl = None
@@ -551,6 +584,8 @@ class Lab:
                                      for r in (cfg.get("router") or cfg.get("routers") or [])]
         if self._mgmt:
             t["management"] = dict(self._mgmt)
+        if self._forwarder is not None:
+            forwarder_truth(t, self._forwarder_calibration, self.forwarder_stats())
         t["controller"] = self.ctl.to_dict() if self.ctl else self.controller
         return t
 

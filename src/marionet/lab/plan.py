@@ -368,6 +368,32 @@ def truth(plan: Plan) -> dict[str, Any]:
     return out
 
 
+FORWARDER_MODEL = (
+    "one userspace process for all delayed links; a packet's delay runs from the kernel's stamp when the "
+    "sending node hands it to the TUN (AF_PACKET tap, SO_TIMESTAMPNS) to the forwarder's write into the "
+    "peer TUN; added_us is how late that write is against the configured due time (timer + spin error). "
+    "A path's real one-way delay is the configured sum plus each link's added_us plus the namespaces' own "
+    "stack cost (~10 us per hop, as on veth links)")
+
+
+def forwarder_truth(t: dict[str, Any], calibration: dict[str, Any], stats: dict[str, Any] | None) -> None:
+    """Add the forwarder's own error to truth ``t``: a top-level "forwarder" section and, per delayed link,
+    ``added_us`` (live send lateness once the link carried packets, else the start-up calibration)."""
+    live = (stats or {}).get("links", {})
+    t["forwarder"] = {"model": FORWARDER_MODEL, "calibration": calibration,
+                      "tap_drops": (stats or {}).get("tap_drops", 0), "links": live}
+    cal = calibration.get("send_late_us", {})
+    for ln in t["links"]:
+        if not ln.get("forwarder"):
+            continue
+        st = live.get(str(ln["index"]), {})
+        late = st.get("send_late_us", {})
+        if late.get("n"):
+            ln["added_us"] = {"source": "live", **late}
+        elif cal.get("n"):
+            ln["added_us"] = {"source": "calibration", **cal}
+
+
 def _has_ecmp(plan: Plan, src: str, k: int) -> bool:
     dist = _dist_to_link(plan, k)
     seen: set[str] = set()
