@@ -73,13 +73,28 @@ class StudyContext:
         raise LookupError(f"no link at {vp}")
 
     def rtt_ms(self, vp: str, dst_node: str) -> float | None:
-        """Configured round-trip time from ``vp`` to ``dst_node`` (IPv4), from the lab truth."""
+        """The round-trip time from ``vp`` to ``dst_node`` (IPv4) the lab really
+        emulates: the configured delays plus, for each delayed link on the path,
+        the forwarder's own measured lateness (truth's ``added_us``, both ways)."""
+        import ipaddress
+
         for p in self.truth.get("paths", []):
-            if p["src"] == vp and p["dst"] == dst_node and p["family"] == 4 and p.get("one_way_delay_ms"):
-                lo, hi = p["one_way_delay_ms"]
-                added = float(p.get("forwarder_added_ms", 0.0) or 0.0)
-                return 2 * (lo + hi) / 2 + added
+            if p["src"] != vp or p["dst"] != dst_node or p["family"] != 4 or not p.get("one_way_delay_ms"):
+                continue
+            lo, hi = p["one_way_delay_ms"]
+            hops = {ipaddress.ip_address(a) for path in p.get("paths", []) for a in path if a}
+            added_ms = 0.0
+            for ln in self.truth.get("links", []):
+                extra = ln.get("added_us") or {}
+                nets = [ipaddress.ip_interface(x).network for x in ln.get("ipv4", [])]
+                if extra.get("mean") is not None and any(h in n for h in hops for n in nets):
+                    added_ms += 2 * float(extra["mean"]) / 1000
+            return (lo + hi) + added_ms
         return None
+
+    def refresh_truth(self) -> None:
+        """Truth with the forwarder's live figures (after the runs that loaded it)."""
+        self.truth = self.lab.truth()
 
 
 class Experiment:

@@ -70,7 +70,6 @@ class Study:
             self.progress(label, done, total)
 
         for exp in self.experiments:
-            specs += exp.specs(self.ctx, self.vps)
             await exp.setup(self.ctx, self.vps)
             try:
                 if exp.parallel:
@@ -82,6 +81,10 @@ class Study:
                         samples += await self._vp_runs(exp, vp, step, failures)
             finally:
                 await exp.teardown(self.ctx)
+        if hasattr(self.ctx, "refresh_truth"):
+            self.ctx.refresh_truth()    # the lab's own error as measured while the study ran
+        for exp in self.experiments:
+            specs += exp.specs(self.ctx, self.vps)
         return StudyResult(samples, specs, time.monotonic() - t0,
                            {e.name: self.runs[e.name] for e in self.experiments}, failures)
 
