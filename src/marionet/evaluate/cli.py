@@ -87,6 +87,25 @@ def _run(args: argparse.Namespace) -> int:
         return 130
 
 
+def _progress_printer(console: Any) -> Any:
+    """Plain progress lines for a log (no terminal): each experiment's VP as it
+    finishes, and failures."""
+    t0 = time.monotonic()
+    last: dict[str, str] = {}
+
+    def progress(label: str, done: int, total: int) -> None:
+        if done < 0:
+            console.print(label, highlight=False)
+            return
+        exp_vp = " ".join(label.split()[:2])
+        if last.get("key") not in (None, exp_vp) or done == total:
+            finished = last["key"] if done != total else exp_vp
+            console.print(f"[{time.monotonic() - t0:6.0f} s] {finished} done ({done}/{total})", highlight=False)
+        last["key"] = exp_vp
+
+    return progress
+
+
 def make_experiments(names: list[str], lab: Any, server: str, size: int, skip: int) -> list[Any]:
     from marionet.evaluate import experiments as ex
 
@@ -134,17 +153,21 @@ async def run_study(spec_text: str, server: str, names: list[str], runs: dict[st
                       f"({lab.addr(server)})")
         async with lab_context(lab, chosen, server) as ctx:
             exps = make_experiments(names, lab, server, size, skip)
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console, transient=False) as bar:
-                tid = bar.add_task("starting", total=None)
+            study = Study(ctx, exps, chosen, runs, _progress_printer(console))
+            if console.is_terminal:
+                with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=console, transient=False) as bar:
+                    tid = bar.add_task("starting", total=study.total_steps())
 
-                def progress(label: str, done: int, total: int) -> None:
-                    if done < 0:
-                        bar.console.print(f"[yellow]{label}[/]")
-                        return
-                    bar.update(tid, description=label[:60].ljust(60), completed=done, total=total)
+                    def progress(label: str, done: int, total: int) -> None:
+                        if done < 0:
+                            bar.console.print(f"[yellow]{label}[/]")
+                        else:
+                            bar.update(tid, description=label[:60].ljust(60), completed=done, total=total)
 
-                study = Study(ctx, exps, chosen, runs, progress)
+                    study.progress = progress
+                    result = await study.run()
+            else:
                 result = await study.run()
         meta = {"lab": spec.name, "vps": ", ".join(chosen), "runs per VP": ", ".join(f"{k} {v}" for k, v in runs.items()),
                 "throughput size": f"{size} bytes (first {skip} skipped)", "study wall time": f"{result.wall_s:.0f} s",

@@ -74,8 +74,10 @@ class StudyContext:
 
     def rtt_ms(self, vp: str, dst_node: str) -> float | None:
         """The round-trip time from ``vp`` to ``dst_node`` (IPv4) the lab really
-        emulates: the configured delays plus, for each delayed link on the path,
-        the forwarder's own measured lateness (truth's ``added_us``, both ways)."""
+        emulates: the configured delays plus, for each delayed link on the
+        path, the forwarder's own lateness measured unloaded at start-up (its
+        calibration median, both ways; the live figures include bulk
+        transfers' queueing, which latency probes sent alone do not see)."""
         import ipaddress
 
         for p in self.truth.get("paths", []):
@@ -83,19 +85,15 @@ class StudyContext:
                 continue
             lo, hi = p["one_way_delay_ms"]
             hops = {ipaddress.ip_address(a) for path in p.get("paths", []) for a in path if a}
+            cal = ((self.truth.get("forwarder") or {}).get("calibration") or {}).get("send_late_us") or {}
+            late_us = float(cal.get("median") or 0.0)
             added_ms = 0.0
             for ln in self.truth.get("links", []):
-                extra = ln.get("added_us") or {}
                 nets = [ipaddress.ip_interface(x).network for x in ln.get("ipv4", [])]
-                if extra.get("mean") is not None and any(h in n for h in hops for n in nets):
-                    added_ms += 2 * float(extra["mean"]) / 1000
+                if ln.get("forwarder") and any(h in n for h in hops for n in nets):
+                    added_ms += 2 * late_us / 1000
             return (lo + hi) + added_ms
         return None
-
-    def refresh_truth(self) -> None:
-        """Truth with the forwarder's live figures (after the runs that loaded it)."""
-        self.truth = self.lab.truth()
-
 
 class Experiment:
     """One measurement across sources. Subclasses set the class attributes."""
@@ -477,34 +475,33 @@ class SendGapExperiment(Experiment):
         from marionet.evaluate import sendgap as sg
 
         out: list[Sample] = []
-        for spacing in self.spacings_ns:
-            train = await self._train(ctx, vp, source, spacing)
-            out += sg.train_samples(train, vp=vp, source=source, run=run)
+        session = await ctx.conn.attach(vp) if source == "remote" else None
+        try:
+            for spacing in self.spacings_ns:
+                train = await self._train(ctx, vp, source, spacing, session)
+                out += sg.train_samples(train, vp=vp, source=source, run=run)
+        finally:
+            if session is not None:
+                await session.close()
         return out
 
-    async def _train(self, ctx: StudyContext, vp: str, source: str, spacing_ns: int) -> Any:
+    async def _train(self, ctx: StudyContext, vp: str, source: str, spacing_ns: int, session: Any) -> Any:
         from marionet.evaluate import sendgap as sg
 
         span_s = (self.count * spacing_ns + self.start_delay_ns) / 1e9
         receiver = _Receiver(ctx.lab.netns(ctx.server), self.count, span_s + 10)
         port = await receiver.start()
-        kw = dict(count=self.count, spacing_ns=spacing_ns, start_delay_ns=self.start_delay_ns)
+        kw = dict(dst=ctx.server_addr, port=port, count=self.count, spacing_ns=spacing_ns,
+                  start_delay_ns=self.start_delay_ns)
         if source == "native-sender":
-            cp = await ctx.exec(vp, sg.native_send_argv(ctx.server_addr, port, **kw), self.timeout)
-            lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
-            if cp.returncode != 0 or not lines:
-                raise RuntimeError(f"native sender failed ({cp.returncode}): {cp.stderr.strip()[-300:]}")
-            train = sg.Train.from_dict(json.loads(lines[-1]))
+            d = await ctx.workers[vp].call("sendgap.native_train", timeout=self.timeout, **kw)
         elif source == "native":
-            train = sg.Train.from_dict(await ctx.workers[vp].call("sendgap.train", timeout=self.timeout,
-                                                                 dst=ctx.server_addr, port=port, **kw))
+            d = await ctx.workers[vp].call("sendgap.train", timeout=self.timeout, **kw)
         else:
-            session = await ctx.conn.attach(vp)
-            try:
-                train = await asyncio.wait_for(sg.marionet_train(session, ctx.server_addr, port, **kw),
-                                               self.timeout)
-            finally:
-                await session.close()
+            d = None
+            train = await asyncio.wait_for(sg.marionet_train(session, **kw), self.timeout)
+        if d is not None:
+            train = sg.Train.from_dict(d)
         return train.with_receiver(await receiver.result(span_s + 15))
 
 

@@ -9,7 +9,7 @@ measurements as JSON lines:
 
     → {"id": 1, "primitive": "trace", "params": {...}}
     ← {"id": 1, "result": {...scamper JSON...}}    or  {"id": 1, "error": "..."}
-    → {"id": 2, "call": "sendgap.train", "kwargs": {...}}
+    → {"id": 2, "call": "sendgap.train", "kwargs": {...}}   (see ``CALLS``)
     ← {"id": 2, "value": {...}}
 
 The worker runs each primitive with ``marionet.measure.run_primitive`` over
@@ -40,9 +40,19 @@ async def _sendgap_train(io: Any, **kwargs: Any) -> Any:
     return train.to_dict()
 
 
+async def _sendgap_native_train(io: Any, **kwargs: Any) -> Any:
+    """The native sender (plain sockets, sleep then spin; not through the
+    endpoint) run by this process — so a study needs no process start per
+    train. It blocks the loop on purpose: nothing else may run meanwhile."""
+    from marionet.evaluate import sendgap
+
+    return sendgap.native_train(**kwargs).to_dict()
+
+
 #: the non-primitive calls a worker answers (name -> coroutine f(io, **kwargs) -> JSON value)
 CALLS: dict[str, Callable[..., Awaitable[Any]]] = {
     "sendgap.train": _sendgap_train,
+    "sendgap.native_train": _sendgap_native_train,
 }
 
 

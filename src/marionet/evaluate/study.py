@@ -81,8 +81,6 @@ class Study:
                         samples += await self._vp_runs(exp, vp, step, failures)
             finally:
                 await exp.teardown(self.ctx)
-        if hasattr(self.ctx, "refresh_truth"):
-            self.ctx.refresh_truth()    # the lab's own error as measured while the study ran
         for exp in self.experiments:
             specs += exp.specs(self.ctx, self.vps)
         return StudyResult(samples, specs, time.monotonic() - t0,
