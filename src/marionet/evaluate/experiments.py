@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from marionet.evaluate.samples import Sample
+from marionet.measure.throughput_proto import DEFAULT_PORT as THROUGHPUT_PORT
 
 __all__ = ["Experiment", "TraceExperiment", "PingExperiment", "DnsExperiment", "ThroughputExperiment",
            "WebExperiment", "SendGapExperiment", "dns_names", "web_sites",
@@ -66,11 +67,11 @@ class StudyContext:
         return await asyncio.to_thread(self.lab.exec, node, list(argv), timeout=timeout)
 
     def link_to(self, vp: str) -> dict[str, Any]:
-        """The VP's access link in the lab truth (its delay and rate)."""
+        """The VP's access link in the lab truth (its delay and rate); {} off a lab."""
         for ln in self.truth.get("links", []):
             if vp in (ln["a"], ln["b"]):
                 return ln
-        raise LookupError(f"no link at {vp}")
+        return {}
 
     def rtt_ms(self, vp: str, dst_node: str) -> float | None:
         """The round-trip time from ``vp`` to ``dst_node`` (IPv4) the lab really
@@ -307,6 +308,7 @@ class ThroughputExperiment(Experiment):
         self.direction = direction
         self.size = size
         self.skip = skip
+        self.port = THROUGHPUT_PORT
         self.name = "throughput-down" if direction == "download" else "throughput-up"
 
     def specs(self, ctx: StudyContext, vps: Sequence[str]) -> list[Any]:
@@ -322,13 +324,11 @@ class ThroughputExperiment(Experiment):
                                threshold=0.06, truth=truth, unit="Mbit/s")]
 
     async def run(self, ctx: StudyContext, vp: str, source: str, run: int) -> list[Sample]:
-        from marionet.measure.throughput_proto import DEFAULT_PORT
-
         now = time.time_ns()
         mbps: float | None = None
         if source == "native-client":
             cp = await ctx.exec(vp, [sys.executable, "-m", "marionet.evaluate.native_throughput", ctx.server_addr,
-                                     str(DEFAULT_PORT), self.direction, str(self.size), str(self.skip)],
+                                     str(self.port), self.direction, str(self.size), str(self.skip)],
                                 self.timeout)
             mbps = _native_client_mbps(cp.stdout)
         elif source == "iperf3":
@@ -343,7 +343,7 @@ class ThroughputExperiment(Experiment):
             mbps = None if r.error else r.mbps
         else:
             res = await _marionet(ctx, vp, source, "throughput",
-                                  {"dst": ctx.server_addr, "port": DEFAULT_PORT, "direction": self.direction,
+                                  {"dst": ctx.server_addr, "port": self.port, "direction": self.direction,
                                    "size": self.size, "skip": self.skip}, self.timeout)
             mbps = None if res.error else res.bps / 1e6
         return [Sample(self.name, vp, source, run, "mbps", mbps, None, None, now)]
