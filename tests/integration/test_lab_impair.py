@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -206,3 +207,22 @@ def test_rate_and_delay_on_one_link(lab_factory):  # noqa: F811
     t = lab.truth()
     assert t["links"][0]["rate_bps"] == rate and t["links"][0]["delay_ms"] == 5.0
     assert t["forwarder"]["links"]["0"]["out"] > 1000
+
+
+def test_senders_behind_a_delayed_link_keep_their_kernel_tx_stamps(lab_factory):  # noqa: F811
+    """The forwarder reads packets through a tap and mutes the TUN's own copy;
+    a *dropping* mute would also drop the TUN driver's software TX stamp
+    (taken after the filter), leaving every VP socket behind a delayed link
+    without kernel send times. One stamp per datagram, all delivered."""
+    from marionet.evaluate import sendgap as sg
+
+    lab = lab_factory(linear_path(1, delay="1ms", name="txst"))
+    dst = lab.addr("target")
+    recv = lab.popen("target", sg.receiver_argv(0, 50, 10), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    port = sg.wait_ready(recv)
+    cp = lab.exec("client", sg.native_send_argv(dst, port, 50, 100_000), timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    train = sg.Train.from_dict(json.loads([ln for ln in cp.stdout.splitlines() if ln.startswith("{")][-1]))
+    assert train.missing == 0 and train.user_stamps == 0
+    assert all(t is not None for t in train.tx_ns)
+    assert len(set(sg.read_report(recv)["seq"])) == 50

@@ -212,6 +212,7 @@ async def run_study(spec_text: str, server: str, names: list[str], runs: dict[st
             meta = {"lab": spec.name, "vps": ", ".join(chosen)}
             files, n = await _drive(ctx, exps, chosen, runs, out, meta, size, skip, console,
                                     f"marionet congruence study: {spec.name}")
+            _append_targets(files)
     console.print(f"report: {files.markdown}  ({n} samples; total {time.monotonic() - t0:.0f} s)")
     console.print(Path(files.markdown).read_text())
     return 0
@@ -270,6 +271,19 @@ async def run_vps_study(args: argparse.Namespace, names: list[str], runs: dict[s
     console.print(f"report: {files.markdown}  ({n_samples} samples; total {time.monotonic() - t0:.0f} s)")
     console.print(Path(files.markdown).read_text())
     return 0
+
+
+def _append_targets(files: Any) -> None:
+    """The paper study's targets (``targets``), after the tables of report.md."""
+    import json
+
+    from marionet.evaluate.report import read_samples_parquet
+    from marionet.evaluate.targets import check_targets, targets_markdown
+
+    comps = json.loads(Path(files.comparisons).read_text())["comparisons"]
+    text = targets_markdown(check_targets(read_samples_parquet(files.parquet), comps))
+    md = Path(files.markdown)
+    md.write_text(md.read_text().rstrip("\n") + "\n\n" + text)
 
 
 async def _drive(ctx: Any, exps: list[Any], vps: list[str], runs: dict[str, int], out: Path,

@@ -431,6 +431,17 @@ def write_samples_parquet(path: str | os.PathLike, samples: Iterable[Sample]) ->
     return path
 
 
+def read_samples_parquet(path: str | os.PathLike) -> list[Sample]:
+    """The samples of a ``samples.parquet`` back as ``Sample`` rows (to re-run
+    the criteria, or to merge studies)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(path))
+    if tuple(table.column_names) != COLUMNS:
+        raise ValueError(f"{path}: columns {table.column_names} are not a sample table's {list(COLUMNS)}")
+    return [Sample(**row) for row in table.to_pylist()]
+
+
 # ---------------------------------------------------------------------------
 
 def _machine() -> str:

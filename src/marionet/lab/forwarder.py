@@ -10,7 +10,8 @@ delay is kept accurate (see docs/decisions.md, "Lab delay accuracy"):
   crosses several delayed links the moment it wrote it to the previous one;
 * **arrival stamps from the kernel**: each TUN is read through an AF_PACKET
   tap (``SO_TIMESTAMPNS``, stamped when the node's stack hands the packet to
-  the TUN), and the TUN's own queue drops everything (an eBPF ``TUNSETFILTEREBPF`` filter).
+  the TUN), and the TUN's own queue gets 1-byte stubs (an eBPF ``TUNSETFILTEREBPF`` filter) that
+  are read and dropped — not a dropping filter, which would also take the senders' TX stamps away.
   So a late wake-up no longer shifts the due time; only the send side can be
   late, and that is what ``stats`` measures;
 * the wait is a ``timerfd`` (CLOCK_REALTIME, the clock of kernel stamps,
@@ -162,14 +163,14 @@ def open_tap(name: str) -> socket.socket:
     return s
 
 
-_drop_prog_fd: int | None = None
+_trim_prog_fd: int | None = None
 
 
-def _drop_prog() -> int:
-    """An eBPF socket filter that returns 0 (drop), loaded once: ``r0 = 0; exit``."""
-    global _drop_prog_fd
-    if _drop_prog_fd is None:
-        insns = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+def _trim_prog() -> int:
+    """An eBPF socket filter that keeps 1 byte of each packet, loaded once: ``r0 = 1; exit``."""
+    global _trim_prog_fd
+    if _trim_prog_fd is None:
+        insns = struct.pack("<BBhi", 0xB7, 0, 0, 1) + struct.pack("<BBhi", 0x95, 0, 0, 0)
         ibuf = ctypes.create_string_buffer(insns, len(insns))
         lic = ctypes.create_string_buffer(b"GPL")
         attr = ctypes.create_string_buffer(128)
@@ -179,18 +180,24 @@ def _drop_prog() -> int:
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"bpf(BPF_PROG_LOAD): {os.strerror(err)}")
-        _drop_prog_fd = fd
-    return _drop_prog_fd
+        _trim_prog_fd = fd
+    return _trim_prog_fd
 
 
 def mute_tun(fd: int) -> bool:
-    """Make this TUN drop what it would queue for its reader (its packets are read through the tap).
+    """Shrink what this TUN queues for its reader to 1 byte per packet (its
+    packets are read whole, kernel-stamped, through the tap).
 
-    TUNATTACHFILTER is TAP-only; TUNSETFILTEREBPF works on TUN.  False when not
-    possible: then the caller drains the TUN fd itself.
+    Why trim and not drop: the TUN driver stamps a packet for its sender's
+    ``SO_TIMESTAMPING`` (``skb_tx_timestamp``) only *after* the filter, so a
+    dropping filter would take every software TX stamp away from the VPs'
+    sockets behind a delayed link. A trimmed copy still has to be read and
+    thrown away (the caller drains the fd), but costs no copy of the data.
+    TUNATTACHFILTER is TAP-only; TUNSETFILTEREBPF works on TUN. False when
+    not possible: then the drained copies are whole.
     """
     try:
-        fcntl.ioctl(fd, TUNSETFILTEREBPF, struct.pack("i", _drop_prog()))
+        fcntl.ioctl(fd, TUNSETFILTEREBPF, struct.pack("i", _trim_prog()))
         return True
     except OSError:
         return False
@@ -429,9 +436,9 @@ def main(argv: list[str]) -> int:
             tap = None
             if stamp_mode == "kernel":
                 tap = open_tap(name)
+                fw.add_drain(fd)   # the TUN's own copy of each packet (1 byte when muted): thrown away
                 if not mute_tun(fd):
-                    fw.add_drain(fd)
-                    calibration_notes.append(f"{name}: TUN filter refused, draining the TUN fd")
+                    calibration_notes.append(f"{name}: TUN filter refused, draining whole packets")
             ends.append((fd, tap))
         (fa, ta), (fb, tb) = ends
         fw.add_direction(fa, ta, fb, link)
