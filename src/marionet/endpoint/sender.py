@@ -444,16 +444,27 @@ _Prepared = tuple
 _Result = tuple
 
 #: In a train (timed sends back to back within the spin window) the child
-#: ships results and looks at its channel only when the next send is at
-#: least this far away, as the native sender reads its error queue: each
-#: of those is a syscall (≈2 µs each on this VM) that would otherwise sit
-#: between two sends.
+#: ships results and reads its channel in a gap of at least this before
+#: the next send, as the native sender reads its error queue only then:
+#: each is a syscall (≈2 µs on this VM, a result batch's encoding more)
+#: that would otherwise sit between two sends.
 _HOT_NS = 300_000
-#: ...but reads the channel at least this often, so a long train holds up
-#: no other socket's jobs (and no stop) for longer...
+#: Within a long train without such gaps: the channel is read every
+#: _CHANNEL_EVERY_NS where the next send is at least _SPARE_NS away, and
+#: after _CHANNEL_MAX_NS even without (so a train holds up no other
+#: socket's jobs, and no stop, for long)...
 _CHANNEL_EVERY_NS = 1_000_000
-#: ...and ships results once this many wait, so memory stays bounded.
-_RESULTS_CAP = 4096
+_CHANNEL_MAX_NS = 20_000_000
+_SPARE_NS = 20_000
+#: ...results older than _RESULTS_AGE_NS are shipped where the gap covers
+#: the encoding (≈ _FLUSH_BASE_NS + _FLUSH_PER_RESULT_NS each), and at
+#: _RESULTS_CAP waiting results regardless, so memory stays bounded...
+_RESULTS_AGE_NS = 20_000_000
+_FLUSH_BASE_NS = 20_000
+_FLUSH_PER_RESULT_NS = 60
+_RESULTS_CAP = 16_384
+#: ...and those conditions are looked at every _LOOK_NS of a burst.
+_LOOK_NS = 50_000
 #: Results per channel message (well below _MAX_MSG).
 _RESULTS_PER_MSG = 2048
 
@@ -657,40 +668,48 @@ class _Child:
         The hot path of a train: spin to the due time, one ``sendmsg`` with
         arguments built at arrival, the result kept as a tuple, and the
         next job of the same socket straight after (no heap work) while it
-        is the earliest.  Results go back and the channel is read only in a
-        gap of at least ``_HOT_NS`` (the channel at least every
-        ``_CHANNEL_EVERY_NS``); returns to :meth:`step` once the next job is
-        further away than the spin window.
+        is the earliest.  Shipping results and reading the channel wait for
+        a gap (see ``_HOT_NS`` and the limits after it); returns to
+        :meth:`step` once the next job is further away than the spin window.
         """
         heap, socks, results = self.heap, self.socks, self.results
         time_ns, heappop = time.time_ns, heapq.heappop
         spin_ns = self.spin_ns
         last_read = time_ns()
-        tidy = True  # nothing sent since results were shipped
+        oldest = last_read  # of the results waiting (when there are any)
+        tidy = True  # nothing sent since the last gap's housekeeping
+        look = 0  # next time a burst stops to look at the limits
         while heap and not self.stopping:
             due, _seq, sid = heap[0]
             now = time_ns()
             slack = due - now
             if slack > spin_ns:
                 return
-            if not tidy and (slack > _HOT_NS or len(results) >= _RESULTS_CAP):
-                self.flush_results()
-                if slack > _HOT_NS:
+            if now >= look:
+                if not tidy and slack > _HOT_NS:  # a gap: ship results, read the channel
+                    self.flush_results()
+                    self.read_channel(0)
+                    last_read, tidy = time_ns(), True
+                    continue  # a message may have brought an earlier job
+                if results and (len(results) >= _RESULTS_CAP or (
+                        now - oldest > _RESULTS_AGE_NS
+                        and slack > _FLUSH_BASE_NS + _FLUSH_PER_RESULT_NS * len(results))):
+                    self.flush_results()
+                    continue
+                since = now - last_read
+                if since > _CHANNEL_EVERY_NS and (slack > _SPARE_NS or since > _CHANNEL_MAX_NS):
                     self.read_channel(0)
                     last_read = time_ns()
-                tidy = True
-                continue  # a message may have brought an earlier job
-            if now - last_read > _CHANNEL_EVERY_NS:
-                self.read_channel(0)
-                last_read = time_ns()
-                continue
+                    continue
+                look = now + _LOOK_NS
             heappop(heap)
             entry = socks.get(sid)
             if entry is None or not entry.fifo:
                 continue
+            if not results:
+                oldest = now
             fifo, sock = entry.fifo, entry.sock
             others = heap[0][0] if heap else MAX_AT_NS + 1  # the other sockets' next due
-            read_by = last_read + _CHANNEL_EVERY_NS
             tidy = False
             while True:  # this socket's jobs while each is the earliest and near
                 job = fifo.popleft()
@@ -712,7 +731,9 @@ class _Child:
                 if not fifo:
                     break
                 due = fifo[0][0]
-                if due >= others or due - t > _HOT_NS or t > read_by or len(results) >= _RESULTS_CAP:
+                if due >= others or due - t > _HOT_NS or t >= look:
+                    if due - t > _HOT_NS:
+                        look = 0  # a gap: housekeeping first
                     self.seq += 1
                     heapq.heappush(heap, (due, self.seq, sid))
                     break
