@@ -97,6 +97,26 @@ def test_results_of_a_burst_come_back_before_the_next_burst(sender):
     assert sorted(r.job_id for r in _results(sender, 100)) == list(range(100, 200))
 
 
+def test_results_flow_back_while_a_train_runs(sender):
+    """A 0.5 s train at 500 µs spacing (inside the spin window, so the child
+    never sleeps): its results come back while it runs, in its gaps, not
+    all at its end."""
+    rx, tx = _udp()
+    sid = sender.add_socket(tx)
+    dst = rx.getsockname()
+    n = 1000
+    first = time.time_ns() + 100_000_000
+    sender.submit([SendJob(sid, i, b"x", at=first + i * 500_000, addr=dst) for i in range(n)])
+    got: list[SendResult] = []
+    halfway = first + n * 500_000 // 2
+    while time.time_ns() < halfway:
+        got += sender.read_results()
+        time.sleep(0.002)
+    assert len(got) >= 100  # ~500 were due by now
+    got += _results(sender, n - len(got))
+    assert sorted(r.job_id for r in got) == list(range(n)) and all(r.ok for r in got)
+
+
 def test_a_long_train_does_not_hold_up_other_sockets(sender):
     """While a 400 ms train runs on one socket, an immediate job submitted
     for another socket goes out long before the train ends: the hot loop
