@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import heapq
 import os
 import select
@@ -682,6 +683,16 @@ class _Child:
         a gap (see ``_HOT_NS`` and the limits after it); returns to
         :meth:`step` once the next job is further away than the spin window.
         """
+        if not gc.isenabled():
+            self._send_timed()
+            return
+        gc.disable()  # results pile up as tuples: a collection would land mid-train
+        try:
+            self._send_timed()
+        finally:
+            gc.enable()
+
+    def _send_timed(self) -> None:
         heap, socks, results = self.heap, self.socks, self.results
         time_ns, heappop = time.time_ns, heapq.heappop
         spin_ns = self.spin_ns
