@@ -87,7 +87,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec.write_text(SPEC)
     out = d / "report"
     cp = subprocess.run([sys.executable, "-m", "marionet", "evaluate", "lab", str(spec), "--server", "srv",
-                         "--runs", str(RUNS), "--size", str(2 << 20), "--skip", str(256 << 10), "--out", str(out)],
+                         "--runs", str(RUNS), "--iperf3", "--size", str(2 << 20), "--skip", str(256 << 10), "--out", str(out)],
                         capture_output=True, text=True, timeout=420)
     assert cp.returncode == 0, cp.stderr[-3000:]
     assert "report:" in cp.stderr

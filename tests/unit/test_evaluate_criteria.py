@@ -108,9 +108,14 @@ def test_c1_bad_threshold():
 # --------------------------------------------------------------------------- C2
 
 def test_c2_hand_computed():
-    # disjoint samples of 3: D = 1, exact two-sided p = 2 / C(6,3) = 0.1
+    # disjoint samples of 3: D = 1, exact two-sided p = 2 / C(6,3) = 0.1 — the smallest p 3 vs 3
+    # can give, so at α = 0.05 the test cannot reject anything: undetermined, not "passed"
     r = c2([1, 2, 3], [4, 5, 6])
-    assert r.d == 1.0 and r.p == pytest.approx(0.1) and r.passed is True
+    assert r.d == 1.0 and r.p == pytest.approx(0.1) and r.passed is None
+    assert "too few samples for KS to reject" in r.reason
+    # disjoint samples of 4: p = 2 / C(8,4) = 2/70 < 0.05
+    r = c2([1, 2, 3, 4], [5, 6, 7, 8])
+    assert r.p == pytest.approx(2 / 70) and r.passed is False
     # disjoint samples of 5: p = 2 / C(10,5) = 2/252 < 0.05
     r = c2([1, 2, 3, 4, 5], [6, 7, 8, 9, 10])
     assert r.d == 1.0 and r.p == pytest.approx(2 / 252) and r.passed is False
@@ -261,8 +266,8 @@ def test_compare_threshold_override_and_missing_source():
 
 
 def test_compare_degenerate_groups():
-    rows = [Sample("g", "zero", "ref", r, "gap_us", 0.0) for r in range(3)]
-    rows += [Sample("g", "zero", "src", r, "gap_us", 0.0) for r in range(3)]
+    rows = [Sample("g", "zero", "ref", r, "gap_us", 0.0) for r in range(4)]
+    rows += [Sample("g", "zero", "src", r, "gap_us", 0.0) for r in range(4)]
     rows += [Sample("g", "dead", "ref", r, "gap_us", None) for r in range(3)]
     rows += [Sample("g", "dead", "src", r, "gap_us", 1.0) for r in range(3)]
     rows += [Sample("g", "one", "ref", 0, "gap_us", 1.0), Sample("g", "one", "src", 0, "gap_us", 1.0)]

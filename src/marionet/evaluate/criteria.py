@@ -192,8 +192,9 @@ def c2(reference: Iterable[float | None], other: Iterable[float | None],
        alpha: float = C2_ALPHA) -> C2:
     """C2: two-sided two-sample KS (scipy.stats.ks_2samp), passed when p ≥ α.
 
-    With a single value on either side the test cannot reject at any usual
-    α, so D and p are reported but ``passed`` is None. Identical constant
+    With a single value on either side, or so few values that even fully
+    separated samples give p > α (n = m = 3: p ≥ 0.1), the test cannot
+    reject, so D and p are reported but ``passed`` is None. Identical constant
     samples give D = 0, p = 1 (passed): the distributions are the same.
     """
     if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
@@ -217,8 +218,21 @@ def c2(reference: Iterable[float | None], other: Iterable[float | None],
     if not math.isfinite(p):
         notes.insert(0, "scipy returned no p-value")
         return C2(d, p, alpha, n, m, None, "; ".join(notes))
+    floor = _ks_p_floor(n, m)
+    if floor > alpha:
+        # even completely separated samples (D = 1) would pass: a "pass" would say nothing
+        notes.insert(0, f"too few samples for KS to reject at α = {alpha:g} (n={n}, m={m}: smallest p {floor:.3g})")
+        return C2(d, p, alpha, n, m, None, "; ".join(notes))
     # p ≥ α, an exact p of α passing despite rounding (2/20 → 0.09999999999999999)
     return C2(d, p, alpha, n, m, _at_most(alpha, p), "; ".join(notes) or None)
+
+
+def _ks_p_floor(n: int, m: int) -> float:
+    """The smallest two-sided p-value an exact two-sample KS test can give
+    for sizes n and m (D = 1, the samples fully separated): 2 / C(n+m, n)."""
+    if n + m > 60:
+        return 0.0
+    return min(1.0, 2 / math.comb(n + m, n))
 
 
 # ---------------------------------------------------------------------------

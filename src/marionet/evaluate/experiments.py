@@ -302,9 +302,11 @@ class ThroughputExperiment(Experiment):
     reference = "native-client"
     timeout = 180.0
 
-    def __init__(self, direction: str, size: int = 25 << 20, skip: int = 1 << 20) -> None:
+    def __init__(self, direction: str, size: int = 25 << 20, skip: int = 1 << 20, *, iperf3: bool = True) -> None:
         if direction not in ("download", "upload"):
             raise ValueError("direction must be download or upload")
+        if not iperf3:
+            self.sources = tuple(s for s in self.sources if s != "iperf3")
         self.direction = direction
         self.size = size
         self.skip = skip
