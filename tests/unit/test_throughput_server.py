@@ -136,10 +136,12 @@ def test_upload_longer_than_size_is_an_error(server):
 
 
 def test_request_and_payload_in_one_segment(server):
-    """An eager client sends the line and its upload together; every byte counts."""
+    """An eager client sends the line and its upload together; every byte counts,
+    and the bytes that arrived before accept() still carry kernel stamps."""
     reply = _exchange(server.address, b"MNTPUT1 upload 2000 0\n" + b"y" * 2000)
     rep = parse_report(reply.rstrip(b"\n"))
     assert rep.ok and rep.bytes == 2000 and rep.samples[-1][1] == 2000
+    assert rep.ts_source == "kernel" and rep.t0_ns > 0
 
 
 def test_download_is_exact_and_incompressible(server):

@@ -316,16 +316,17 @@ class ThroughputServer:
         total = b = t0 = t1 = 0
         seen_skip = False
         samples = _Samples()
-        user_stamps = False
+        user_t0 = user_t1 = False        # whether the figures' ends are user-space stamps
         error: str | None = None
 
         def account(n: int, st: int | None) -> None:
-            nonlocal total, b, t0, t1, seen_skip, user_stamps
+            nonlocal total, b, t0, t1, seen_skip, user_t0, user_t1
+            user_t1 = st is None
             if st is None:
-                st, user_stamps = time.time_ns(), True
+                st = time.time_ns()
             total += n
             if not seen_skip and total >= skip:
-                seen_skip, b, t0 = True, total, st
+                seen_skip, b, t0, user_t0 = True, total, st, user_t1
             samples.add(st, total)
             t1 = st
 
@@ -348,7 +349,7 @@ class ThroughputServer:
         rec["bytes"] = total
         report = Report(ok=error is None, bytes=total, b=b if seen_skip else 0, t0_ns=t0 if seen_skip else 0,
                         t1_ns=t1, samples=samples.finish(t1, total) if total else [],
-                        ts_source="user" if user_stamps else "kernel", error=error)
+                        ts_source="user" if user_t0 or user_t1 else "kernel", error=error)
         line = report.to_line()
         if len(line) > MAX_REPORT:           # cannot happen with MAX_SAMPLES; never send what a client must refuse
             report.samples = report.samples[:1] + report.samples[-1:]
@@ -431,6 +432,10 @@ def _listener(host: str, port: int) -> socket.socket:
     s = socket.socket(fam, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # On the listener, not only the accepted socket: a client's request
+        # and first upload bytes can arrive before accept() returns, and
+        # segments queued before the option was set carry no stamp.
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         if fam == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         s.bind((host, port))
