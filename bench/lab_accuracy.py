@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any
 
-from marionet.lab import linear_path
+from marionet.lab import linear_path, probe
 from marionet.lab.core import Lab
 
 GOODPUT_RATIO = 1448 / 1514
@@ -58,60 +58,10 @@ def binom_ci(p: float, n: int) -> tuple[float, float]:
     return p - half, p + half
 
 
-RECEIVER = r"""
-import socket, struct, sys, time, json
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
-s.bind(("0.0.0.0", 9999))
-s.settimeout(float(sys.argv[1]))
-print("ready", flush=True)
-got = []
-try:
-    while True:
-        data, anc, _, _ = s.recvmsg(64, 64)
-        if data == b"END":
-            break
-        rx = None
-        for lvl, typ, d in anc:
-            if lvl == socket.SOL_SOCKET and typ == 35:
-                sec, nsec = struct.unpack("qq", d[:16]); rx = sec * 10**9 + nsec
-        seq, tx = struct.unpack("!QQ", data[:16])
-        got.append((seq, (rx or time.time_ns()) - tx))
-except socket.timeout:
-    pass
-print(json.dumps(got))
-"""
-
-SENDER = r"""
-import socket, struct, sys, time
-dst, rate, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-pad = b"\0" * (int(sys.argv[4]) - 16 if len(sys.argv) > 4 else 16)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
-start = time.perf_counter()
-for i in range(n):
-    due = start + i / rate
-    while time.perf_counter() < due:
-        pass
-    s.sendto(struct.pack("!QQ", i, time.time_ns()) + pad, (dst, 9999))
-time.sleep(0.5)
-for _ in range(3):
-    s.sendto(b"END", (dst, 9999)); time.sleep(0.05)
-"""
-
-
 def one_way(lab: Lab, rate: float, n: int, timeout: float = 5.0, payload: int = 32) -> tuple[list[float], int]:
     """Send n UDP packets (``payload`` bytes) at ``rate``/s client→target; return one-way delays (ms), count received."""
-    rx = lab.popen("target", [sys.executable, "-c", RECEIVER, str(timeout)], stdout=subprocess.PIPE, text=True)
-    assert rx.stdout
-    rx.stdout.readline()
-    lab.exec("client", [sys.executable, "-c", SENDER, lab.addr("target"), str(rate), str(n), str(payload)],
-             timeout=n / rate + 30, check=True)
-    out, _ = rx.communicate(timeout=n / rate + 30)
-    got = json.loads(out.strip().splitlines()[-1])
-    rx.wait()
-    return [d / 1e6 for _, d in got], len(got)
+    rows = probe.one_way(lab, rate, n, timeout=timeout, payload=payload)
+    return [(r["rx_ns"] - r["user_ns"]) / 1e6 for r in rows], len(rows)
 
 
 def bench_delay(res: dict[str, Any], count: int) -> None:
@@ -138,42 +88,9 @@ def accuracy_line(label: str, s: dict[str, float], want: float) -> dict[str, Any
     return {**s, **err, "configured_ms": want, "pass": ok}
 
 
-RAW_PING = r"""
-import json, select, socket, struct, sys, time
-dst, count, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS: receive time from the kernel
-sent, rtts = {}, {}
-def csum(b):
-    t = sum(struct.unpack(f"!{len(b) // 2}H", b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
-    return ~t & 0xffff
-def take(wait):
-    while select.select([s], [], [], max(0.0, wait))[0]:
-        data, anc, _, _ = s.recvmsg(2048, 64)
-        ihl = (data[0] & 15) * 4
-        typ, _, _, ident, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-        if typ == 0 and ident == 0x4d4e and seq in sent:
-            sec, ns = struct.unpack("qq", [d for _, t, d in anc if t == 35][0][:16])
-            rtts[seq] = (sec * 10**9 + ns - sent[seq]) / 1e6
-        wait = 0
-start = time.monotonic()
-for seq in range(count):
-    take(start + seq * interval - time.monotonic())
-    hdr = struct.pack("!BBHHH", 8, 0, 0, 0x4d4e, seq) + b"\0" * 48
-    sent[seq] = time.time_ns()
-    s.sendto(hdr[:2] + struct.pack("!H", csum(hdr)) + hdr[4:], (dst, 0))
-end = time.monotonic() + 2
-while len(rtts) < count and time.monotonic() < end:
-    take(0.05)
-print(json.dumps(list(rtts.values())))
-"""
-
-
 def precise_rtts(lab: Lab, count: int, interval: float) -> list[float]:
     """ICMP echo RTTs (ms): user-space send stamp, kernel receive stamp (iputils prints 0.1 ms above 10 ms)."""
-    cp = lab.exec("client", [sys.executable, "-c", RAW_PING, lab.addr("target"), str(count), str(interval)],
-                  timeout=count * interval + 30)
-    return json.loads(cp.stdout)
+    return probe.precise_rtts(lab, count, interval)
 
 
 def bench_path(res: dict[str, Any], count: int, busy: bool = False) -> None:
@@ -187,9 +104,10 @@ def bench_path(res: dict[str, Any], count: int, busy: bool = False) -> None:
     if busy:
         other = Lab(linear_path(1, delay="5ms", impair_link=0, name="busy"))
         other.up()
-        rx = other.popen("target", [sys.executable, "-c", RECEIVER, "600"], stdout=subprocess.DEVNULL)
-        tx = other.popen("client", [sys.executable, "-c", SENDER, other.addr("target"), "10000", "100000000",
-                                    "1472"], stdout=subprocess.DEVNULL)
+        rx = other.popen("target", [sys.executable, "-m", "marionet.lab.probe", "udp-recv", "600", "--discard"],
+                         stdout=subprocess.DEVNULL)
+        tx = other.popen("client", [sys.executable, "-m", "marionet.lab.probe", "udp-send", other.addr("target"),
+                                    "10000", "100000000", "--payload", "1472"], stdout=subprocess.DEVNULL)
     try:
         for key, spec, want, label in cases:
             with Lab(spec) as lab:
