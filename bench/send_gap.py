@@ -41,21 +41,6 @@ from marionet.evaluate import sendgap as sg
 MATCH_MEDIAN_US = 1.0
 MATCH_P99_RATIO = 2.0
 
-LAB_SPEC = """
-[lab]
-name = "sgbench"
-controller = "auto"
-
-[[vp]]
-name = "vp-a"
-
-[[host]]
-name = "sink"
-
-[[link]]
-a = "vp-a"
-b = "sink"
-"""
 
 Pool = dict[tuple[str, int], dict[str, list[int]]]  # (source, spacing) -> {"tx": gaps, "rx": gaps, ...}
 
@@ -110,10 +95,10 @@ def run_loopback(args: argparse.Namespace, pool: Pool) -> None:
 
 def run_lab(args: argparse.Namespace, pool: Pool) -> None:
     from marionet.lab import Lab
-    from marionet.lab.spec import parse_spec
+    from marionet.lab import vp_and_sink
 
     delay = args.start_delay_ms * 1_000_000
-    with Lab(parse_spec(LAB_SPEC)) as lab:
+    with Lab(vp_and_sink("sgbench")) as lab:
         dst = lab.addr("sink")
 
         def at(node: str) -> Callable[..., subprocess.Popen]:

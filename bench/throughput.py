@@ -25,7 +25,7 @@ from _common import summary  # noqa: E402
 
 from marionet.evaluate.iperf import run_iperf3  # noqa: E402
 from marionet.lab import Lab  # noqa: E402
-from marionet.lab.spec import parse_dict  # noqa: E402
+from marionet.lab import throughput_path  # noqa: E402
 from marionet.measure.throughput import throughput  # noqa: E402
 from marionet.measure.throughput_proto import DEFAULT_PORT  # noqa: E402
 from tests.integration.labclient import client_endpoint, task_result  # noqa: E402
@@ -34,14 +34,7 @@ MiB = 1 << 20
 
 
 def spec(rate: str, delay: str):
-    return parse_dict({
-        "lab": {"name": "tputbench", "controller": False},
-        "host": [{"name": "client"}, {"name": "target"}],
-        "router": [{"name": "r1"}],
-        "link": [{"a": "client", "b": "r1", "delay": delay}, {"a": "r1", "b": "target", "rate": rate}],
-        "service": [{"host": "target", "kind": "throughput", "options": {}},
-                    {"host": "target", "kind": "bulk", "options": {"impl": "iperf3"}}],
-    })
+    return throughput_path(rate, delay, name="tputbench")
 
 
 async def bench(lab, args) -> None:

@@ -13,25 +13,10 @@ import pytest
 
 from marionet.evaluate import sendgap as sg
 from marionet.lab.pytest_plugin import make_lab
-from marionet.lab.spec import parse_spec
+from marionet.lab import vp_and_sink
 
 pytestmark = pytest.mark.root
 
-SPEC = """
-[lab]
-name = "sgap"
-controller = "auto"
-
-[[vp]]
-name = "vp-a"
-
-[[host]]
-name = "sink"
-
-[[link]]
-a = "vp-a"
-b = "sink"
-"""
 
 COUNT = 200
 SPACING_NS = 20_000
@@ -39,7 +24,7 @@ SPACING_NS = 20_000
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Any]:
-    with make_lab(parse_spec(SPEC)) as lab:
+    with make_lab(vp_and_sink()) as lab:
         yield lab
 
 

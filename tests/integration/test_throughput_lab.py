@@ -16,7 +16,7 @@ import pytest
 
 from marionet.evaluate.iperf import run_iperf3
 from marionet.lab.pytest_plugin import lab_factory  # noqa: F401
-from marionet.lab.spec import parse_dict
+from marionet.lab import throughput_path
 from marionet.measure.throughput import throughput
 from marionet.measure.throughput_proto import DEFAULT_PORT
 from marionet.results import Throughput, ThroughputStop
@@ -31,15 +31,7 @@ SIZE, SKIP = 12 * MiB, 2 * MiB
 
 
 def _spec():
-    return parse_dict({
-        "lab": {"name": "tputlab", "controller": False},
-        "host": [{"name": "client"}, {"name": "target"}],
-        "router": [{"name": "r1"}],
-        "link": [{"a": "client", "b": "r1", "delay": "10ms"},
-                 {"a": "r1", "b": "target", "rate": f"{RATE_MBPS}mbit"}],
-        "service": [{"host": "target", "kind": "throughput", "options": {}},
-                    {"host": "target", "kind": "bulk", "options": {"impl": "iperf3"}}],
-    })
+    return throughput_path(f"{RATE_MBPS}mbit", "10ms", name="tputlab")
 
 
 async def test_every_placement_within_6_percent_of_iperf3(lab_factory):  # noqa: F811

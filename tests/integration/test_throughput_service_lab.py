@@ -22,7 +22,7 @@ import pytest
 import marionet
 from marionet.evaluate.iperf import run_iperf3
 from marionet.lab.pytest_plugin import lab_factory  # noqa: F401
-from marionet.lab.spec import parse_dict
+from marionet.lab import parse_dict, throughput_path
 from marionet.measure.throughput_proto import DEFAULT_PORT
 
 pytestmark = pytest.mark.root
@@ -33,15 +33,7 @@ SRC = str(Path(marionet.__file__).resolve().parents[1])
 
 
 def _spec():
-    return parse_dict({
-        "lab": {"name": "tputsvc", "controller": False},
-        "host": [{"name": "client"}, {"name": "target"}],
-        "router": [{"name": "r1"}],
-        "link": [{"a": "client", "b": "r1", "delay": "10ms"},
-                 {"a": "r1", "b": "target", "rate": f"{RATE_MBPS}mbit"}],
-        "service": [{"host": "target", "kind": "throughput", "options": {}},
-                    {"host": "target", "kind": "bulk", "options": {"impl": "iperf3"}}],
-    })
+    return throughput_path(f"{RATE_MBPS}mbit", "10ms", name="tputsvc")
 
 
 def _native(lab, host: str, direction: str, size: int, skip: int) -> dict:

@@ -5,12 +5,13 @@ ECMP diamonds) from a TOML spec or a builder such as ``linear_path``, and
 exports the ground truth it configured.
 """
 
-from .spec import Spec, SpecError, diamond_path, linear_path, load_spec, parse_dict, parse_spec, small_world
+from .spec import (Spec, SpecError, diamond_path, linear_path, load_spec, parse_dict, parse_spec, small_world,
+                   throughput_path, vp_and_sink)
 from .system import LabError, NeedsRoot
 
 __all__ = [
     "Lab", "Spec", "SpecError", "LabError", "NeedsRoot",
-    "linear_path", "diamond_path", "small_world", "load_spec", "parse_spec", "parse_dict",
+    "linear_path", "diamond_path", "small_world", "throughput_path", "vp_and_sink", "load_spec", "parse_spec", "parse_dict",
 ]
 
 

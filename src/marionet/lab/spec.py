@@ -741,6 +741,28 @@ def diamond_path(
     return parse_dict(d)
 
 
+def throughput_path(rate: str = "50mbit", delay: str = "10ms", *, name: str = "tput") -> Spec:
+    """client —``delay``— r1 —``rate``— target, with the MNTPUT1 server and iperf3 on target.
+
+    The throughput tests' and ``bench/throughput.py``'s lab: the delay and the
+    bottleneck on different links, so tbf's queue does not sit behind the forwarder.
+    """
+    return parse_dict({
+        "lab": {"name": name, "controller": False},
+        "host": [{"name": "client"}, {"name": "target"}],
+        "router": [{"name": "r1"}],
+        "link": [{"a": "client", "b": "r1", "delay": delay}, {"a": "r1", "b": "target", "rate": rate}],
+        "service": [{"host": "target", "kind": "throughput", "options": {}},
+                    {"host": "target", "kind": "bulk", "options": {"impl": "iperf3"}}],
+    })
+
+
+def vp_and_sink(name: str = "sgap", vp: str = "vp-a", sink: str = "sink") -> Spec:
+    """One VP (with the lab's controller) on a plain veth to one host: the send-gap lab."""
+    return parse_dict({"lab": {"name": name, "controller": "auto"}, "vp": [{"name": vp}],
+                       "host": [{"name": sink}], "link": [{"a": vp, "b": sink}]})
+
+
 def small_world(name: str = "world", *, delays: dict[str, float] | None = None) -> Spec:
     """Three VPs in distinct countries, two routers, one target; the lab runs a controller.
 
