@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from marionet.lab.aliasrouter import AliasEmulator, load_config
+from marionet.lab.aliasrouter import AliasEmulator, _derived, load_config
 
 from .midar import PlannedProbe
 from .midar_analysis import IpidSample
@@ -101,6 +101,10 @@ class SimProber:
         return out
 
 
+def _min_gap(starts: list[int]) -> int:
+    return min(min((x - y) % 65536, (y - x) % 65536) for i, x in enumerate(starts) for y in starts[i + 1:])
+
+
 def mixed_routers(n: int = 240, *, seed: int = 7, base: str = "10.200.0.0") -> dict[str, Any]:
     """An emulator config of ``n`` routers with MIDAR's cases mixed:
     shared counters at velocities 2–2000 IDs/s (2–4 addresses), byte-swapped,
@@ -135,5 +139,14 @@ def mixed_routers(n: int = 240, *, seed: int = 7, base: str = "10.200.0.0") -> d
             r["velocity"] = float(rng.randint(40000, 60000))
             kind = "shared"
         r["ipid"] = kind
+        if kind == "per-interface":
+            # Two interface counters starting a few IDs apart at one velocity
+            # are indistinguishable from one shared counter by any IP-ID test;
+            # keep them >= 1000 apart (the emulator derives each start from
+            # the seed, router name and address: rename until they are).
+            tries = 0
+            while _min_gap([_derived(seed, r["name"], kind, a) for a in addrs]) < 1000:
+                tries += 1
+                r["name"] = f"r{i}.{tries}"
         routers.append(r)
     return {"seed": seed, "router": routers}
