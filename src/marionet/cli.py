@@ -65,6 +65,8 @@ _EXTRA_PARSERS.append(lambda sub: __import__("marionet.commands", fromlist=["add
                       .add_measure_parsers(sub))
 _EXTRA_PARSERS.append(lambda sub: __import__("marionet.evaluate.cli", fromlist=["add_evaluate_parser"])
                       .add_evaluate_parser(sub))
+_EXTRA_PARSERS.append(lambda sub: __import__("marionet.commands.midar", fromlist=["add_midar_parser"])
+                      .add_midar_parser(sub))
 
 
 def main(argv: list[str] | None = None) -> int:

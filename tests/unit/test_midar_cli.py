@@ -1,0 +1,24 @@
+"""``marionet midar``: the simulated run end to end, and bad targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from marionet.cli import main
+
+
+def test_midar_cli_simulated_run_writes_sets_and_json(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["midar", "--simulate", "40", "--out", str(tmp_path)]) == 0
+    sets = [ln for ln in (tmp_path / "midar.sets").read_text().splitlines() if not ln.startswith("#")]
+    d = json.loads((tmp_path / "midar.json").read_text())
+    assert sets and len(sets) == len(d["alias_sets"])
+    assert "precision 1.0000" in capsys.readouterr().out
+
+
+def test_midar_cli_bad_targets(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "t.txt"
+    f.write_text("10.0.0.1\n2001:db8::1\n")
+    assert main(["midar", "--targets", str(f), "--vps", "a", "--out", str(tmp_path)]) == 2
+    assert "IPv6" in capsys.readouterr().err
+    assert main(["midar", "--out", str(tmp_path)]) == 2
