@@ -910,6 +910,12 @@ AsyncCtrl.do_udpprobe = _primitive("udpprobe", "dst", "dport")  # type: ignore[a
 AsyncCtrl.do_sniff = _primitive("sniff", "src")  # type: ignore[attr-defined]
 AsyncCtrl.do_tbit = _primitive("tbit", "dst")  # type: ignore[attr-defined]
 AsyncCtrl.do_throughput = _primitive("throughput", "dst", "port")  # type: ignore[attr-defined]
+AsyncCtrl.do_ally = _primitive("ally", "dst1", "dst2")  # type: ignore[attr-defined]
+AsyncCtrl.do_mercator = _primitive("mercator", "dst")  # type: ignore[attr-defined]
+AsyncCtrl.do_radargun = _primitive("radargun", "addrs")  # type: ignore[attr-defined]
+AsyncCtrl.do_prefixscan = _primitive("prefixscan", "near", "far", "prefixlen")  # type: ignore[attr-defined]
+AsyncCtrl.do_midarest = _primitive("midarest", "addrs", "probedefs")  # type: ignore[attr-defined]
+AsyncCtrl.do_midardisc = _primitive("midardisc", "probedefs", "schedule")  # type: ignore[attr-defined]
 
 __all__ = ["AsyncCtrl", "BadParams", "InstError", "Inst", "Task", "VpInfo", "params_of", "deadline_of",
            "local_vp_specs", "check_task_params"]

@@ -236,6 +236,12 @@ class Ctrl:
     do_udpprobe = _sync(AsyncCtrl.do_udpprobe)  # type: ignore[attr-defined]
     do_sniff = _sync(AsyncCtrl.do_sniff)  # type: ignore[attr-defined]
     do_tbit = _sync(AsyncCtrl.do_tbit)  # type: ignore[attr-defined]
+    do_ally = _sync(AsyncCtrl.do_ally)  # type: ignore[attr-defined]
+    do_mercator = _sync(AsyncCtrl.do_mercator)  # type: ignore[attr-defined]
+    do_radargun = _sync(AsyncCtrl.do_radargun)  # type: ignore[attr-defined]
+    do_prefixscan = _sync(AsyncCtrl.do_prefixscan)  # type: ignore[attr-defined]
+    do_midarest = _sync(AsyncCtrl.do_midarest)  # type: ignore[attr-defined]
+    do_midardisc = _sync(AsyncCtrl.do_midardisc)  # type: ignore[attr-defined]
 
     def _do(self, primitive: str, params: dict[str, Any], inst: Any = None, sync: bool = False,
             userid: int | None = None) -> Any:

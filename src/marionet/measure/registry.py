@@ -17,6 +17,9 @@ import inspect
 from typing import Any, Awaitable, Callable
 
 from marionet.client.packet import PacketSession
+from marionet.measure.dealias import (ally, mercator, midardisc, midarest, plan_ally, plan_mercator,
+                                      plan_midardisc, plan_midarest, plan_prefixscan, plan_radargun,
+                                      prefixscan, radargun)
 from marionet.measure.dns import dns, plan_dns
 from marionet.measure.http import http, plan_http
 from marionet.measure.params import MAX_TASK_S, shown
@@ -43,6 +46,12 @@ PRIMITIVES: dict[str, Primitive] = {
     "tracelb": tracelb,
     "tbit": tbit,
     "throughput": throughput,
+    "ally": ally,
+    "mercator": mercator,
+    "radargun": radargun,
+    "prefixscan": prefixscan,
+    "midarest": midarest,
+    "midardisc": midardisc,
 }
 
 #: name -> a function taking the same parameters that raises ``ValueError``
@@ -57,6 +66,12 @@ VALIDATORS: dict[str, Callable[..., Any]] = {
     "tracelb": plan_tracelb,
     "tbit": plan_tbit,
     "throughput": plan_throughput,
+    "ally": plan_ally,
+    "mercator": plan_mercator,
+    "radargun": plan_radargun,
+    "prefixscan": plan_prefixscan,
+    "midarest": plan_midarest,
+    "midardisc": plan_midardisc,
 }
 
 # Keyword arguments the runner supplies itself; never accepted from a Task.

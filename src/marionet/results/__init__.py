@@ -11,6 +11,7 @@ first use, so the endpoint never loads the analysis code.
 
 from .common import Addr, ns_to_datetime, ns_to_timedelta
 from .cycle import CycleStart, CycleStop, UnknownResult
+from .dealias import Dealias, DealiasProbe, DealiasProbedef, DealiasReply
 from .dns import DnsMX, DnsQuery, DnsResult, DnsRR, DnsSOA, DnsStop
 from .errors import FormatError
 from .file import File
@@ -40,6 +41,7 @@ __all__ = [
     "DnsResult", "DnsQuery", "DnsRR", "DnsMX", "DnsSOA", "DnsStop",
     "Udpprobe", "UdpprobeProbe", "UdpprobeReply", "UdpprobeStop", "Sniff", "SniffPkt", "SniffStop",
     "Throughput", "ThroughputStop",
+    "Dealias", "DealiasProbe", "DealiasProbedef", "DealiasReply",
     "to_frame", "to_parquet", "read_parquet",
 ]
 
