@@ -468,6 +468,24 @@ def test_task_destination_and_source_checked() -> None:
         == "privileges.dst"
 
 
+def test_dealias_task_addresses_checked_before_any_probe() -> None:
+    """Alias-resolution tasks name their targets in dst1/dst2, addrs, near/far and probedefs:
+    a denied one refuses the whole task at once."""
+    s = session(grants(primitives={"*": {}}))
+    ok, bad = "198.51.100.1", "203.0.113.1"
+    s.check("task", task("ally", dst1=ok, dst2="198.51.100.2"))
+    assert denied(lambda: s.check("task", task("ally", dst1=ok, dst2=bad))).rule == "privileges.dst"
+    assert denied(lambda: s.check("task", task("radargun", addrs=[ok, bad]))).rule == "privileges.dst"
+    assert denied(lambda: s.check("task", task("prefixscan", near=ok, far=bad, prefixlen=30))).rule \
+        == "privileges.dst"
+    assert denied(lambda: s.check("task", task("midardisc", probedefs=[{"method": "icmp-echo", "dst": bad}],
+                                               schedule=[]))).rule == "privileges.dst"
+    assert denied(lambda: s.check("task", task("midarest", addrs=[ok],
+                                               probedefs=[{"method": "udp", "src": "203.0.113.2"}]))).rule \
+        == "privileges.spoof"
+    assert denied(lambda: s.check("task", task("mercator", dst="not-an-address"))).rule == "privileges.dst"
+
+
 def test_task_list_bounds() -> None:
     s = session(grants(primitives={"dns": {"servers": ["198.51.100.53"]},
                                    "http": {"hosts": ["www.example.org"]},

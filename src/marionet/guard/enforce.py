@@ -791,15 +791,19 @@ class PolicySessionGuard(SessionGuard):
             host = _url_host(params.get("url"))
             if host is not None and _addr(host) is not None:
                 dsts.append(host)
+        elif name in _DEALIAS:
+            dsts += _dealias_addresses(name, params)
         elif "dst" in params:
             dsts.append(params["dst"])
+        srcs = [params.get("src")] + [pd.get("src") for pd in _probedefs(params)]
         for d in dsts:
             canon = _addr(d)
             if canon is None:
                 raise GuardDenied("privileges.dst", f"{name} destination {_shown(d)} is not an IP address")
             self._dst(canon)
-        src = params.get("src")
-        if src is not None:
+        for src in srcs:
+            if src is None:
+                continue
             canon = _addr(src)
             if canon is None:
                 raise GuardDenied("privileges.spoof", f"{name} source {_shown(src)} is not an IP address")
@@ -874,3 +878,24 @@ class PolicySessionGuard(SessionGuard):
             # monitor instances stay: a primitive still finishing must not
             # run unmonitored
             self.budget.sessions -= 1
+
+
+_DEALIAS = frozenset({"ally", "mercator", "radargun", "prefixscan", "midarest", "midardisc"})
+
+
+def _probedefs(params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    pds = params.get("probedefs")
+    if not isinstance(pds, (list, tuple)):
+        return []
+    return [pd for pd in pds if isinstance(pd, Mapping)]
+
+
+def _dealias_addresses(name: str, params: Mapping[str, Any]) -> list[Any]:
+    """Every address an alias-resolution task will probe, so a denied one refuses the task at once
+    (the sends would be denied one by one anyway, but only after the task had started)."""
+    out: list[Any] = [params[k] for k in ("dst", "dst1", "dst2", "near", "far") if params.get(k) is not None]
+    addrs = params.get("addrs")
+    if isinstance(addrs, (list, tuple)):
+        out += list(addrs)
+    out += [pd["dst"] for pd in _probedefs(params) if pd.get("dst") is not None]
+    return out
