@@ -438,15 +438,14 @@ class CtrlProber:
             methods = list(dict.fromkeys(pp.method for pp in pps))
             rounds = max(1, len(pps) // max(1, len(addrs) * len(methods)))
             gap = (pps[1].at_ns - pps[0].at_ns) / 1e9 if len(pps) > 1 else 0.01
-            res = await self.ctrl.do_midarest(addrs, [{"method": m} for m in methods], rounds, gap,
-                                              gap * len(addrs) * len(methods), self.wait_timeout,
-                                              inst=inst, sync=True)
+            res = await self.ctrl.do_midarest(addrs, [{"method": m} for m in methods], rounds=rounds,
+                                              wait_probe=gap, wait_round=gap * len(addrs) * len(methods),
+                                              wait_timeout=self.wait_timeout, inst=inst, sync=True)
             return samples_from_dealias(res, vp, offset_ns=off, err_ns=err)
         defs = [{"method": pp.method, "dst": pp.addr} for pp in pps]
         start = pps[0].at_ns
         schedule = [(pp.at_ns - start, i, i) for i, pp in enumerate(pps)]
-        startat = _dt.datetime.fromtimestamp((start + off) / 1e9, _dt.timezone.utc)
-        res = await self.ctrl.do_midardisc(defs, schedule=schedule, startat=startat,
+        res = await self.ctrl.do_midardisc(defs, schedule=schedule, startat=start + off,   # endpoint-clock ns
                                            wait_timeout=self.wait_timeout, inst=inst, sync=True)
         return samples_from_dealias(res, vp, offset_ns=off, err_ns=err)
 
