@@ -575,6 +575,9 @@ class Lab:
         t = plan_truth(self.plan)
         if not self.resolver():
             t.pop("resolver", None)  # planned, but no zones to resolve: not started
+        for name, node in self.spec.nodes.items():
+            if node.kind == "vp" and name in t.get("nodes", {}):
+                t["nodes"][name]["clock_skew_ms"] = node.clock_skew_ms
         from .hooks import alias_config
         for entry in t["aliases"]:
             if entry["kind"] == "aliasrouter":
