@@ -582,9 +582,8 @@ class Lab:
         for entry in t["aliases"]:
             if entry["kind"] == "aliasrouter":
                 cfg = alias_config(self, self.spec.nodes[entry["router"]])
-                entry["emulated"] = [{"name": r.get("name"), "addresses": r.get("addresses"),
-                                      "ipid": r.get("ipid", "shared")}
-                                     for r in (cfg.get("router") or cfg.get("routers") or [])]
+                from .aliasrouter import behaviours  # every router's full behaviour (ground truth)
+                entry["emulated"] = behaviours(cfg)
         if self._mgmt:
             t["management"] = dict(self._mgmt)
         if self._forwarder is not None:

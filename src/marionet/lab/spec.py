@@ -497,6 +497,15 @@ class _Parser:
             n.balancer = self.balancer(e, kind, i)
         elif kind == "aliasrouter":
             n.options = dict(self.typed(e, "options", dict, kind, i, "a table", {}))
+            if "stub4" in n.options:
+                try:
+                    net = ipaddress.IPv4Network(n.options["stub4"])
+                except (ValueError, TypeError):
+                    raise self.err(f"aliasrouter.options.stub4: {n.options['stub4']!r} is not an IPv4 prefix",
+                                   kind, i, "options") from None
+                if not (net.subnet_of(ipaddress.IPv4Network("10.192.0.0/11")) and 16 <= net.prefixlen <= 28):
+                    raise self.err(f"aliasrouter.options.stub4: {net} must be a /16../28 inside 10.192.0.0/11 "
+                                   "(clear of link and management subnets)", kind, i, "options")
         self.add_node(n, kind, i)
 
     def balancer(self, e: dict, table: str, i: int) -> str:
