@@ -838,12 +838,16 @@ def run(cfg: EmulatorConfig, ready_file: str | None = None, stats_file: str | No
         has6 = any(":" in a for r in cfg.routers for a in _routed(r))
         if has6 and cfg.forwarding and os.path.exists("/proc/sys/net/ipv6"):
             _sysctl("net/ipv6/conf/all/forwarding", "1")
-        # one `ip -batch` for every route: hundreds of routers, one process
-        batch = "".join(f"-6 route replace {a}/128 dev {cfg.tun}\n" if ":" in a else
-                        f"route replace {a}/32 dev {cfg.tun}\n" for r in cfg.routers for a in _routed(r))
-        rb = subprocess.run(["ip", "-batch", "-"], input=batch, capture_output=True, text=True)
-        if rb.returncode != 0:
-            raise RuntimeError(f"ip -batch (routes to {cfg.tun}): {rb.stderr.strip()}")
+        # one `ip -batch` per family for every route: hundreds of routers, one process
+        routed = [a for r in cfg.routers for a in _routed(r)]
+        for fam, plen, addrs in (("-4", 32, [a for a in routed if ":" not in a]),
+                                 ("-6", 128, [a for a in routed if ":" in a])):
+            if not addrs:
+                continue
+            batch = "".join(f"route replace {a}/{plen} dev {cfg.tun}\n" for a in addrs)
+            rb = subprocess.run(["ip", fam, "-batch", "-"], input=batch, capture_output=True, text=True)
+            if rb.returncode != 0:
+                raise RuntimeError(f"ip {fam} -batch (routes to {cfg.tun}): {rb.stderr.strip()}")
         emu = AliasEmulator(cfg)
         if ready_file:
             Path(ready_file).write_text(json.dumps({"pid": os.getpid(), "tun": cfg.tun}))
