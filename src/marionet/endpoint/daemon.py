@@ -75,6 +75,10 @@ class EndpointConfig:
     #: Longest worst case a task's parameters may ask for (s); a task still
     #: running 30 s past it is halted.
     max_task_s: int = 600
+    #: Behave as if this endpoint's clock were off by this much (ns): every
+    #: time it reports is shifted by it, every time it is given read in it
+    #: (lab VPs share one clock; see marionet.wire.skew). 0: no cost at all.
+    clock_skew_ns: int = 0
     tags: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -101,6 +102,26 @@ async def run_listen(listen: str, config: EndpointConfig, *, insecure: bool = Fa
             runtime.stop()
 
 
+#: Environment variable: behave as if this endpoint's clock were off by this
+#: many ms (a lab's ``[[vp]] clock_skew_ms``; see marionet.wire.skew).
+CLOCK_SKEW_ENV = "MARIONET_CLOCK_SKEW_MS"
+MAX_CLOCK_SKEW_MS = 3_600_000.0
+
+
+def clock_skew_from_env(env: "dict[str, str] | None" = None) -> int:
+    """The skew (ns) named by ``MARIONET_CLOCK_SKEW_MS``; 0 when unset."""
+    raw = (os.environ if env is None else env).get(CLOCK_SKEW_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        ms = float(raw)
+    except ValueError:
+        raise ValueError(f"{CLOCK_SKEW_ENV}={raw!r} is not a number of milliseconds") from None
+    if not abs(ms) <= MAX_CLOCK_SKEW_MS:
+        raise ValueError(f"{CLOCK_SKEW_ENV}={raw!r} is outside ±{MAX_CLOCK_SKEW_MS:.0f} ms")
+    return round(ms * 1_000_000)
+
+
 def main_endpoint(args: object) -> int:
     """Entry for ``marionet endpoint``."""
     a = args  # argparse.Namespace
@@ -115,6 +136,11 @@ def main_endpoint(args: object) -> int:
                             resolv_conf=a.resolv_conf)  # type: ignore[attr-defined]
     if a.name:  # type: ignore[attr-defined]
         config.name = a.name  # type: ignore[attr-defined]
+    try:
+        config.clock_skew_ns = clock_skew_from_env()
+    except ValueError as e:
+        print(f"marionet endpoint: {e}", file=sys.stderr)
+        return 2
     try:
         runtime = guard_runtime(getattr(a, "policy", None))
         if getattr(a, "explain_policy", False):

@@ -35,6 +35,7 @@ from marionet.endpoint.sockets import (
 from marionet.guard import GuardDenied, Principal
 from marionet.guard.core import SessionGuard
 from marionet.wire import messages as m
+from marionet.wire import skew
 from marionet.wire.codec import CHDATA_OVERHEAD, encode
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ class Session:
         self.sguard = sguard if sguard is not None else endpoint.guard.open(principal, endpoint)
         self.loop = asyncio.get_running_loop()
         self.started_ns = time.time_ns()
+        #: the configured clock skew, applied where messages cross (``reply``,
+        #: ``notify``, ``handle``); 0 skips it entirely
+        self.skew_ns = int(getattr(endpoint.config, "clock_skew_ns", 0) or 0)
         self.nonce = b""  # the challenge an Auth must sign (set by the connection)
         self.tls_fingerprint: str | None = None
         self.local = False
@@ -179,6 +183,8 @@ class Session:
         and are never dropped; a client that does not read them is not
         read from either (see ``ClientConnection``)."""
         if not self.closed:
+            if self.skew_ns:
+                msg = skew.shift(msg, self.skew_ns)
             self._queue_frame(encode(msg))
 
     def error(self, rid: int, code: str, reason: str, rule: str | None = None) -> None:
@@ -203,6 +209,8 @@ class Session:
             return
         if precious is None:
             precious = type(msg) in PRECIOUS
+        if self.skew_ns:
+            msg = skew.shift(msg, self.skew_ns)
         frame = encode(msg)
         if len(frame) > self.chunk_limit:
             frame = self._too_big(msg, len(frame) - 4)
@@ -225,7 +233,7 @@ class Session:
                                        error=f"result of {size} bytes exceeds the {limit}-byte frame limit "
                                              "(reduce the primitive's limits, e.g. limit_size)"))
         kind = type(msg).__struct_config__.tag
-        return encode(m.NDrop(time_ns=time.time_ns(), count=1, nbytes=size, kinds={str(kind): 1}))
+        return encode(m.NDrop(time_ns=time.time_ns() + self.skew_ns, count=1, nbytes=size, kinds={str(kind): 1}))
 
     def _hold(self, msg: m.Message, frame: bytes, precious: bool) -> None:
         if not precious and self._held_bytes + len(frame) > self.buffer_limit:
@@ -267,7 +275,7 @@ class Session:
         while self._held and self.outlet.writable():
             item = self._held.popleft()
             if isinstance(item, DropMarker):
-                self._queue_frame(encode(item.ndrop()))
+                self._queue_frame(encode(skew.shift(item.ndrop(), self.skew_ns)))
             else:
                 frame, droppable = item
                 self._held_bytes -= len(frame)
@@ -343,6 +351,8 @@ class Session:
             self.error(rid, "unexpected", f"{type(msg).__struct_config__.tag!r} is not a request")
             return
         self.counts["requests"] += 1
+        if self.skew_ns:
+            msg = skew.shift(msg, -self.skew_ns)  # its times are in the skewed clock
         try:
             handler(self, msg)
         except BadRequest as exc:

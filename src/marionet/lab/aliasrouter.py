@@ -64,6 +64,10 @@ Config (TOML, JSON or a dict)::
     reply_ttl = 64
     rate_limit = 0        # replies per second (token bucket), 0 = unlimited
     rate_burst = 0        # bucket size, 0 = max(1, rate_limit / 10)
+    silent_after = 0      # stop answering after this many replies (0 = never)
+    silent_after_s = 0.0  # stop answering this many seconds after start (0 = never)
+    answer_probability = 1.0      # each probe answered with this probability (seeded)
+    methods = ["icmp", "udp", "tcp", "other"]   # probe kinds answered (e.g. ["icmp"]: no UDP/TCP)
 
     [[router.mpls_hops]]  # emulated LSRs in front of r1, nearest first
     addresses = ["192.0.2.101", "2001:db8::101"]
@@ -103,6 +107,8 @@ __all__ = [
     "config_to_dict",
     "alias_sets",
     "ipid_alias_sets",
+    "behaviours",
+    "METHODS",
     "AliasEmulator",
     "run",
     "main",
@@ -110,6 +116,9 @@ __all__ = [
 
 IPID_BEHAVIOURS = ("shared", "per-interface", "per-destination", "random", "zero", "byteswapped")
 TCP_REPLIES = ("rst", "synack")
+#: Probe kinds a router may answer: ICMP echo, UDP (port unreachable), TCP
+#: (RST / SYN-ACK), other protocols (protocol unreachable).
+METHODS = ("icmp", "udp", "tcp", "other")
 
 
 class AliasConfigError(ValueError):
@@ -152,6 +161,10 @@ class RouterConfig:
     rate_limit: float = 0.0
     rate_burst: float = 0.0
     mpls_hops: tuple[MplsHop, ...] = ()
+    silent_after: int = 0
+    silent_after_s: float = 0.0
+    answer_probability: float = 1.0
+    methods: tuple[str, ...] = METHODS
 
 
 @dataclass(frozen=True)
@@ -268,7 +281,17 @@ def _router(i: int, r: Any, seen: dict[str, str]) -> RouterConfig:
     rate = float(_num(r.get("rate_limit", 0), f"{w}.rate_limit", lo=0))
     burst = float(_num(r.get("rate_burst", 0), f"{w}.rate_burst", lo=0))
     hops = _mpls_hops(w, r.get("mpls_hops", []), seen)
-    return RouterConfig(name, tuple(addrs), ipid, velocity, offset, tuple(fixed), tcp, ttl, rate, burst, hops)
+    silent_n = _num(r.get("silent_after", 0), f"{w}.silent_after", integer=True, lo=0)
+    silent_s = float(_num(r.get("silent_after_s", 0.0), f"{w}.silent_after_s", lo=0))
+    prob = float(_num(r.get("answer_probability", 1.0), f"{w}.answer_probability", lo=0, hi=1))
+    methods = r.get("methods", list(METHODS))
+    if isinstance(methods, str):
+        methods = [methods]
+    if not isinstance(methods, (list, tuple)) or any(x not in METHODS for x in methods):
+        raise AliasConfigError(f"{w}.methods: {methods!r} must be a list of {', '.join(METHODS)}")
+    return RouterConfig(name, tuple(addrs), ipid, velocity, offset, tuple(fixed), tcp, ttl, rate, burst, hops,
+                        silent_after=silent_n, silent_after_s=silent_s, answer_probability=prob,
+                        methods=tuple(m for m in METHODS if m in methods))
 
 
 def load_config(src: "EmulatorConfig | Mapping[str, Any] | str | os.PathLike[str]") -> EmulatorConfig:
@@ -320,8 +343,19 @@ def config_to_dict(cfg: EmulatorConfig) -> dict[str, Any]:
         r["udp_reply_source"] = list(r["udp_reply_source"]) or "probed"
         r["mpls_hops"] = [{"addresses": list(h["addresses"]), "labels": list(h["labels"])}
                           for h in r["mpls_hops"]]
+        r["methods"] = list(r["methods"])
     d["router"] = list(routers)
     return d
+
+
+def behaviours(config: "EmulatorConfig | Mapping[str, Any] | str | os.PathLike[str]") -> list[dict[str, Any]]:
+    """Every router's behaviour as ground truth: name, addresses, IP-ID kind,
+    velocity, offset, rate limit, silence, answer probability, methods."""
+    out = []
+    for r in config_to_dict(load_config(config))["router"]:
+        r = {k: v for k, v in r.items() if k != "mpls_hops" or v}
+        out.append(r)
+    return out
 
 
 def alias_sets(config: "EmulatorConfig | Mapping[str, Any] | str | os.PathLike[str]") -> list[set[str]]:
@@ -444,8 +478,12 @@ class _RouterState:
     bucket: _Bucket
     fixed4: bytes | None
     fixed6: bytes | None
+    t0: int = 0
+    rng: random.Random | None = None  # answer_probability's draws (seeded per router)
     replies: int = 0
     limited: int = 0
+    silenced: int = 0
+    unanswered: int = 0  # lost to answer_probability or a method the router does not answer
 
 
 # ------------------------------------------------------------ packet builders
@@ -538,7 +576,9 @@ class AliasEmulator:
         for r in cfg.routers:
             f4 = next((socket.inet_pton(socket.AF_INET, a) for a in r.udp_reply_source if ":" not in a), None)
             f6 = next((socket.inet_pton(socket.AF_INET6, a) for a in r.udp_reply_source if ":" in a), None)
-            st = _RouterState(r, _IpidSource(r, cfg.seed, now), _Bucket(r.rate_limit, r.rate_burst, now), f4, f6)
+            rng = random.Random(_derived(cfg.seed, r.name, "answer")) if r.answer_probability < 1 else None
+            st = _RouterState(r, _IpidSource(r, cfg.seed, now), _Bucket(r.rate_limit, r.rate_burst, now), f4, f6,
+                              now, rng)
             self.routers.append(st)
             for a in r.addresses:
                 fam = socket.AF_INET6 if ":" in a else socket.AF_INET
@@ -550,7 +590,10 @@ class AliasEmulator:
             "replied": self.replied,
             "ignored": self.ignored,
             "rate_limited": self.limited,
-            "routers": {s.cfg.name: {"replies": s.replies, "rate_limited": s.limited} for s in self.routers},
+            "silenced": sum(s.silenced for s in self.routers),
+            "unanswered": sum(s.unanswered for s in self.routers),
+            "routers": {s.cfg.name: {"replies": s.replies, "rate_limited": s.limited, "silenced": s.silenced,
+                                     "unanswered": s.unanswered} for s in self.routers},
         }
 
     def handle(self, pkt: bytes, now_ns: int | None = None) -> bytes | None:
@@ -568,7 +611,21 @@ class AliasEmulator:
             self.replied += 1
         return out
 
-    def _admit(self, st: _RouterState, now: int) -> bool:
+    def _admit(self, st: _RouterState, now: int, method: str | None = None) -> bool:
+        """Whether ``st`` answers this probe: its methods, silence, answer
+        probability and rate limit, in that order (a probe that is not
+        answered costs no IP-ID)."""
+        r = st.cfg
+        if method is not None and method not in r.methods:
+            st.unanswered += 1
+            return False
+        if (r.silent_after and st.replies >= r.silent_after) or (
+                r.silent_after_s and now - st.t0 >= r.silent_after_s * 1e9):
+            st.silenced += 1
+            return False
+        if st.rng is not None and st.rng.random() >= r.answer_probability:
+            st.unanswered += 1
+            return False
         if st.bucket.take(now):
             st.replies += 1
             return True
@@ -594,7 +651,7 @@ class AliasEmulator:
         if proto == socket.IPPROTO_ICMP:
             if len(body) < 8 or body[0] != 8 or body[1] != 0:
                 return None
-            if not self._admit(st, now):
+            if not self._admit(st, now, "icmp"):
                 return None
             icmp = bytearray(body)
             icmp[0] = 0
@@ -605,13 +662,13 @@ class AliasEmulator:
             seg = self._tcp(r, src, dst, body)
             if seg is None:
                 return None
-            if not self._admit(st, now):
+            if not self._admit(st, now, "tcp"):
                 return None
             _l4_csum(dst, src, proto, seg)
             return _ip4(dst, src, proto, self._ipid(st, dst, src, now), r.reply_ttl, bytes(seg))
         # UDP → port unreachable; anything else → protocol unreachable.
         code = 3 if proto == socket.IPPROTO_UDP else 2
-        if not self._admit(st, now):
+        if not self._admit(st, now, "udp" if code == 3 else "other"):
             return None
         quote = pkt[: min(tot, self.QUOTE4)]
         icmp = bytearray(struct.pack("!BBHI", 3, code, 0, 0) + quote)
@@ -690,7 +747,7 @@ class AliasEmulator:
         if nh == socket.IPPROTO_ICMPV6:
             if len(body) < 8 or body[0] != 128 or body[1] != 0:
                 return None
-            if not self._admit(st, now):
+            if not self._admit(st, now, "icmp"):
                 return None
             icmp = bytearray(body)
             icmp[0] = 129
@@ -700,12 +757,12 @@ class AliasEmulator:
             seg = self._tcp(r, src, dst, body)
             if seg is None:
                 return None
-            if not self._admit(st, now):
+            if not self._admit(st, now, "tcp"):
                 return None
             _l4_csum(dst, src, nh, seg)
             return _ip6(dst, src, nh, r.reply_ttl, bytes(seg))
         if nh == socket.IPPROTO_UDP:
-            if not self._admit(st, now):
+            if not self._admit(st, now, "udp"):
                 return None
             quote = pkt[: min(40 + plen, self.QUOTE6)]
             icmp = bytearray(struct.pack("!BBHI", 1, 4, 0, 0) + quote)
@@ -781,12 +838,16 @@ def run(cfg: EmulatorConfig, ready_file: str | None = None, stats_file: str | No
         has6 = any(":" in a for r in cfg.routers for a in _routed(r))
         if has6 and cfg.forwarding and os.path.exists("/proc/sys/net/ipv6"):
             _sysctl("net/ipv6/conf/all/forwarding", "1")
-        for r in cfg.routers:
-            for a in _routed(r):
-                if ":" in a:
-                    _ip("-6", "route", "replace", f"{a}/128", "dev", cfg.tun)
-                else:
-                    _ip("route", "replace", f"{a}/32", "dev", cfg.tun)
+        # one `ip -batch` per family for every route: hundreds of routers, one process
+        routed = [a for r in cfg.routers for a in _routed(r)]
+        for fam, plen, addrs in (("-4", 32, [a for a in routed if ":" not in a]),
+                                 ("-6", 128, [a for a in routed if ":" in a])):
+            if not addrs:
+                continue
+            batch = "".join(f"route replace {a}/{plen} dev {cfg.tun}\n" for a in addrs)
+            rb = subprocess.run(["ip", fam, "-batch", "-"], input=batch, capture_output=True, text=True)
+            if rb.returncode != 0:
+                raise RuntimeError(f"ip {fam} -batch (routes to {cfg.tun}): {rb.stderr.strip()}")
         emu = AliasEmulator(cfg)
         if ready_file:
             Path(ready_file).write_text(json.dumps({"pid": os.getpid(), "tun": cfg.tun}))

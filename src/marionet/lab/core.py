@@ -575,13 +575,15 @@ class Lab:
         t = plan_truth(self.plan)
         if not self.resolver():
             t.pop("resolver", None)  # planned, but no zones to resolve: not started
+        for name, node in self.spec.nodes.items():
+            if node.kind == "vp" and name in t.get("nodes", {}):
+                t["nodes"][name]["clock_skew_ms"] = node.clock_skew_ms
         from .hooks import alias_config
         for entry in t["aliases"]:
             if entry["kind"] == "aliasrouter":
                 cfg = alias_config(self, self.spec.nodes[entry["router"]])
-                entry["emulated"] = [{"name": r.get("name"), "addresses": r.get("addresses"),
-                                      "ipid": r.get("ipid", "shared")}
-                                     for r in (cfg.get("router") or cfg.get("routers") or [])]
+                from .aliasrouter import behaviours  # every router's full behaviour (ground truth)
+                entry["emulated"] = behaviours(cfg)
         if self._mgmt:
             t["management"] = dict(self._mgmt)
         if self._forwarder is not None:

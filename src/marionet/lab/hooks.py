@@ -99,7 +99,7 @@ def alias_config(lab: "Lab", node: "Node") -> dict[str, Any]:
     v4net, v6net = lab.plan.stubs[node.name]
     hosts4 = v4net.hosts()
     routers = []
-    opts = {k: v for k, v in node.options.items() if k not in ("routers", "tun", "seed")}
+    opts = {k: v for k, v in node.options.items() if k not in ("routers", "tun", "seed", "stub4")}
     for i, r in enumerate(node.options.get("routers", [opts])):
         r = dict(r)
         r.setdefault("name", f"{node.name}-{i + 1}")

@@ -144,7 +144,9 @@ def make_plan(spec: Spec, lab_id: str) -> Plan:
             pair.append(ifc)
         plan.link_ifaces.append((pair[0], pair[1]))
     for idx, n in enumerate(x for x in spec.nodes.values() if x.kind == "aliasrouter"):
-        plan.stubs[n.name] = (ipaddress.IPv4Network(f"10.200.{idx}.0/24"),
+        # options.stub4: a larger IPv4 prefix for hundreds of emulated routers (alias_lab)
+        v4stub = n.options.get("stub4") or f"10.200.{idx}.0/24"
+        plan.stubs[n.name] = (ipaddress.IPv4Network(v4stub),
                               ipaddress.IPv6Network(f"fd00:c8:0:{idx:x}::/64"))
     host = spec.resolver_host()
     if host is not None:

@@ -16,7 +16,9 @@ Tables (all optional except at least one node and one link)::
                  resolv.conf names; "auto": on the host of the first dns
                  service, if there is one)
     [[host]]     name
-    [[vp]]       name, cc, asn, loc = [lat, long], tags = {k = "v"}
+    [[vp]]       name, cc, asn, loc = [lat, long], tags = {k = "v"},
+                 clock_skew_ms (the VP's endpoint behaves as if its clock were
+                 off by this much, ±3600000; see marionet.wire.skew)
     [[router]]   name, icmp_ratelimit (ms), icmp_msgs_per_sec, icmp_msgs_burst,
                  unresponsive, balancer = "kernel" | "flow" | "packet"
     [[aliasrouter]] name, options = {...}   (process from marionet.lab.aliasrouter;
@@ -68,6 +70,7 @@ class Node:
     asn: int | None = None
     loc: tuple[float, float] | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    clock_skew_ms: float = 0.0
     # router behaviour
     icmp_ratelimit: int | None = None
     icmp_msgs_per_sec: int | None = None
@@ -151,6 +154,8 @@ class Spec:
                     d["loc"] = list(n.loc)
                 if n.tags:
                     d["tags"] = dict(n.tags)
+                if n.clock_skew_ms:
+                    d["clock_skew_ms"] = n.clock_skew_ms
             if n.kind == "router":
                 for k in ("icmp_ratelimit", "icmp_msgs_per_sec", "icmp_msgs_burst"):
                     if getattr(n, k) is not None:
@@ -332,7 +337,7 @@ def parse_loss(v: Any) -> float:
 _ALLOWED = {
     "lab": {"name", "controller", "resolver"},
     "host": {"name"},
-    "vp": {"name", "cc", "asn", "loc", "tags"},
+    "vp": {"name", "cc", "asn", "loc", "tags", "clock_skew_ms"},
     "router": {"name", "icmp_ratelimit", "icmp_msgs_per_sec", "icmp_msgs_burst", "unresponsive", "balancer"},
     "aliasrouter": {"name", "options"},
     "link": {"a", "b", "delay", "jitter", "loss", "rate", "cost", "ipv4", "ipv6"},
@@ -478,6 +483,10 @@ class _Parser:
             if not isinstance(tags, dict) or not all(isinstance(v, (str, int, float)) for v in tags.values()):
                 raise self.err("vp.tags must be a table of strings", kind, i, "tags")
             n.tags = {str(k): str(v) for k, v in tags.items()}
+            skew = self.typed(e, "clock_skew_ms", (int, float), kind, i, "a number of ms", 0.0)
+            if not abs(skew) <= 3_600_000:
+                raise self.err(f"vp.clock_skew_ms must be within ±3600000 ms, got {skew}", kind, i, "clock_skew_ms")
+            n.clock_skew_ms = float(skew)
         elif kind == "router":
             for k in ("icmp_ratelimit", "icmp_msgs_per_sec", "icmp_msgs_burst"):
                 v = self.typed(e, k, int, kind, i, "an integer")
@@ -488,6 +497,15 @@ class _Parser:
             n.balancer = self.balancer(e, kind, i)
         elif kind == "aliasrouter":
             n.options = dict(self.typed(e, "options", dict, kind, i, "a table", {}))
+            if "stub4" in n.options:
+                try:
+                    net = ipaddress.IPv4Network(n.options["stub4"])
+                except (ValueError, TypeError):
+                    raise self.err(f"aliasrouter.options.stub4: {n.options['stub4']!r} is not an IPv4 prefix",
+                                   kind, i, "options") from None
+                if not (net.subnet_of(ipaddress.IPv4Network("10.192.0.0/11")) and 16 <= net.prefixlen <= 28):
+                    raise self.err(f"aliasrouter.options.stub4: {net} must be a /16../28 inside 10.192.0.0/11 "
+                                   "(clear of link and management subnets)", kind, i, "options")
         self.add_node(n, kind, i)
 
     def balancer(self, e: dict, table: str, i: int) -> str:

@@ -198,10 +198,14 @@ def launch_endpoint(lab: "Lab", node: "Node") -> subprocess.Popen | None:
     meta = d / f"{node.name}.meta.json"
     meta.write_text(json.dumps(vp_meta(node, lab.addrs(node.name, 4), lab.addrs(node.name, 6))))
     log = open(d / f"{node.name}.endpoint.log", "ab")
+    env = None
+    if node.clock_skew_ms:  # the endpoint's clock, as if off by this much (marionet.wire.skew)
+        import os
+        env = {**os.environ, "MARIONET_CLOCK_SKEW_MS": repr(node.clock_skew_ms)}
     try:
         return subprocess.Popen(["ip", "netns", "exec", lab.netns(node.name),
                                  *endpoint_command(node, ctl, str(meta), tls, lab.vp_engine)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     finally:
         log.close()
