@@ -106,7 +106,7 @@ def test_unsupported_is_said_clearly(remote_dir, tmp_path):
         sc.ScamperCtrl(remote_dir=str(remote_dir), mux=str(remote_dir))
     with pytest.raises(FileNotFoundError, match="no marionet controller socket"):
         sc.ScamperCtrl(remote_dir=str(tmp_path))
-    with pytest.raises(NotImplementedError, match="ScamperDealias.*alias resolution"):
+    with pytest.raises(NotImplementedError, match="ScamperDealias.*compat layer"):
         sc.ScamperDealias  # noqa: B018
     assert issubclass(sc.ScamperHost, sc.DnsResult)  # DNS results exist now
     with pytest.raises(ValueError, match="appending to a warts file"):
@@ -116,8 +116,8 @@ def test_unsupported_is_said_clearly(remote_dir, tmp_path):
     with sc.ScamperCtrl(remote_dir=str(remote_dir)) as ctrl:
         with pytest.raises(sc.ScamperInstError, match="unknown primitive 'nosuch'"):
             ctrl._do("nosuch", {"dst": "127.0.0.1"}, inst=ctrl.instances()[0])
-        with pytest.raises(NotImplementedError, match="do_ally.*alias resolution"):
-            ctrl.do_ally("127.0.0.1", "127.0.0.2")
+        with pytest.raises(NotImplementedError, match="do_owamp.*OWAMP"):
+            ctrl.do_owamp("127.0.0.1")
 
 
 def test_scamper_file(tmp_path, remote_dir):

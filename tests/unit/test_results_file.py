@@ -93,11 +93,11 @@ def test_filter_types(tmp_path):
     with File(p, "w") as f:
         f.write(sample_ping())
         f.write(sample_trace())
-        f.write(UnknownResult("dealias", {"type": "dealias", "x": 1}))
+        f.write(UnknownResult("owamp", {"type": "owamp", "x": 1}))
     assert [type(o) for o in File(p, filter_types=[Ping])] == [Ping]
     assert [type(o) for o in File(p, filter_types=["trace", "cycle-stop"])] == [Trace, CycleStop]
-    (u,) = list(File(p, filter_types=["dealias"]))
-    assert u.type == "dealias" and u.data["x"] == 1
+    (u,) = list(File(p, filter_types=["owamp"]))
+    assert u.type == "owamp" and u.data["x"] == 1
     with File(p, filter_types=Trace) as f:
         assert isinstance(f.read(), Trace) and f.read() is None and f.read() is None
 

@@ -124,8 +124,8 @@ def test_unknown_keys_are_kept_and_written_back():
 
 
 def test_unknown_type_is_unknown_result():
-    o = loads('{"type":"dealias","version":"0.1","dst":"127.0.0.1"}')
-    assert isinstance(o, UnknownResult) and o.type == "dealias"
+    o = loads('{"type":"owamp","version":"0.1","dst":"127.0.0.1"}')
+    assert isinstance(o, UnknownResult) and o.type == "owamp"
     assert o.data["dst"] == "127.0.0.1"
     assert json.loads(dumps(o)) == o.data
 
@@ -189,7 +189,7 @@ FUZZ_FOUND = {
     # an unknown key holding a number beyond a float: read as inf, dumps refused it
     "overflowing float kept in extra": _FUZZ_PING.replace('"dport":33434', '"dporT":3e3434'),
     "NaN kept in extra": _FUZZ_PING.replace('"dport":33434', '"x":NaN'),
-    "Infinity in an unknown record": '{"type":"dealias","x":-Infinity}',
+    "Infinity in an unknown record": '{"type":"owamp","x":-Infinity}',
     # timedelta(microseconds=…) overflowed: OverflowError instead of FormatError
     "wait beyond a timedelta": _FUZZ_PING.replace('"wait":1', '"wait":118446744073709551616'),
     "timeout_us beyond a timedelta": _FUZZ_PING.replace('"timeout":1', '"timeout_us":10' + "0" * 22),

@@ -463,9 +463,6 @@ def vp_name_of(socket_name: str) -> str:
 
 
 _NOT_IN_MARIONET = {
-    "do_ally": "alias resolution (ally)", "do_mercator": "alias resolution (mercator)",
-    "do_midarest": "alias resolution (MIDAR estimation)", "do_midardisc": "alias resolution (MIDAR discovery)",
-    "do_prefixscan": "alias resolution (prefixscan)", "do_radargun": "alias resolution (radargun)",
     "do_owamp": "one-way delay (OWAMP)",
 }
 
@@ -675,11 +672,11 @@ _LATER = {"ScamperTracelb": "Tracelb", "ScamperTracelbNode": "TracelbNode", "Sca
           "ScamperUdpprobeProbe": "UdpprobeProbe", "ScamperUdpprobeReply": "UdpprobeReply",
           "ScamperSniff": "Sniff", "ScamperSniffPkt": "SniffPkt", "ScamperTbit": "Tbit"}
 _MISSING = {
-    "ScamperDealias": "alias resolution is not implemented in marionet",
-    "ScamperDealiasProbedef": "alias resolution is not implemented in marionet",
-    "ScamperDealiasProbe": "alias resolution is not implemented in marionet",
-    "ScamperDealiasReply": "alias resolution is not implemented in marionet",
-    "ScamperDealiasMidardiscRound": "alias resolution is not implemented in marionet",
+    "ScamperDealias": "the scamper-shaped dealias wrappers are not in the compat layer yet (use marionet.results.Dealias)",
+    "ScamperDealiasProbedef": "the scamper-shaped dealias wrappers are not in the compat layer yet (use marionet.results.Dealias)",
+    "ScamperDealiasProbe": "the scamper-shaped dealias wrappers are not in the compat layer yet (use marionet.results.Dealias)",
+    "ScamperDealiasReply": "the scamper-shaped dealias wrappers are not in the compat layer yet (use marionet.results.Dealias)",
+    "ScamperDealiasMidardiscRound": "the scamper-shaped dealias wrappers are not in the compat layer yet (use marionet.results.Dealias)",
     "ScamperNeighbourdisc": "neighbour discovery is not implemented in marionet",
     "ScamperSting": "sting is not implemented in marionet",
     "ScamperTracePmtud": "path MTU discovery results are not implemented in marionet",
