@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .common import NS_PER_US, check_int, ns_to_datetime, ns_to_timeval
-from .jsonfmt import EXT_KEY, _Fields, register
+from .jsonfmt import EXT_KEY, _Fields, exact_ns_of_visible as _exact, register
 
 __all__ = ["Dealias", "DealiasProbedef", "DealiasProbe", "DealiasReply", "DEALIAS_METHODS",
            "DEALIAS_VERSION", "ipid_inseq", "radargun_sets"]
@@ -358,12 +358,6 @@ def dealias_to_json(x: Dealias) -> dict[str, Any]:
     d[EXT_KEY] = ext
     return d
 
-
-def _exact(ext: dict[str, Any], key: str, visible: int | None) -> int | None:
-    v = ext.get(key)
-    if visible is None or not isinstance(v, int) or isinstance(v, bool):
-        return visible
-    return v if v // NS_PER_US == visible // NS_PER_US else visible
 
 
 def _opt_int(f: _Fields, key: str) -> int | None:

@@ -502,6 +502,15 @@ class _Fields:
         return {k: v for k, v in self.d.items() if k not in known}
 
 
+def exact_ns_of_visible(ext: dict[str, Any], key: str, visible: int | None) -> int | None:
+    """The extension's ns value for a visible µs field, only when that field is present and the
+    two agree (the sniff, udpprobe and dealias readers: no visible field, no time)."""
+    v = ext.get(key)
+    if visible is None or not isinstance(v, int) or isinstance(v, bool):
+        return visible
+    return v if v // NS_PER_US == visible // NS_PER_US else visible
+
+
 def _exact(ext: dict[str, Any], key: str, visible: int | None) -> int | None:
     """Use the ns value from the extension only when it agrees with what a
     scamper tool would see; otherwise trust the visible field."""

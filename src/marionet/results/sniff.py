@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .common import Addr, NS_PER_US, StopReason, check_int, ns_to_datetime, ns_to_timeval, to_addr
-from .jsonfmt import EXT_KEY, _Fields, register
+from .jsonfmt import EXT_KEY, _Fields, exact_ns_of_visible as _exact, register
 from . import warts as _warts
 from . import warts_writer as _ww
 
@@ -221,12 +221,6 @@ def sniff_to_json(s: Sniff) -> dict[str, Any]:
         d[EXT_KEY] = ext
     return d
 
-
-def _exact(ext: dict[str, Any], key: str, visible: int | None) -> int | None:
-    v = ext.get(key)
-    if visible is None or not isinstance(v, int) or isinstance(v, bool):
-        return visible
-    return v if v // NS_PER_US == visible // NS_PER_US else visible
 
 
 def sniff_from_json(d: dict[str, Any]) -> Sniff:

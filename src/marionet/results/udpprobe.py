@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 from .common import (Addr, NS_PER_US, StopReason, check_int, ns_to_datetime, ns_to_ms_str, ns_to_timedelta,
                      ns_to_timeval, to_addr)
-from .jsonfmt import EXT_KEY, _Fields, register
+from .jsonfmt import EXT_KEY, _Fields, exact_ns_of_visible as _exact, register
 
 __all__ = ["Udpprobe", "UdpprobeProbe", "UdpprobeReply", "UdpprobeStop", "UDPPROBE_VERSION",
            "UDPPROBE_STOPS", "hexdump_line"]
@@ -323,12 +323,6 @@ def _hex(f: _Fields, key: str) -> bytes:
     except ValueError:
         raise f.fail(key, "is not hex") from None
 
-
-def _exact(ext: dict[str, Any], key: str, visible: int | None) -> int | None:
-    v = ext.get(key)
-    if visible is None or not isinstance(v, int) or isinstance(v, bool):
-        return visible
-    return v if v // NS_PER_US == visible // NS_PER_US else visible
 
 
 def _reply_from_json(raw: Any, where: str, tx_ns: int | None) -> UdpprobeReply:
