@@ -80,7 +80,11 @@ def test_real_output_seconds_with_omit(iperf3_server):
     assert res.ok, res.error
     assert any(i.omitted for i in res.intervals) and any(not i.omitted for i in res.intervals)
     assert 0.8 < res.seconds < 1.3                    # the omitted second is not in the end figures
-    assert all(0.15 < i.end - i.start < 0.35 for i in res.intervals[:-1])
+    # -i 0.25 took effect (iperf3's default is 1 s). Single intervals are timer-driven and stretch on a loaded
+    # machine, and iperf3 3.12 emits a few-µs interval where omitting ends, so the median is what is checked.
+    durations = sorted(i.end - i.start for i in res.intervals)
+    assert all(d >= 0 for d in durations) and len(durations) >= 4
+    assert 0.15 < durations[len(durations) // 2] < 0.35
 
 
 @needs_iperf3
