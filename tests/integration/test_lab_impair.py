@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from marionet.lab import linear_path
+from marionet.lab import linear_path, rtt_bounds_ms
 from marionet.lab.probe import one_way, precise_rtts
 from marionet.lab.pytest_plugin import lab_factory  # noqa: F401
 from marionet.lab.state import all_states
@@ -148,6 +148,11 @@ def test_delay_accuracy_on_a_linear_path(lab_factory):  # noqa: F811
         assert st["in"] >= 300 and st["out"] >= 300, st  # request and reply directions
         assert ln["added_us"]["source"] == "live" and ln["added_us"]["n"] >= 300
         assert 0 <= ln["added_us"]["median"] < 1000, ln["added_us"]
+        assert ln["delivery_us"]["n"] >= 300 and 0 < ln["delivery_us"]["median"] < 1000, ln["delivery_us"]
+    lo, hi = rtt_bounds_ms(t)
+    assert 20.0 < lo <= hi                   # truth never claims less than configured, and the delivery adds
+    # What truth claims must hold the measurement (the same 0.3 ms allowance as above for VM noise).
+    assert lo - 0.3 < statistics.fmean(kept) < hi + 0.3, (lo, hi, statistics.fmean(kept))
 
 
 def test_no_packet_arrives_before_its_configured_delay(lab_factory):  # noqa: F811

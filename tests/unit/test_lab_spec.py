@@ -133,3 +133,21 @@ def test_default_spec_valid():
     assert len({n.cc for n in s.nodes.values() if n.kind == "vp"}) >= 4
     t = truth(make_plan(s, "0000"))
     assert any(not x["deterministic"] for x in t["paths"])
+
+
+def test_rtt_bounds_add_the_forwarders_figures_per_direction():
+    from marionet.lab import rtt_bounds_ms
+    from marionet.lab.plan import forwarder_truth
+
+    t = truth(make_plan(linear_path(2, delay="3ms", impair_link=1), "0000"))
+    assert [ln["forwarder"] for ln in t["links"]] == [False, True, False]
+    assert rtt_bounds_ms(t) == (6.0, 6.0)            # configured only: the forwarder has not reported yet
+    stats = {"links": {"1": {"send_late_us": {"n": 10, "mean": 5.0, "median": 4.0},
+                             "write_us": {"n": 10, "mean": 20.0, "median": 18.0}}}}
+    forwarder_truth(t, {"send_late_us": {"n": 5, "mean": 1.0}}, stats)
+    link = t["links"][1]
+    assert link["added_us"]["source"] == "live" and link["delivery_us"]["mean"] == 20.0
+    lo, hi = rtt_bounds_ms(t)
+    assert lo == pytest.approx(6.0 + 2 * 0.005) and hi == pytest.approx(lo + 2 * 0.020)
+    assert rtt_bounds_ms(t, links=[0]) == (0.0, 0.0)  # an undelayed link adds nothing configured
+    assert "delivery_us" in t["forwarder"]["model"]

@@ -235,6 +235,8 @@ class Link:
         self.late: list[int] = []  # send time − due time (ns), a reservoir
         self.late_seen = 0
         self.wait: list[int] = []  # read time − kernel stamp (ns): how long packets sat before we took them
+        self.write: list[int] = []  # duration of the TUN write (ns): the peer node's stack runs inside it
+        self.write_seen = 0
 
     def due(self, stamp: int) -> int:
         d = self.delay_ns
@@ -244,12 +246,19 @@ class Link:
 
     def record_late(self, ns: int) -> None:
         self.late_seen += 1
-        if len(self.late) < RESERVOIR:
-            self.late.append(ns)
+        self._keep(self.late, self.late_seen, ns)
+
+    def record_write(self, ns: int) -> None:
+        self.write_seen += 1
+        self._keep(self.write, self.write_seen, ns)
+
+    def _keep(self, reservoir: list[int], seen: int, ns: int) -> None:
+        if len(reservoir) < RESERVOIR:
+            reservoir.append(ns)
         else:
-            j = self.rng.randrange(self.late_seen)
+            j = self.rng.randrange(seen)
             if j < RESERVOIR:
-                self.late[j] = ns
+                reservoir[j] = ns
 
 
 def quantiles_us(xs: list[int]) -> dict[str, float]:
@@ -352,6 +361,7 @@ class Forwarder:
                 if link is not None:  # None: queued before the loop ran (start-up ND/MLD), not counted
                     link.n_out += 1
                     link.record_late(sent - t)
+                    link.record_write(time.time_ns() - sent)
             except OSError:
                 pass  # peer TUN down or full: the packet is lost, as on a wire
             self.dirty = True
@@ -407,7 +417,8 @@ class Forwarder:
         self._tap_drops = getattr(self, "_tap_drops", 0) + drops  # PACKET_STATISTICS resets on read
         return {"links": {str(ln.id): {"in": ln.n_in, "out": ln.n_out, "lost": ln.n_lost,
                                        "send_late_us": quantiles_us(ln.late),
-                                       "read_wait_us": quantiles_us(ln.wait)} for ln in self.links},
+                                       "read_wait_us": quantiles_us(ln.wait),
+                                       "write_us": quantiles_us(ln.write)} for ln in self.links},
                 "tap_drops": self._tap_drops, "pending": len(self.heap)}
 
 

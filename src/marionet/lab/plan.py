@@ -374,8 +374,10 @@ FORWARDER_MODEL = (
     "one userspace process for all delayed links; a packet's delay runs from the kernel's stamp when the "
     "sending node hands it to the TUN (AF_PACKET tap, SO_TIMESTAMPNS) to the forwarder's write into the "
     "peer TUN; added_us is how late that write is against the configured due time (timer + spin error). "
-    "A path's real one-way delay is the configured sum plus each link's added_us plus the namespaces' own "
-    "stack cost (~10 us per hop, as on veth links)")
+    "delivery_us is how long that write takes: the next node's kernel runs inside it (routing, a host's "
+    "reply, waking a reader), so the packet arrives somewhere within it -- an upper bound of what delivery "
+    "adds, tens of us when the machine was idle, ~15 us when busy. A path's real one-way delay is the "
+    "configured sum plus, per delayed link, added_us plus up to delivery_us (see rtt_bounds_ms)")
 
 
 def forwarder_truth(t: dict[str, Any], calibration: dict[str, Any], stats: dict[str, Any] | None) -> None:
@@ -394,6 +396,25 @@ def forwarder_truth(t: dict[str, Any], calibration: dict[str, Any], stats: dict[
             ln["added_us"] = {"source": "live", **late}
         elif cal.get("n"):
             ln["added_us"] = {"source": "calibration", **cal}
+        if st.get("write_us", {}).get("n"):
+            ln["delivery_us"] = st["write_us"]
+
+
+def rtt_bounds_ms(t: dict[str, Any], links: list[int] | None = None) -> tuple[float, float]:
+    """The RTT (ms) truth ``t`` claims for a round trip over ``links`` (indices; default: every link),
+    each crossed once per direction: configured delays plus the forwarder's mean ``added_us``, and at
+    most its mean ``delivery_us`` on top.  Links without live figures count their configured delay only."""
+    lo = hi = 0.0
+    for ln in t["links"]:
+        if links is not None and ln["index"] not in links:
+            continue
+        lo += 2 * ln["delay_ms"]
+        hi += 2 * ln["delay_ms"]
+        if ln.get("forwarder"):
+            added = 2 * ln.get("added_us", {}).get("mean", 0.0) / 1e3
+            lo += added
+            hi += added + 2 * ln.get("delivery_us", {}).get("mean", 0.0) / 1e3
+    return lo, hi
 
 
 def _has_ecmp(plan: Plan, src: str, k: int) -> bool:

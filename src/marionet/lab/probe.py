@@ -2,8 +2,9 @@
 
 Tests and ``bench/lab_accuracy.py`` use these to hold the lab to the truth
 it claims, so they must not share the imprecision they look for: iputils
-``ping`` prints 0.1 ms above 10 ms, so the echo probe here takes a
-user-space send stamp and the kernel's receive stamp (``SO_TIMESTAMPNS``),
+``ping`` prints 0.1 ms above 10 ms and starts its clock in user space, so
+the echo probe here takes the kernel's send stamp (``SO_TIMESTAMPING``, the
+driver hand-off) and receive stamp (``SO_TIMESTAMPNS``),
 and the one-way probe stamps each datagram with ``CLOCK_REALTIME`` (every
 namespace shares the host clock).  With ``--tap IFACE`` the sender also
 records when each datagram left through ``IFACE`` from an ``AF_PACKET``
@@ -58,32 +59,56 @@ def _csum(b: bytes) -> int:
     return ~t & 0xFFFF
 
 
-def ping(dst: str, count: int, interval: float) -> list[float]:
-    """ICMP echo RTTs (ms) to an IPv4 ``dst``, in send order of the replies that came back."""
+def ping(dst: str, count: int, interval: float, stamp: str = "kernel") -> list[float]:
+    """ICMP echo RTTs (ms) to an IPv4 ``dst``, in send order of the replies that came back.
+
+    ``stamp="kernel"`` starts each RTT at the kernel's TX stamp (driver
+    hand-off); a probe whose stamp never came is left out rather than mixed
+    with user stamps.  ``"user"`` starts it at ``time_ns()`` before
+    ``sendto``, as iputils ``ping`` does, which adds the sender's own syscall
+    path (tens of µs on an idle VM) to every RTT.
+    """
+    from marionet.endpoint import timestamps as ts
+
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    sent: dict[int, int] = {}
+    s.setblocking(False)            # select also wakes for the error queue (TX stamps)
+    if stamp == "kernel":
+        ts.enable_tx_timestamps(s)  # OPT_ID: keys count sends from 0, i.e. the seq here
+    user: dict[int, int] = {}
+    kernel: dict[int, int] = {}
     rtts: dict[int, float] = {}
 
-    def take(wait: float) -> None:
-        while select.select([s], [], [], max(0.0, wait))[0]:
-            data, anc, _, _ = s.recvmsg(2048, 64)
+    def tx_stamps() -> None:
+        for item in ts.read_errqueue(s):
+            if isinstance(item, ts.TxStamp) and item.kind == ts.so.SCM_TSTAMP_SND:
+                kernel[item.key & 0xFFFF] = item.time_ns
+
+    def take(until: float) -> None:
+        """Handle replies and TX stamps until ``until`` (monotonic); the stamp of each send wakes select
+        at once, so this must not return at the first quiet moment (that would send in bursts)."""
+        while select.select([s], [], [], max(0.0, until - time.monotonic()))[0] or time.monotonic() < until:
+            tx_stamps()
+            try:
+                data, anc, _, _ = s.recvmsg(2048, 64)
+            except BlockingIOError:
+                continue
             ihl = (data[0] & 15) * 4
             typ, _, _, ident, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
             rx = _stamp(anc)
-            if typ == 0 and ident == _IDENT and seq in sent and rx is not None:
-                rtts[seq] = (rx - sent[seq]) / 1e6
-            wait = 0
+            sent = (kernel if stamp == "kernel" else user).get(seq)
+            if typ == 0 and ident == _IDENT and sent is not None and rx is not None:
+                rtts[seq] = (rx - sent) / 1e6
 
     start = time.monotonic()
     for seq in range(count):
-        take(start + seq * interval - time.monotonic())
+        take(start + seq * interval)
         hdr = struct.pack("!BBHHH", 8, 0, 0, _IDENT, seq & 0xFFFF) + b"\0" * 48
-        sent[seq & 0xFFFF] = time.time_ns()
+        user[seq & 0xFFFF] = time.time_ns()
         s.sendto(hdr[:2] + struct.pack("!H", _csum(hdr)) + hdr[4:], (dst, 0))
     end = time.monotonic() + 2
     while len(rtts) < count and time.monotonic() < end:
-        take(0.05)
+        take(time.monotonic() + 0.05)
     return [rtts[k] for k in sorted(rtts)]
 
 
@@ -168,9 +193,11 @@ def _argv(*args: object) -> list[str]:
     return [sys.executable, "-m", "marionet.lab.probe", *map(str, args)]
 
 
-def precise_rtts(lab: "Lab", count: int, interval: float = 0.01, src: str = "client", dst: str = "target") -> list[float]:
-    """ICMP echo RTTs (ms) ``src`` → ``dst`` (IPv4), µs-precise."""
-    cp = lab.exec(src, _argv("ping", lab.addr(dst), count, interval), timeout=count * interval + 30)
+def precise_rtts(lab: "Lab", count: int, interval: float = 0.01, src: str = "client", dst: str = "target",
+                 stamp: str = "kernel") -> list[float]:
+    """ICMP echo RTTs (ms) ``src`` → ``dst`` (IPv4), µs-precise; ``stamp`` as in :func:`ping`."""
+    cp = lab.exec(src, _argv("ping", lab.addr(dst), count, interval, "--stamp", stamp),
+                  timeout=count * interval + 30)
     if cp.returncode != 0:
         raise RuntimeError(f"probe ping failed: {cp.stderr.strip()[-500:]}")
     return json.loads(cp.stdout.strip().splitlines()[-1])
@@ -207,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dst")
     p.add_argument("count", type=int)
     p.add_argument("interval", type=float)
+    p.add_argument("--stamp", choices=("kernel", "user"), default="kernel",
+                   help="where an RTT starts: the kernel's TX stamp (default) or user space before sendto")
     r = sub.add_parser("udp-recv")
     r.add_argument("timeout", type=float)
     r.add_argument("--port", type=int, default=PORT)
@@ -220,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tap", help="outgoing interface to stamp the datagrams on")
     a = ap.parse_args(argv)
     if a.cmd == "ping":
-        out: Any = ping(a.dst, a.count, a.interval)
+        out: Any = ping(a.dst, a.count, a.interval, a.stamp)
     elif a.cmd == "udp-recv":
         out = udp_recv(a.timeout, a.port, a.discard)
     else:
