@@ -404,8 +404,9 @@ def _csum(data: bytes | bytearray | memoryview) -> int:
 # --------------------------------------------------------------- IP-ID state
 
 
-def _derived(seed: int, *parts: str) -> int:
-    """A stable pseudo-random 16-bit start value (not Python's salted hash)."""
+def derived_seed(seed: int, *parts: str) -> int:
+    """A stable pseudo-random 16-bit value of ``seed`` and ``parts`` (not Python's salted hash): the emulator
+    derives counter starts and per-router RNG seeds from it, and midar_sim recomputes them to pick truths."""
     h = hashlib.blake2s(("/".join([str(seed), *parts])).encode(), digest_size=4).digest()
     return int.from_bytes(h, "big") & 0xFFFF
 
@@ -427,7 +428,7 @@ class _IpidSource:
         self.name = r.name
         self.counts: dict[str, int] = {}
         self.starts: dict[str, int] = {}
-        self.rng = random.Random(_derived(seed, r.name, "random"))
+        self.rng = random.Random(derived_seed(seed, r.name, "random"))
 
     def _counter(self, key: str, start: int, now_ns: int) -> int:
         n = self.counts.get(key, 0)
@@ -447,7 +448,7 @@ class _IpidSource:
         key = probed if k == "per-interface" else peer
         start = self.starts.get(key)
         if start is None:
-            start = self.starts[key] = (self.offset + _derived(self.seed, self.name, k, key)) & 0xFFFF
+            start = self.starts[key] = (self.offset + derived_seed(self.seed, self.name, k, key)) & 0xFFFF
         return self._counter(key, start, now_ns)
 
 
@@ -576,7 +577,7 @@ class AliasEmulator:
         for r in cfg.routers:
             f4 = next((socket.inet_pton(socket.AF_INET, a) for a in r.udp_reply_source if ":" not in a), None)
             f6 = next((socket.inet_pton(socket.AF_INET6, a) for a in r.udp_reply_source if ":" in a), None)
-            rng = random.Random(_derived(cfg.seed, r.name, "answer")) if r.answer_probability < 1 else None
+            rng = random.Random(derived_seed(cfg.seed, r.name, "answer")) if r.answer_probability < 1 else None
             st = _RouterState(r, _IpidSource(r, cfg.seed, now), _Bucket(r.rate_limit, r.rate_burst, now), f4, f6,
                               now, rng)
             self.routers.append(st)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from marionet.lab.aliasrouter import AliasEmulator, _derived, load_config
+from marionet.lab.aliasrouter import AliasEmulator, derived_seed, load_config
 
 from .midar import PlannedProbe
 from .midar_analysis import IpidSample
@@ -145,7 +145,7 @@ def mixed_routers(n: int = 240, *, seed: int = 7, base: str = "10.200.0.0") -> d
             # keep them >= 1000 apart (the emulator derives each start from
             # the seed, router name and address: rename until they are).
             tries = 0
-            while _min_gap([_derived(seed, r["name"], kind, a) for a in addrs]) < 1000:
+            while _min_gap([derived_seed(seed, r["name"], kind, a) for a in addrs]) < 1000:
                 tries += 1
                 r["name"] = f"r{i}.{tries}"
         routers.append(r)
