@@ -68,6 +68,20 @@ def test_spec_and_truth_carry_the_skew(lab: Any) -> None:
     assert nodes["vp-fast"]["clock_skew_ms"] == 50.0 and nodes["vp-true"]["clock_skew_ms"] == 0.0
 
 
+def test_controller_estimate_finds_the_skew(lab: Any) -> None:
+    """The controller's own estimate (keepalive Ping/Pong on the endpoint's uplink, what
+    ``Inst.clock_offset`` reports and MIDAR schedules by) sees the skewed clock too."""
+    deadline = time.monotonic() + 10
+    while True:
+        reg = {r["name"]: r for r in lab.registry()}
+        if all(reg.get(vp, {}).get("clock_offset_ns") is not None for vp in SKEW_MS) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for vp, skew in SKEW_MS.items():
+        est_ms = reg[vp]["clock_offset_ns"] / 1e6
+        assert abs(est_ms - skew) < 3.0, (vp, est_ms, skew)
+
+
 @pytest.mark.parametrize("vp", list(SKEW_MS))
 def test_clock_offset_estimate_finds_the_skew(lab: Any, vp: str) -> None:
     async def go(s: Any) -> Any:

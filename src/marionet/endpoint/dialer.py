@@ -188,8 +188,11 @@ class ControllerLink(asyncio.Protocol):
             if conn is not None:
                 conn.data_received(msg.data)
         elif isinstance(msg, m.Ping):
-            t = time.time_ns()
-            self.send(m.Pong(id=msg.id, t_rx=t, t_tx=time.time_ns()))
+            # The controller's clock-offset estimate comes from these: in the VP's (possibly skewed) clock,
+            # as every time the endpoint's sessions report (marionet.wire.skew).
+            skew_ns = int(getattr(self.endpoint.config, "clock_skew_ns", 0) or 0)
+            t = time.time_ns() + skew_ns
+            self.send(m.Pong(id=msg.id, t_rx=t, t_tx=time.time_ns() + skew_ns))
         elif isinstance(msg, m.ChOpen):
             p = msg.principal or {}
             # The controller's word: worth what the policy gives anonymous
