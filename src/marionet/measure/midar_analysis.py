@@ -113,7 +113,12 @@ def _mid(s: IpidSample) -> float:
 def _fit_velocity(samples: Sequence[IpidSample], ids: Sequence[int]) -> tuple[float, float]:
     """Least-squares slope (IDs/s) of the unwrapped series against each
     sample's midpoint time, and the slope's standard error."""
-    u = unwrap(ids)
+    return _fit_line(samples, unwrap(ids))
+
+
+def _fit_line(samples: Sequence[IpidSample], u: Sequence[int]) -> tuple[float, float]:
+    """Least-squares slope (IDs/s) of cumulative counter values ``u`` against
+    each sample's midpoint time, and the slope's standard error."""
     t = [_mid(s) / 1e9 for s in samples]
     n = len(t)
     mt, mu = sum(t) / n, sum(u) / n
@@ -232,11 +237,25 @@ def best_methods(estimates: Mapping[tuple[str, str], Estimate], methods: Sequenc
 
 
 def series_velocity(samples: Sequence[IpidSample]) -> float:
-    """Velocity (IDs/s) of one answered series in time order (0 if too short)."""
-    got = sorted((s for s in samples if s.answered), key=lambda s: s.tx_ns)
+    """Velocity (IDs/s) of one answered series (0 if too short).
+
+    The samples come from several VPs whose paths differ in delay, so two
+    probes sent close together can reach the router in the other order
+    than they were sent: ordered by send time, the later-stamped one first,
+    the step between them is a small step *back*, which the forward-only
+    :func:`unwrap` reads as almost a whole wrap (a velocity of 10⁵ IDs/s
+    from one reordered pair, seen live). So the series is taken in order of
+    its midpoints (the best guess of when the router stamped each) and
+    steps are signed (|step| < 2¹⁵: a series sampled faster than half a
+    wrap, which the discovery schedule guarantees for usable addresses).
+    """
+    got = sorted((s for s in samples if s.answered), key=_mid)
     if len(got) < 2:
         return 0.0
-    return max(0.0, _fit_velocity(got, [s.ipid for s in got])[0])  # type: ignore[misc]
+    u = [0]
+    for a, b in zip(got, got[1:]):
+        u.append(u[-1] + ((b.ipid - a.ipid + HALF) % WRAP) - HALF)  # type: ignore[operator]
+    return max(0.0, _fit_line(got, u)[0])
 
 
 @dataclass(frozen=True, slots=True)
