@@ -50,6 +50,8 @@ def test_truth_from_the_spec() -> None:
         assert t["owner"][a] == t["owner"][b]
         assert t["owner"][a].rsplit("-", 1)[0] in MONOTONIC_SHARED
     assert all(r.split("-")[0] not in ("shared", "fast") for r in t["never_pairs_of"])
+    silent = {a for r in t["routers"] if r["class"] == "silent" for a in r["addresses"]}
+    assert silent and t["expected_answering_pairs"] == {p for p in t["expected_pairs"] if p[0] not in silent}
 
 
 # ------------------------------------------------------------------ in a lab

@@ -182,17 +182,24 @@ def alias_truth(spec_or_truth: Any) -> dict[str, Any]:
     """Ground truth for scoring: per router its class and addresses, the alias
     sets, and the pairs a shared-counter technique should find (``expected_pairs``:
     routers of MONOTONIC_SHARED classes) or must never report (``never_pairs_of``:
-    routers of the other classes, by name)."""
+    routers of the other classes, by name). ``expected_answering_pairs`` leaves
+    out the ``silent`` routers, which stop answering after 30–120 replies —
+    often before a run's estimation is over, so no IP-ID technique can pair
+    them; they are churn, and PAM'25 scored MIDAR after removing churned
+    addresses the same way."""
     routers = _emulated(spec_or_truth)
-    out_r, expected, never = [], set(), []
+    out_r, expected, answering, never = [], set(), set(), []
     for r in routers:
         cls = r["name"].rsplit("-", 1)[0]
         v4 = sorted(a for a in r["addresses"] if ":" not in a)
         out_r.append({"name": r["name"], "class": cls, "addresses": v4, "ipid": r.get("ipid", "shared")})
         if cls in MONOTONIC_SHARED:
-            expected.update(itertools.combinations(v4, 2))
+            pairs = set(itertools.combinations(v4, 2))
+            expected |= pairs
+            if cls != "silent":
+                answering |= pairs
         else:
             never.append(r["name"])
     return {"routers": out_r, "alias_sets": [set(r["addresses"]) for r in out_r],
-            "expected_pairs": expected, "never_pairs_of": never,
+            "expected_pairs": expected, "expected_answering_pairs": answering, "never_pairs_of": never,
             "owner": {a: r["name"] for r in out_r for a in r["addresses"]}}

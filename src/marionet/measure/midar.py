@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .midar_analysis import (
+    WRAP,
     Estimate,
     IpidSample,
     MbtParams,
@@ -49,6 +50,7 @@ __all__ = [
     "MidarResult",
     "samples_from_dealias",
     "plan_estimation",
+    "plan_fast",
     "plan_rounds",
     "components",
     "run_midar",
@@ -137,27 +139,72 @@ def plan_estimation(split: Mapping[str, Sequence[str]], methods: Sequence[str], 
     return out
 
 
+def plan_fast(split: Mapping[str, Sequence[str]], methods: Sequence[str], rounds: int, rate_pps: float,
+              start_ns: int) -> list[PlannedProbe]:
+    """Estimation again for addresses whose counter looked non-monotonic or
+    too fast at the estimation's spacing (a counter at 30,000 IDs/s wraps
+    every 2 s, and one estimation round over a VP's share takes longer):
+    each address's ``rounds`` × methods probes back to back at ``rate_pps``,
+    so consecutive samples are milliseconds apart. Random-ID routers stay
+    non-monotonic at any spacing."""
+    if rate_pps <= 0:
+        raise ValueError(f"rate_pps {rate_pps!r} must be > 0")
+    gap = 1e9 / rate_pps
+    out = []
+    for vp, addrs in split.items():
+        k = 0
+        for a in addrs:
+            for _ in range(rounds):
+                for m in methods:
+                    out.append(PlannedProbe(vp, a, m, start_ns + int(k * gap)))
+                    k += 1
+    return out
+
+
 def plan_rounds(groups: Sequence[Sequence[str]], method_of: Mapping[str, str], vps: Sequence[str], rounds: int,
-                rate_pps: float, start_ns: int) -> list[PlannedProbe]:
+                rate_pps: float, start_ns: int, *, target_rate_pps: float | None = None,
+                velocity_of: Mapping[str, float] | None = None) -> list[PlannedProbe]:
     """Groups (windows or candidate sets) one after another; inside a group,
     ``rounds`` round-robin passes over its addresses, consecutive probes
     sent by consecutive VPs, at ``rate_pps`` per VP (so the aggregate is
     len(vps) × rate_pps): every address is sampled from every VP, close in
-    time to the others of its group."""
+    time to the others of its group.
+
+    ``target_rate_pps``: at most this many probes a second to one address —
+    a small group's rounds are stretched (idle time) so that a router with
+    several interfaces in the group is not probed faster than routers
+    rate-limit their replies; but never so far that the group's fastest
+    counter (``velocity_of``) could move a quarter of the ID space between
+    two samples of one address."""
     if not vps:
         raise ValueError("plan_rounds: no VPs")
     if rate_pps <= 0:
         raise ValueError(f"rate_pps {rate_pps!r} must be > 0")
+    if target_rate_pps is not None and target_rate_pps <= 0:
+        raise ValueError(f"target_rate_pps {target_rate_pps!r} must be > 0")
     gap = 1e9 / (rate_pps * len(vps))
     out = []
     k = 0
+    t = 0.0
     for g in groups:
         stride = _spread_stride(len(g))
+        round_ns = len(g) * gap
+        if target_rate_pps is not None:
+            want = 1e9 / target_rate_pps
+            vmax = max((velocity_of or {}).get(a, 0.0) for a in g) if velocity_of else 0.0
+            if vmax > 0:
+                want = min(want, (WRAP / 4) / vmax * 1e9)
+            round_ns = max(round_ns, want)
+        # Stretched rounds spread their probes evenly, not in a burst and then idle: our own probes
+        # step a router's counter too, and a burst of them to one router's interfaces outruns the
+        # velocity bound (its mean rate) the MBT checks steps against (seen live).
+        step = round_ns / len(g)
         for r in range(rounds):
             for j in range(len(g)):
                 a = g[(j * stride) % len(g)]
-                out.append(PlannedProbe(vps[(k + r) % len(vps)], a, method_of[a], start_ns + int(k * gap)))
+                out.append(PlannedProbe(vps[(k + r) % len(vps)], a, method_of[a], start_ns + int(t)))
                 k += 1
+                t += step
     return out
 
 
@@ -211,6 +258,30 @@ def _batches(sets: Sequence[Sequence[str]], limit: int) -> list[list[str]]:
     return out
 
 
+def _split_by_plan(plan: Sequence[PlannedProbe], sizes: Sequence[int],
+                   samples: Iterable[IpidSample]) -> list[list[IpidSample]]:
+    """Samples into the groups of a plan made of consecutive runs of
+    ``sizes`` probes, each by the planned probe of its VP and address
+    nearest its send time."""
+    times: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    k = 0
+    for g, n in enumerate(sizes):
+        for pp in plan[k:k + n]:
+            times[(pp.vp, pp.addr)].append((pp.at_ns, g))
+        k += n
+    for v in times.values():
+        v.sort()
+    out: list[list[IpidSample]] = [[] for _ in sizes]
+    for smp in samples:
+        cand = times.get((smp.vp, smp.addr))
+        if not cand:  # a Prober answering for a probe it was not given
+            raise ValueError(f"sample for {smp.addr} from {smp.vp}: no such probe in the plan")
+        i = bisect.bisect_left(cand, (smp.tx_ns, -1))
+        near = min(cand[max(0, i - 1):i + 1], key=lambda c: abs(c[0] - smp.tx_ns))
+        out[near[1]].append(smp)
+    return out
+
+
 def _all_pairs(sets: Iterable[Sequence[str]]) -> set[tuple[str, str]]:
     return {(a, b) for s in sets for i, a in enumerate(s) for b in s[i + 1:]}
 
@@ -230,6 +301,8 @@ class MidarParams:
     corroboration_rounds: int = 6
     max_window: int = 400
     lead_s: float = 0.5  # how far ahead of now each phase is scheduled
+    fast_rounds: int = 10  # estimation again, closely spaced, for non-monotonic/fast addresses (0: off)
+    target_rate_pps: float = 2.0  # at most this many probes/s to one address in the scheduled phases
     mbt: MbtParams = MbtParams()
 
     def __post_init__(self) -> None:
@@ -242,6 +315,10 @@ class MidarParams:
                 raise ValueError(f"{n} {getattr(self, n)!r} must be >= 2")
         if self.max_window < 2:
             raise ValueError(f"max_window {self.max_window!r} must be >= 2")
+        if self.fast_rounds and self.fast_rounds < 5:
+            raise ValueError(f"fast_rounds {self.fast_rounds!r} must be 0 (off) or >= 5")
+        if not self.target_rate_pps > 0:
+            raise ValueError(f"target_rate_pps {self.target_rate_pps!r} must be > 0")
 
 
 @dataclass
@@ -280,7 +357,8 @@ class MidarResult:
                        "estimation_rounds": self.params.estimation_rounds,
                        "discovery_rounds": self.params.discovery_rounds,
                        "elimination_rounds": self.params.elimination_rounds,
-                       "corroboration_rounds": self.params.corroboration_rounds},
+                       "corroboration_rounds": self.params.corroboration_rounds,
+                       "fast_rounds": self.params.fast_rounds, "target_rate_pps": self.params.target_rate_pps},
         }
 
     def to_json(self) -> str:
@@ -325,6 +403,22 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
     samples = await prober.run(plan, "estimation")
     ests = estimate_all(samples)
     chosen = best_methods(ests, p.methods)
+    fast_stats: dict[str, Any] = {}
+    if p.fast_rounds:
+        again = {a for (a, _m), e in ests.items() if a not in chosen and e.reason in ("non-monotonic", "fast")}
+        if again:
+            t1 = time.monotonic()
+            fsplit = {vp: [a for a in share if a in again] for vp, share in split.items()}
+            fplan = plan_fast({vp: aa for vp, aa in fsplit.items() if aa}, p.methods, p.fast_rounds, p.rate_pps,
+                              prober.now_ns() + lead)
+            fsamples = await prober.run(fplan, "estimation-fast")
+            fests = estimate_all(fsamples)
+            fchosen = best_methods(fests, p.methods)
+            for (a, m), e in fests.items():
+                if a in fchosen or (a, m) not in ests or e.reason in ("ok", "fast"):
+                    ests[(a, m)] = e
+            chosen.update(fchosen)
+            fast_stats = {**_phase_stats(fplan, fsamples, t1), "retried": len(again), "usable": len(fchosen)}
     unusable: dict[str, str] = {}
     for (a, _m), e in ests.items():
         if a not in chosen:
@@ -337,6 +431,8 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
     phases["estimation"] = {**_phase_stats(plan, samples, t0), "usable": len(chosen),
                             "unusable": len(unusable),
                             "swapped": sum(1 for e in chosen.values() if e.swapped)}
+    if fast_stats:
+        phases["estimation-fast"] = fast_stats
     swapped = {a for a, e in chosen.items() if e.swapped}
     method_of = {a: e.method for a, e in chosen.items()}
 
@@ -351,18 +447,16 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
     size = window_size([chosen[a].velocity for a in order], tolerance=p.mbt.velocity_tolerance,
                        max_size=p.max_window)
     windows = sliding_windows(order, size)
-    plan = plan_rounds(windows, method_of, vps, p.discovery_rounds, p.rate_pps, prober.now_ns() + lead)
+    velocity_of = {a: e.velocity for a, e in chosen.items()}
+    plan = plan_rounds(windows, method_of, vps, p.discovery_rounds, p.rate_pps, prober.now_ns() + lead,
+                       target_rate_pps=p.target_rate_pps, velocity_of=velocity_of)
     samples = unswap(await prober.run(plan, "discovery"))
     # Each window was probed in its own stretch of time: analyse each
-    # window's samples apart (by send time, so no Prober order is assumed).
-    starts: list[int] = []
-    k = 0
-    for w in windows:
-        starts.append(plan[k].at_ns)
-        k += len(w) * p.discovery_rounds
-    by_window: list[list[IpidSample]] = [[] for _ in windows]
-    for smp in samples:
-        by_window[max(0, bisect.bisect_right(starts, smp.tx_ns) - 1)].append(smp)
+    # window's samples apart. A sample belongs to the window of the planned
+    # probe (same VP and address) nearest its send time — not to whatever
+    # window's stretch its send time fell in: the last probes of a window
+    # can leave after the next one's first planned time.
+    by_window = _split_by_plan(plan, [len(w) * p.discovery_rounds for w in windows], samples)
     candidates: set[tuple[str, str]] = set()
     dropped: dict[str, str] = {}
     for ws in by_window:
@@ -379,7 +473,7 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
         sets = components(pairs)
         tested = _all_pairs(sets)
         plan = plan_rounds(_batches(sets, p.max_window), method_of, vps, rounds, p.rate_pps,
-                           prober.now_ns() + lead)
+                           prober.now_ns() + lead, target_rate_pps=p.target_rate_pps, velocity_of=velocity_of)
         samples = unswap(await prober.run(plan, phase)) if plan else []
         passed, _ = candidate_pairs(samples, params=p.mbt, pairs=tested)
         st = {**_phase_stats(plan, samples, t0), "sets": len(sets), "tested": len(tested),
