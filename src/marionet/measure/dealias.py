@@ -249,6 +249,11 @@ def _now() -> int:
     return time.time_ns()
 
 
+#: How late a given ``startat`` may be before midardisc refuses to run the schedule (ns): a few ms
+#: of scheduling slack, not a schedule that has already begun.
+PAST_STARTAT_NS = 20_000_000
+
+
 async def _source(io: PacketSession, pds: list[Probedef] | tuple[Probedef, ...]) -> str:
     given = next((pd.src for pd in pds if pd.src), None)
     if given:
@@ -306,6 +311,13 @@ async def _engine(io: PacketSession, run: Probing, wait_timeout_ns: int, *, star
             off = await io.clock_offset(samples=3)
             offset, lead = off.offset_ns, queue_lead_ns(off.rtt_ns)
             start = startat_ns if startat_ns is not None else _now() + offset + lead
+            if startat_ns is not None and run.slots:
+                late = _now() + offset - (start + run.slots[0].at_ns)
+                if late > PAST_STARTAT_NS:
+                    # Sent now, the schedule would collapse into a burst and break the interleaving
+                    # across VPs it exists for: nothing is sent, and the result says why.
+                    return start, (f"startat is {late / 1e6:.1f} ms in the past in this VP's clock "
+                                   f"(first slot due then); nothing sent — schedule it ahead")
             tag_base = random.SystemRandom().randrange(1, 2**30)
             pending: list[tuple[int, asyncio.Future]] = []
             nxt = 0

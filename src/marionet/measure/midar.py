@@ -300,7 +300,8 @@ class MidarParams:
     elimination_rounds: int = 6
     corroboration_rounds: int = 6
     max_window: int = 400
-    lead_s: float = 0.5  # how far ahead of now each phase is scheduled
+    lead_s: float = 0.5  # how far ahead of now each phase is scheduled, plus:
+    lead_per_probe_s: float = 0.0004  # per probe of the largest VP share (a task's set-up grows with it)
     fast_rounds: int = 10  # estimation again, closely spaced, for non-monotonic/fast addresses (0: off)
     target_rate_pps: float = 2.0  # at most this many probes/s to one address in the scheduled phases
     mbt: MbtParams = MbtParams()
@@ -317,6 +318,8 @@ class MidarParams:
             raise ValueError(f"max_window {self.max_window!r} must be >= 2")
         if self.fast_rounds and self.fast_rounds < 5:
             raise ValueError(f"fast_rounds {self.fast_rounds!r} must be 0 (off) or >= 5")
+        if not (self.lead_s >= 0 and self.lead_per_probe_s >= 0):
+            raise ValueError(f"lead_s {self.lead_s!r} and lead_per_probe_s {self.lead_per_probe_s!r} must be >= 0")
         if not self.target_rate_pps > 0:
             raise ValueError(f"target_rate_pps {self.target_rate_pps!r} must be > 0")
 
@@ -394,12 +397,18 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
         raise ValueError(f"run_midar: duplicate VP in {vps}")
     p = params
     phases: dict[str, dict[str, Any]] = {}
-    lead = int(p.lead_s * 1e9)
+
+    def lead(probes_total: int) -> int:
+        """How far ahead a phase starts: measured live, an endpoint takes ~0.25 s plus ~0.2 ms per
+        scheduled probe to check and plan a midardisc task before its first send, and a schedule
+        whose start has passed is refused (not collapsed into a burst)."""
+        return int((p.lead_s + p.lead_per_probe_s * math.ceil(probes_total / len(vps))) * 1e9)
 
     # Estimation: targets split between VPs.
     split = {vp: addrs[i :: len(vps)] for i, vp in enumerate(vps)}
     t0 = time.monotonic()
-    plan = plan_estimation(split, p.methods, p.estimation_rounds, p.rate_pps, prober.now_ns() + lead)
+    plan = plan_estimation(split, p.methods, p.estimation_rounds, p.rate_pps,
+                           prober.now_ns() + lead(len(addrs) * len(p.methods) * p.estimation_rounds))
     samples = await prober.run(plan, "estimation")
     ests = estimate_all(samples)
     chosen = best_methods(ests, p.methods)
@@ -410,7 +419,7 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
             t1 = time.monotonic()
             fsplit = {vp: [a for a in share if a in again] for vp, share in split.items()}
             fplan = plan_fast({vp: aa for vp, aa in fsplit.items() if aa}, p.methods, p.fast_rounds, p.rate_pps,
-                              prober.now_ns() + lead)
+                              prober.now_ns() + lead(len(again) * len(p.methods) * p.fast_rounds))
             fsamples = await prober.run(fplan, "estimation-fast")
             fests = estimate_all(fsamples)
             fchosen = best_methods(fests, p.methods)
@@ -448,7 +457,8 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
                        max_size=p.max_window)
     windows = sliding_windows(order, size)
     velocity_of = {a: e.velocity for a, e in chosen.items()}
-    plan = plan_rounds(windows, method_of, vps, p.discovery_rounds, p.rate_pps, prober.now_ns() + lead,
+    plan = plan_rounds(windows, method_of, vps, p.discovery_rounds, p.rate_pps,
+                       prober.now_ns() + lead(sum(map(len, windows)) * p.discovery_rounds),
                        target_rate_pps=p.target_rate_pps, velocity_of=velocity_of)
     samples = unswap(await prober.run(plan, "discovery"))
     # Each window was probed in its own stretch of time: analyse each
@@ -472,8 +482,10 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
         t0 = time.monotonic()
         sets = components(pairs)
         tested = _all_pairs(sets)
-        plan = plan_rounds(_batches(sets, p.max_window), method_of, vps, rounds, p.rate_pps,
-                           prober.now_ns() + lead, target_rate_pps=p.target_rate_pps, velocity_of=velocity_of)
+        batches = _batches(sets, p.max_window)
+        plan = plan_rounds(batches, method_of, vps, rounds, p.rate_pps,
+                           prober.now_ns() + lead(sum(map(len, batches)) * rounds),
+                           target_rate_pps=p.target_rate_pps, velocity_of=velocity_of)
         samples = unswap(await prober.run(plan, phase)) if plan else []
         passed, _ = candidate_pairs(samples, params=p.mbt, pairs=tested)
         st = {**_phase_stats(plan, samples, t0), "sets": len(sets), "tested": len(tested),
@@ -541,6 +553,8 @@ class CtrlProber:
         schedule = [(pp.at_ns - start, i, i) for i, pp in enumerate(pps)]
         res = await self.ctrl.do_midardisc(defs, schedule=schedule, startat=start + off,   # endpoint-clock ns
                                            wait_timeout=self.wait_timeout, inst=inst, sync=True)
+        if getattr(res, "error", None) and not any(_get(pr, "tx_ns") for pr in _get(res, "probes", None) or []):
+            raise RuntimeError(f"MIDAR {phase} on VP {vp}: {res.error}")
         return samples_from_dealias(res, vp, offset_ns=off, err_ns=err)
 
 
