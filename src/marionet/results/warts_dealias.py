@@ -269,7 +269,8 @@ def _reply_read(c: Any, table: Any) -> DealiasReply:
     ipid = v.get(3, 0) if v4 else (v.get(11, 0) if v.get(12, 0) & _REPLY_FLAG_IPID32 else None)
     return DealiasReply(src=str(src), rx_ns=v.get(2, 0), ipid=ipid, ttl=v.get(4, 0), proto=proto,
                         icmp_type=tc[0] if icmp else None, icmp_code=tc[1] if icmp else None,
-                        icmp_q_ttl=v.get(6) if icmp else None, tcp_flags=v.get(9, 0) if proto == 6 else None,
+                        icmp_q_ttl=v.get(6) if icmp and tc[0] not in (0, 129) else None,  # echo replies quote nothing
+                        tcp_flags=v.get(9, 0) if proto == 6 else None,
                         size=v.get(13, 0))
 
 
