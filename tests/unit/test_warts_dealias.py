@@ -184,3 +184,18 @@ def test_file_writes_and_reads_dealias_warts(tmp_path) -> None:
     with File(path, filter_types=["dealias"]) as f:
         assert list(f) == objs
     assert "dealias" in WartsWriter.kinds()
+
+
+def test_cli_output_writes_dealias_results_as_warts(tmp_path) -> None:
+    """``marionet … -o FILE.warts`` goes through commands.output.Output → File."""
+    from marionet.commands.output import Output
+
+    path = tmp_path / "cli.warts"
+    out_text = io.StringIO()
+    with Output("marionet", as_json=True, path=str(path), total=2, stdout=out_text, stderr=io.StringIO()) as out:
+        out.result(_ally())
+        out.result(_ally("tcp-ack"))
+    assert not out.file_failed
+    with File(path) as f:
+        assert [o for o in f if isinstance(o, Dealias)] == [_ally(), _ally("tcp-ack")]
+    assert out_text.getvalue().count('"type":"dealias"') + out_text.getvalue().count('"type": "dealias"') == 2
