@@ -99,6 +99,14 @@ def test_scamper_warts_reads_as_sc_warts2json_shows_it(lab, tmp_path, cmd) -> No
         (ours,) = [o for o in f if isinstance(o, Dealias)]
     assert _shown(ours) == theirs
     assert ours.probes and all(p.tx_ns for p in ours.probes)
+    from marionet.compat import scamper as sc  # and as scamper's module would show the file
+
+    with sc.ScamperFile(out, filter_types=[sc.ScamperDealias]) as f:
+        (obj,) = list(f)
+    assert obj.method == theirs["method"] and obj.probe_count == len(theirs["probes"])
+    for p, tp in zip(obj.probes(), theirs["probes"]):
+        assert p.probedef.id == tp["probedef_id"] and str(p.probedef.dst) == theirs["probedefs"][tp["probedef_id"]]["dst"]
+        assert [str(r.src) for r in p.replies()] == [r["src"] for r in tp["replies"]]
 
 
 async def test_our_warts_reads_in_sc_warts2json_as_our_json(lab, tmp_path) -> None:
