@@ -22,3 +22,18 @@ def icmp_echo(ident: int, seq: int, payload: bytes = b"marionet") -> bytes:
 def icmp6_echo(ident: int, seq: int, payload: bytes = b"marionet") -> bytes:
     """ICMPv6 echo request; the kernel fills the checksum on raw ICMPv6 sockets."""
     return struct.pack("!BBHHH", 128, 0, 0, ident, seq) + payload
+
+
+def drain_echo_replies(sock) -> list[tuple[str, int, int, int]]:  # noqa: ANN001 - a raw ICMP socket
+    """Every ICMP echo reply queued on a non-blocking raw IPv4 ICMP socket,
+    as (peer, ident, seq, IP-ID); other ICMP messages are skipped."""
+    out = []
+    while True:
+        try:
+            pkt, (peer, _) = sock.recvfrom(2048)
+        except BlockingIOError:
+            return out
+        ihl = (pkt[0] & 0x0F) * 4
+        if len(pkt) >= ihl + 8 and pkt[ihl] == 0:
+            ident, seq = struct.unpack_from("!HH", pkt, ihl + 4)
+            out.append((peer, ident, seq, struct.unpack_from("!H", pkt, 4)[0]))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import select
 import socket
-import struct
 import time
 from collections import Counter
 from typing import Any, Iterator
@@ -16,6 +15,7 @@ import pytest
 
 from marionet.lab.aliaslab import MONOTONIC_SHARED, alias_lab, alias_routers, alias_targets, alias_truth
 from marionet.lab.services import netns_socket
+from tests.packets import drain_echo_replies, icmp_echo
 
 
 def test_mix_is_reproducible_and_exact() -> None:
@@ -66,14 +66,6 @@ def lab() -> Iterator[Any]:
         yield lab
 
 
-def _echo(ident: int, seq: int) -> bytes:
-    hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    s = sum(struct.unpack("!4H", hdr[:8]))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return struct.pack("!BBHHH", 8, 0, ~s & 0xFFFF, ident, seq)
-
-
 def _sweep(ns: str, targets: list[str], rounds: int, ident: int, window: int = 256
            ) -> tuple[dict[str, list[tuple[int, int]]], int, float]:
     """Echo every target ``rounds`` times, ``window`` outstanding: {dst: [(seq, ipid)]}, sent, seconds."""
@@ -89,7 +81,7 @@ def _sweep(ns: str, targets: list[str], rounds: int, ident: int, window: int = 2
         while sent < len(todo) or outstanding:
             while outstanding < window and sent < len(todo):
                 seq, dst = todo[sent]
-                s.sendto(_echo(ident, seq & 0xFFFF), (dst, 0))
+                s.sendto(icmp_echo(ident, seq & 0xFFFF, b""), (dst, 0))
                 sent += 1
                 outstanding += 1
             r, _, _ = select.select([s], [], [], 0.05)
@@ -99,15 +91,9 @@ def _sweep(ns: str, targets: list[str], rounds: int, ident: int, window: int = 2
                         break
                     outstanding = 0  # losses (lossy, rate-limited, silent routers): refill
                 continue
-            while True:
-                try:
-                    pkt, (peer, _) = s.recvfrom(2048)
-                except BlockingIOError:
-                    break
-                ihl = (pkt[0] & 0x0F) * 4
-                typ, _c, _cs, pid, seq = struct.unpack_from("!BBHHH", pkt, ihl)
-                if typ == 0 and pid == ident:
-                    got.setdefault(peer, []).append((seq, struct.unpack_from("!H", pkt, 4)[0]))
+            for peer, pid, seq, ipid in drain_echo_replies(s):
+                if pid == ident:
+                    got.setdefault(peer, []).append((seq, ipid))
                     outstanding = max(0, outstanding - 1)
                     idle_since = time.monotonic()
     finally:

@@ -26,6 +26,7 @@ import pytest
 from marionet.lab import aliasrouter
 from marionet.lab.aliasrouter import AliasConfigError, AliasEmulator, alias_sets, ipid_alias_sets, load_config
 from marionet.lab.services import netns_socket, start_service
+from tests.packets import drain_echo_replies, icmp_echo
 
 PREFIX = f"mnas{os.getpid()}"
 NS_A, NS_B = f"{PREFIX}a", f"{PREFIX}b"
@@ -118,7 +119,7 @@ def _warm_up() -> None:
             for attempt in range(10):
                 msg = struct.pack("!BBHHH", typ, 0, 0, 0x5757, attempt) + b"warm"
                 if typ == 8:
-                    msg = _echo(0x5757, attempt, b"warm")
+                    msg = icmp_echo(0x5757, attempt, b"warm")
                 s.sendto(msg, (dst, 0))
                 try:
                     while True:
@@ -139,20 +140,6 @@ def _warm_up() -> None:
 # ----------------------------------------------------------------- probers
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def _echo(ident: int, seq: int, payload: bytes = b"marionet") -> bytes:
-    hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", 8, 0, _csum(hdr + payload), ident, seq) + payload
-
-
 class Prober:
     """ICMP echo prober on a raw socket in namespace A; returns reply IP-IDs."""
 
@@ -168,7 +155,7 @@ class Prober:
 
     def ipid(self, dst: str) -> int:
         self.seq = (self.seq + 1) & 0xFFFF
-        self.sock.sendto(_echo(self.ident, self.seq), (dst, 0))
+        self.sock.sendto(icmp_echo(self.ident, self.seq), (dst, 0))
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             pkt, (peer, _) = self.sock.recvfrom(2048)
@@ -236,7 +223,7 @@ def test_sans_io_shared_counter_with_velocity() -> None:
     cfg = load_config({"router": [{"addresses": ["192.0.2.1", "192.0.2.2"], "velocity": 1000.0, "offset": 5}]})
     emu = AliasEmulator(cfg, now_ns=0)
     probe = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 36, 0, 0, 64, 1, 0,
-                                  socket.inet_aton("10.0.0.1"), socket.inet_aton("192.0.2.1")) + _echo(1, 1))
+                                  socket.inet_aton("10.0.0.1"), socket.inet_aton("192.0.2.1")) + icmp_echo(1, 1))
     r0 = emu.handle(bytes(probe), now_ns=0)
     probe[19] = 2  # now to 192.0.2.2
     r1 = emu.handle(bytes(probe), now_ns=500_000_000)
@@ -413,7 +400,7 @@ def test_rate_limit(lab: dict, prober: Prober) -> None:
     t0 = time.monotonic()
     sent = 0
     while time.monotonic() - t0 < 0.5:
-        s.sendto(_echo(0x7777, sent & 0xFFFF), ("192.0.2.91", 0))
+        s.sendto(icmp_echo(0x7777, sent & 0xFFFF), ("192.0.2.91", 0))
         sent += 1
         time.sleep(0.001)
     elapsed = time.monotonic() - t0
@@ -447,7 +434,7 @@ def test_reply_rate(lab: dict) -> None:
     while (now := time.monotonic()) - t0 < duration:
         while outstanding < window:
             seq = (seq + 1) & 0xFFFF
-            s.sendto(_echo(ident, seq), (dst, 0))
+            s.sendto(icmp_echo(ident, seq), (dst, 0))
             sent += 1
             outstanding += 1
         r, _, _ = select.select([s], [], [], 0.02)
@@ -455,13 +442,8 @@ def test_reply_rate(lab: dict) -> None:
             if now - last_progress > 0.05:  # losses: refill the window
                 outstanding = 0
             continue
-        while True:
-            try:
-                pkt, (peer, _) = s.recvfrom(2048)
-            except BlockingIOError:
-                break
-            ihl = (pkt[0] & 0x0F) * 4
-            if peer == dst and pkt[ihl] == 0 and struct.unpack_from("!H", pkt, ihl + 4)[0] == ident:
+        for peer, pid, _seq, _ipid in drain_echo_replies(s):
+            if peer == dst and pid == ident:
                 got += 1
                 outstanding = max(0, outstanding - 1)
                 last_progress = time.monotonic()

@@ -9,17 +9,9 @@ import struct
 import pytest
 
 from marionet.lab.aliasrouter import AliasConfigError, AliasEmulator, behaviours, load_config
+from tests.packets import icmp_echo
 
 SRC = socket.inet_aton("10.0.0.1")
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _ip(dst: str, proto: int, payload: bytes, ttl: int = 64) -> bytes:
@@ -28,8 +20,7 @@ def _ip(dst: str, proto: int, payload: bytes, ttl: int = 64) -> bytes:
 
 
 def echo(dst: str, seq: int = 1) -> bytes:
-    hdr = struct.pack("!BBHHH", 8, 0, 0, 77, seq & 0xFFFF)
-    return _ip(dst, 1, struct.pack("!BBHHH", 8, 0, _csum(hdr + b"mn"), 77, seq & 0xFFFF) + b"mn")
+    return _ip(dst, 1, icmp_echo(77, seq & 0xFFFF, b"mn"))
 
 
 def udp(dst: str) -> bytes:

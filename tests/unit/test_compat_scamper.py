@@ -106,8 +106,9 @@ def test_unsupported_is_said_clearly(remote_dir, tmp_path):
         sc.ScamperCtrl(remote_dir=str(remote_dir), mux=str(remote_dir))
     with pytest.raises(FileNotFoundError, match="no marionet controller socket"):
         sc.ScamperCtrl(remote_dir=str(tmp_path))
-    with pytest.raises(NotImplementedError, match="ScamperDealias.*compat layer"):
-        sc.ScamperDealias  # noqa: B018
+    with pytest.raises(NotImplementedError, match="ScamperSting.*not implemented"):
+        sc.ScamperSting  # noqa: B018
+    assert isinstance(sc.ScamperDealias, type)  # dealias wrappers exist now
     assert issubclass(sc.ScamperHost, sc.DnsResult)  # DNS results exist now
     with pytest.raises(ValueError, match="appending to a warts file"):
         sc.ScamperFile(str(tmp_path / "x.warts"), "a")

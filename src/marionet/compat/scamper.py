@@ -32,14 +32,21 @@ are distinct, and ``ans_txts()`` gives the TXT records. ``ping.replies``
 is a list and callable;
 iterating a ping yields the first reply of each answered probe, as scamper.
 Instances are ``ScamperInst`` (marionet's ``Inst`` re-classed, ``tags`` a
-set of strings too).
+set of strings too). Alias-resolution results are ``ScamperDealias``, a
+wrapper (not a subclass: scamper's ``probes()`` is a method where marionet's
+``Dealias.probes`` is a list) whose ``probes()``/``probe(i)`` give
+``ScamperDealiasProbe`` objects with the probedef as an object
+(``ScamperDealiasProbedef``) and ``replies()``; the marionet object is
+``.dealias``. ``do_radargun``/``do_midarest``/``do_midardisc`` take
+``ScamperDealiasProbedef`` and ``ScamperDealiasMidardiscRound`` objects and
+an aware-datetime ``startat``.
 
 Unsupported, said clearly: one ``ScamperCtrl`` talks to one controller
 (adding a second raises ``NotImplementedError``); ``meta=True`` is accepted
 but no list objects are produced (files yield cycle records, which are
 ``ScamperCycle`` instances); results carry no ``list``/``cycle`` (their
 properties raise ``NotImplementedError``); primitives marionet has no
-implementation of (``do_ally`` …) raise ``NotImplementedError`` naming
+implementation of (``do_owamp``) raise ``NotImplementedError`` naming
 them, and ones the endpoints refuse raise ``ScamperInstError``.
 ``PingReply.attempt`` counts from 0 (scamper's from 1); DNS records'
 ``rclass``/``rtype`` are names ("IN", "AAAA"; scamper's are numbers); a
@@ -81,7 +88,8 @@ __all__ = ["ScamperCtrl", "ScamperInst", "ScamperTask", "ScamperInstError", "Sca
            "ScamperPingReply", "ScamperPingStop", "ScamperTrace", "ScamperTraceHop", "ScamperTraceStop",
            "ScamperIcmpExt", "ScamperIcmpMplsLabelStackEntry", "ScamperAddr", "ScamperVp", "ScamperList",
            "ScamperCycle", "ScamperHost", "ScamperHostRR", "ScamperHostQuery", "ScamperHostMX",
-           "ScamperHostSOA", "ScamperHostType", "ScamperHttp", "ScamperHttpBuf"]
+           "ScamperHostSOA", "ScamperHostType", "ScamperHttp", "ScamperHttpBuf", "ScamperDealias",
+           "ScamperDealiasProbedef", "ScamperDealiasProbe", "ScamperDealiasReply", "ScamperDealiasMidardiscRound"]
 
 ScamperTask = Task
 ScamperInstError = InstError
@@ -230,6 +238,446 @@ class ScamperHttp(Http, _Meta):
     __slots__ = ()
 
 
+# ------------------------------------------------------- alias resolution
+def _td(ns: int | None) -> _dt.timedelta | None:
+    return None if ns is None else _dt.timedelta(microseconds=ns / 1000)
+
+
+def _ns_of(v: Any, what: str) -> int:
+    """A scamper time parameter (timedelta, or float seconds) as ns."""
+    if isinstance(v, _dt.timedelta):
+        return int(round(v.total_seconds() * 1e9))
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return int(round(float(v) * 1e9))
+    raise ValueError(f"{what} must be a timedelta or seconds, got {type(v).__name__}")
+
+
+_PD_KEYS = ("method", "src", "dst", "ttl", "size", "sport", "dport", "icmp_id", "icmp_sum")
+
+
+class ScamperDealiasProbedef:
+    """scamper's probe definition: built by scripts for ``do_radargun``,
+    ``do_midarest``, ``do_midardisc`` … (``ScamperDealiasProbedef('icmp-echo',
+    ttl=255)``), and found on results (``probe.probedef``). Unset fields
+    keep the primitive's defaults."""
+
+    __slots__ = ("_pd",)
+
+    def __init__(self, method: str = "icmp-echo", src: Any = None, dst: Any = None, ttl: int | None = None,
+                 size: int | None = None, sport: int | None = None, dport: int | None = None,
+                 icmp_id: int | None = None, icmp_sum: int | None = None) -> None:
+        from marionet.results.dealias import PROBE_METHODS
+
+        if method not in PROBE_METHODS:
+            raise ValueError(f"probedef method must be one of {', '.join(PROBE_METHODS)}, got {method!r}")
+        for name, v in (("ttl", ttl), ("size", size), ("sport", sport), ("dport", dport), ("icmp_id", icmp_id),
+                        ("icmp_sum", icmp_sum)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0xFFFF):
+                raise ValueError(f"probedef {name} must be an integer 0..65535, got {v!r}")
+        self._pd = _results.DealiasProbedef(id=0, method=method, dst=None if dst is None else str(Addr(dst)),
+                                            src=None if src is None else str(Addr(src)), ttl=ttl,  # type: ignore[arg-type]
+                                            size=size, sport=sport, dport=dport, icmp_id=icmp_id,  # type: ignore[arg-type]
+                                            icmp_sum=icmp_sum)
+
+    @classmethod
+    def _of(cls, pd: Any) -> "ScamperDealiasProbedef":
+        obj = cls.__new__(cls)
+        obj._pd = pd
+        return obj
+
+    def to_params(self) -> dict[str, Any]:
+        """The probedef as the primitives take it (unset fields left out)."""
+        return {k: getattr(self._pd, k) for k in _PD_KEYS if getattr(self._pd, k) is not None}
+
+    @property
+    def id(self) -> int:
+        return self._pd.id
+
+    @property
+    def method(self) -> str:
+        return self._pd.method
+
+    @property
+    def dst(self) -> Addr | None:
+        return None if self._pd.dst is None else Addr(self._pd.dst)
+
+    @property
+    def src(self) -> Addr | None:
+        return None if self._pd.src is None else Addr(self._pd.src)
+
+    @property
+    def ttl(self) -> int | None:
+        return self._pd.ttl
+
+    @property
+    def size(self) -> int | None:
+        return self._pd.size
+
+    @property
+    def sport(self) -> int | None:
+        return self._pd.sport
+
+    @property
+    def dport(self) -> int | None:
+        return self._pd.dport
+
+    @property
+    def icmp_id(self) -> int | None:
+        return self._pd.icmp_id
+
+    @property
+    def icmp_sum(self) -> int | None:
+        return self._pd.icmp_sum
+
+    def is_icmp(self) -> bool:
+        return self._pd.method == "icmp-echo"
+
+    def is_udp(self) -> bool:
+        return self._pd.method.startswith("udp")
+
+    def is_tcp(self) -> bool:
+        return self._pd.method.startswith("tcp")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ScamperDealiasProbedef) and other._pd == self._pd
+
+    def __repr__(self) -> str:
+        return f"ScamperDealiasProbedef({', '.join(f'{k}={v!r}' for k, v in self.to_params().items())})"
+
+
+class ScamperDealiasMidardiscRound:
+    """One round of a midardisc schedule: ``start`` (offset from ``startat``,
+    a timedelta), probedefs ``begin`` … ``end`` (indexes, inclusive)."""
+
+    __slots__ = ("start", "begin", "end")
+
+    def __init__(self, start: Any, begin: int, end: int) -> None:
+        self.start = _dt.timedelta(microseconds=_ns_of(start, "round start") / 1000)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (begin, end)) or end < begin:
+            raise ValueError(f"round begin/end must be probedef indexes with begin <= end, got {begin!r}, {end!r}")
+        self.begin, self.end = begin, end
+
+    def to_params(self) -> tuple[int, int, int]:
+        return (self.start // _dt.timedelta(microseconds=1) * 1000, self.begin, self.end)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ScamperDealiasMidardiscRound) and other.to_params() == self.to_params()
+
+    def __repr__(self) -> str:
+        return f"ScamperDealiasMidardiscRound({self.start!r}, {self.begin}, {self.end})"
+
+
+class ScamperDealiasReply:
+    """One reply to a dealias probe, as scamper's module shows it."""
+
+    __slots__ = ("_r", "_probe")
+
+    def __init__(self, reply: Any, probe: "ScamperDealiasProbe") -> None:
+        self._r, self._probe = reply, probe
+
+    @property
+    def src(self) -> Addr:
+        return Addr(self._r.src)
+
+    @property
+    def rx(self) -> _dt.datetime:
+        return self._r.rx
+
+    @property
+    def ipid(self) -> int | None:
+        return self._r.ipid
+
+    @property
+    def ttl(self) -> int:
+        return self._r.ttl
+
+    @property
+    def size(self) -> int:
+        return self._r.size
+
+    @property
+    def proto(self) -> int:
+        return self._r.proto
+
+    @property
+    def icmp_type(self) -> int | None:
+        return self._r.icmp_type
+
+    @property
+    def icmp_code(self) -> int | None:
+        return self._r.icmp_code
+
+    @property
+    def icmp_q_ttl(self) -> int | None:
+        return self._r.icmp_q_ttl
+
+    @property
+    def tcp_flags(self) -> int | None:
+        return self._r.tcp_flags
+
+    def is_from_target(self) -> bool:
+        """Did the probed address itself answer?"""
+        return self._r.src == self._probe._p.dst
+
+    def is_tcp(self) -> bool:
+        return self._r.is_tcp()
+
+    def is_icmp(self) -> bool:
+        return self._r.is_icmp()
+
+    def is_icmp_echo_reply(self) -> bool:
+        return self.is_icmp() and self._r.icmp_type in (0, 129)
+
+    def is_icmp_ttl_exp(self) -> bool:
+        return self.is_icmp() and self._r.icmp_type == (11 if self._r.proto == 1 else 3)
+
+    def is_icmp_unreach(self) -> bool:
+        return self.is_icmp() and self._r.icmp_type == (3 if self._r.proto == 1 else 1)
+
+    def is_icmp_unreach_port(self) -> bool:
+        return self.is_icmp_unreach() and self._r.icmp_code == (3 if self._r.proto == 1 else 4)
+
+    def __repr__(self) -> str:
+        return f"ScamperDealiasReply(src={self._r.src}, ipid={self._r.ipid})"
+
+
+class ScamperDealiasProbe:
+    """One dealias probe: its probedef (an object, as scamper's), tx, IP-ID, replies."""
+
+    __slots__ = ("_p", "_def")
+
+    def __init__(self, probe: Any, probedef: ScamperDealiasProbedef) -> None:
+        self._p, self._def = probe, probedef
+
+    @property
+    def probedef(self) -> ScamperDealiasProbedef:
+        return self._def
+
+    @property
+    def seq(self) -> int:
+        return self._p.seq
+
+    @property
+    def tx(self) -> _dt.datetime | None:
+        return self._p.tx
+
+    @property
+    def ipid(self) -> int | None:
+        return self._p.ipid
+
+    @property
+    def reply_count(self) -> int:
+        return len(self._p.replies)
+
+    def reply(self, i: int = 0) -> ScamperDealiasReply | None:
+        """Reply ``i``, or None past the last (scamper's)."""
+        return ScamperDealiasReply(self._p.replies[i], self) if 0 <= i < len(self._p.replies) else None
+
+    def replies(self) -> Iterator[ScamperDealiasReply]:
+        return (ScamperDealiasReply(r, self) for r in self._p.replies)
+
+    def __repr__(self) -> str:
+        return f"ScamperDealiasProbe(dst={self._p.dst}, seq={self._p.seq}, replies={len(self._p.replies)})"
+
+
+class ScamperDealias:
+    """marionet's ``Dealias`` with scamper's module names: ``probes()`` and
+    ``probe(i)`` give ``ScamperDealiasProbe`` objects (whose ``probedef`` is
+    the object, not an index), ``probedefs()``/``probedef(i)``
+    ``ScamperDealiasProbedef``, times are datetimes/timedeltas, addresses
+    ``ScamperAddr``. marionet's own fields are reached through ``dealias``
+    (and, where scamper has no name of its own, as attributes)."""
+
+    __slots__ = ("dealias", "_defs", "_inst")
+
+    def __init__(self, dealias: Any, inst: Any = None) -> None:
+        if not isinstance(dealias, _results.Dealias):
+            raise TypeError(f"ScamperDealias wraps a marionet Dealias, not {type(dealias).__name__}")
+        self.dealias = dealias
+        self._defs = [ScamperDealiasProbedef._of(pd) for pd in dealias.probedefs]
+        self._inst = inst
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.dealias, name)
+
+    @property
+    def inst(self) -> Any:
+        """The instance that measured it (None for results read from a file)."""
+        return _inst(self._inst)
+
+    @property
+    def list(self) -> Any:
+        raise _no_meta("ScamperDealias.list")
+
+    @property
+    def cycle(self) -> Any:
+        raise _no_meta("ScamperDealias.cycle")
+
+    @property
+    def method(self) -> str:
+        return self.dealias.method
+
+    @property
+    def result(self) -> str:
+        return self.dealias.result
+
+    @property
+    def userid(self) -> int:
+        return self.dealias.userid
+
+    @property
+    def start(self) -> _dt.datetime:
+        return self.dealias.start
+
+    @property
+    def startat(self) -> _dt.datetime | None:
+        at = self.dealias.startat_ns
+        return None if at is None else _results.ns_to_datetime(at)
+
+    @property
+    def attempts(self) -> int:
+        return self.dealias.attempts
+
+    @property
+    def rounds(self) -> int:
+        return self.dealias.attempts
+
+    @property
+    def fudge(self) -> int:
+        return self.dealias.fudge
+
+    @property
+    def wait_probe(self) -> _dt.timedelta:
+        return _td(self.dealias.wait_probe_ns)  # type: ignore[return-value]
+
+    @property
+    def wait_round(self) -> _dt.timedelta:
+        return _td(self.dealias.wait_round_ns)  # type: ignore[return-value]
+
+    @property
+    def wait_timeout(self) -> _dt.timedelta:
+        return _td(self.dealias.wait_timeout_ns)  # type: ignore[return-value]
+
+    @property
+    def prefix(self) -> tuple[Any, ...] | None:
+        return self.dealias.prefix
+
+    @property
+    def schedule(self) -> list[ScamperDealiasMidardiscRound]:
+        return [ScamperDealiasMidardiscRound(_dt.timedelta(microseconds=off / 1000), b, e)
+                for off, b, e in self.dealias.schedule or ()]
+
+    @property
+    def probedef_count(self) -> int:
+        return len(self._defs)
+
+    def probedef(self, i: int) -> ScamperDealiasProbedef | None:
+        return self._defs[i] if 0 <= i < len(self._defs) else None
+
+    def probedefs(self) -> Iterator[ScamperDealiasProbedef]:
+        return iter(self._defs)
+
+    @property
+    def probe_count(self) -> int:
+        return len(self.dealias.probes)
+
+    def probe(self, i: int) -> ScamperDealiasProbe | None:
+        ps = self.dealias.probes
+        return ScamperDealiasProbe(ps[i], self._defs[ps[i].probedef]) if 0 <= i < len(ps) else None
+
+    def probes(self) -> Iterator[ScamperDealiasProbe]:
+        return (ScamperDealiasProbe(p, self._defs[p.probedef]) for p in self.dealias.probes)
+
+    def aliases(self) -> list[tuple[Addr, ...]]:
+        """What the method found (see ``Dealias.aliases``), as ``ScamperAddr`` tuples."""
+        return [tuple(Addr(a) for a in group) for group in self.dealias.aliases()]
+
+    def has_aliases(self) -> bool:
+        return self.dealias.has_aliases()
+
+    def is_ally(self) -> bool:
+        return self.dealias.method == "ally"
+
+    def is_mercator(self) -> bool:
+        return self.dealias.method == "mercator"
+
+    def is_radargun(self) -> bool:
+        return self.dealias.method == "radargun"
+
+    def is_prefixscan(self) -> bool:
+        return self.dealias.method == "prefixscan"
+
+    def is_bump(self) -> bool:
+        return self.dealias.method == "bump"
+
+    def is_midarest(self) -> bool:
+        return self.dealias.method == "midarest"
+
+    def is_midardisc(self) -> bool:
+        return self.dealias.method == "midardisc"
+
+    def is_result_aliases(self) -> bool:
+        return self.dealias.result == "aliases"
+
+    def is_result_not_aliases(self) -> bool:
+        return self.dealias.result == "not-aliases"
+
+    def is_result_none(self) -> bool:
+        return self.dealias.result == "none"
+
+    def is_result_halted(self) -> bool:
+        return self.dealias.result == "halted"
+
+    def is_result_ipid_echo(self) -> bool:
+        return self.dealias.result == "ipid-echo"
+
+    def to_json(self) -> dict[str, Any]:
+        return self.dealias.to_json()
+
+    def to_text(self) -> str:
+        return self.dealias.to_text()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ScamperDealias) and other.dealias == self.dealias
+
+    def __repr__(self) -> str:
+        return f"ScamperDealias({self.dealias.method}, {self.dealias.result}, {len(self.dealias.probes)} probes)"
+
+
+def _dealias_params(params: dict[str, Any]) -> dict[str, Any]:
+    """scamper-typed dealias arguments as the primitives take them:
+    probedef objects as dicts, schedule rounds as (ns, begin, end), a
+    datetime ``startat`` as ns since the epoch (endpoint clock)."""
+    out = dict(params)
+    pds = out.get("probedefs")
+    if isinstance(pds, ScamperDealiasProbedef):
+        pds = [pds]
+    if isinstance(pds, (list, tuple)):
+        out["probedefs"] = [p.to_params() if isinstance(p, ScamperDealiasProbedef) else p for p in pds]
+    sched = out.get("schedule")
+    if isinstance(sched, (list, tuple)):
+        out["schedule"] = [r.to_params() if isinstance(r, ScamperDealiasMidardiscRound) else r for r in sched]
+    at = out.get("startat")
+    if isinstance(at, _dt.datetime):
+        if at.tzinfo is None:
+            raise ValueError("startat must be a timezone-aware datetime (scamper's are UTC)")
+        out["startat"] = int(round(at.timestamp() * 1e6)) * 1000
+    return out
+
+
+def _with_inst(ctrl: Any, obj: Any) -> Any:
+    """A ScamperDealias from ``ctrl`` learns its instance from the VP name
+    marionet's Dealias carries (Dealias has no ``inst`` field of its own)."""
+    if isinstance(obj, ScamperDealias) and obj._inst is None and obj.dealias.vp:
+        obj._inst = getattr(ctrl._actrl, "_insts", {}).get(obj.dealias.vp)  # removed ones too
+    return obj
+
+
+_DEALIAS_DO = frozenset({"do_ally", "do_mercator", "do_radargun", "do_prefixscan", "do_midarest", "do_midardisc"})
+
+
 _TO_SCAMPER: dict[type, type] = {Ping: ScamperPing, Trace: ScamperTrace, DnsResult: ScamperHost,
                                  Http: ScamperHttp}
 _TO_MARIONET: dict[type, type] = {v: k for k, v in _TO_SCAMPER.items()}
@@ -238,6 +686,10 @@ _TO_MARIONET: dict[type, type] = {v: k for k, v in _TO_SCAMPER.items()}
 def as_scamper(obj: Any) -> Any:
     """``obj`` (a marionet result) as the compat class scripts expect; the
     same object, re-classed (no copy)."""
+    if type(obj) is _results.Dealias:
+        wrapped = ScamperDealias(obj)
+        _inst(getattr(obj, "inst", None))
+        return wrapped
     cls = _TO_SCAMPER.get(type(obj))
     if cls is not None:
         obj.__class__ = cls
@@ -250,6 +702,8 @@ def as_scamper(obj: Any) -> Any:
 def as_marionet(obj: Any) -> Any:
     """A compat result as marionet's own class (a shallow copy), for the
     writers, which dispatch on marionet's classes."""
+    if isinstance(obj, ScamperDealias):
+        return obj.dealias
     base = _TO_MARIONET.get(type(obj))
     if base is None:
         return obj
@@ -337,7 +791,8 @@ class ScamperVp(VpInfo):
 _FILE_CLASSES: dict[Any, type | tuple[type, ...]] = {
     ScamperPing: Ping, Ping: Ping, ScamperTrace: Trace, Trace: Trace, ScamperHost: DnsResult,
     DnsResult: DnsResult, ScamperHttp: Http, Http: Http, ScamperCycle: (CycleStart, CycleStop),
-    CycleStart: CycleStart, CycleStop: CycleStop}
+    CycleStart: CycleStart, CycleStop: CycleStop, ScamperDealias: _results.Dealias,
+    _results.Dealias: _results.Dealias}
 _SCAMPER_KINDS = {"warts": ("warts", None), "warts.gz": ("warts", "gzip"), "warts.bz2": ("warts", "bz2"),
                   "warts.xz": ("warts", "xz"), "json": ("json", None)}
 
@@ -483,14 +938,20 @@ def _converting(method: Callable[..., Any]) -> Callable[..., Any]:
     """A ``do_*`` whose ``sync=True`` result comes back as the compat class."""
 
     def call(self: "ScamperCtrl", *args: Any, **kw: Any) -> Any:
+        if method.__name__ in _DEALIAS_DO:
+            kw = _dealias_params(kw)
+            if method.__name__ in ("do_midarest", "do_midardisc") and args:
+                names = ("addrs", "probedefs") if method.__name__ == "do_midarest" else ("probedefs", "schedule")
+                kw.update(_dealias_params(dict(zip(names, args))))
+                args = ()
         try:
             r = method(self, *args, **kw)
         except InstError as e:
             _inst(e.inst)
             raise
         if isinstance(r, list):
-            return [as_scamper(x) for x in r]
-        return as_scamper(r)
+            return [_with_inst(self, as_scamper(x)) for x in r]
+        return _with_inst(self, as_scamper(r))
 
     call.__name__ = method.__name__
     call.__doc__ = method.__doc__
@@ -633,7 +1094,7 @@ class ScamperCtrl(Ctrl):
     # ------------------------------------------------------------ results
     def _poll_until(self, deadline: float | None, errors: str | None) -> Any:
         try:
-            return as_scamper(super()._poll_until(deadline, errors))
+            return _with_inst(self, as_scamper(super()._poll_until(deadline, errors)))
         except InstError as e:
             _inst(e.inst)
             raise
@@ -672,11 +1133,6 @@ _LATER = {"ScamperTracelb": "Tracelb", "ScamperTracelbNode": "TracelbNode", "Sca
           "ScamperUdpprobeProbe": "UdpprobeProbe", "ScamperUdpprobeReply": "UdpprobeReply",
           "ScamperSniff": "Sniff", "ScamperSniffPkt": "SniffPkt", "ScamperTbit": "Tbit"}
 _MISSING = {
-    "ScamperDealias": "the scamper-shaped dealias wrappers are not in the compat layer yet (use marionet.results.Dealias)",
-    "ScamperDealiasProbedef": "the scamper-shaped dealias wrappers are not in the compat layer yet (use marionet.results.Dealias)",
-    "ScamperDealiasProbe": "the scamper-shaped dealias wrappers are not in the compat layer yet (use marionet.results.Dealias)",
-    "ScamperDealiasReply": "the scamper-shaped dealias wrappers are not in the compat layer yet (use marionet.results.Dealias)",
-    "ScamperDealiasMidardiscRound": "the scamper-shaped dealias wrappers are not in the compat layer yet (use marionet.results.Dealias)",
     "ScamperNeighbourdisc": "neighbour discovery is not implemented in marionet",
     "ScamperSting": "sting is not implemented in marionet",
     "ScamperTracePmtud": "path MTU discovery results are not implemented in marionet",

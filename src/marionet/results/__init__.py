@@ -27,6 +27,7 @@ from .throughput import Throughput, ThroughputStop
 from .tracelb import (TRACELB_METHODS, Tracelb, TracelbLink, TracelbNode, TracelbProbe,
                       TracelbProbeset, TracelbReply, TracelbStop)
 from . import warts_host, warts_http  # noqa: F401,E402 - register their warts records
+from . import warts_dealias  # noqa: F401,E402 - registers warts type 9 (dealias)
 
 __all__ = [
     "Addr", "ns_to_datetime", "ns_to_timedelta",

@@ -27,6 +27,7 @@ from typing import IO, Any, Iterable, Iterator
 
 from . import jsonfmt
 from .cycle import CycleStart, CycleStop, UnknownResult
+from .dealias import Dealias
 from .errors import FormatError
 from .ping import Ping
 from .trace import Trace
@@ -41,6 +42,7 @@ _KINDS = ("json", "warts")
 _TYPE_NAMES: dict[str, type] = {
     "ping": Ping, "trace": Trace, "cycle-start": CycleStart,
     "cycle-stop": CycleStop,
+    "dealias": Dealias,
 }
 
 

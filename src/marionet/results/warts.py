@@ -3,7 +3,7 @@
 Warts is for interchange with existing scamper data sets (``warts_writer``
 writes it).  Ping and trace are decoded here; other result modules register
 their record types (``register``: tracelb, tbit, sniff, udpprobe, host,
-http).  Records nobody decodes (dealias, sting, ...) come back as
+http, dealias).  Records nobody decodes (sting, neighbourdisc, ...) come back as
 ``UnknownResult`` with their raw body, so mixed files still read.
 
 Format, as scamper writes it: each record is ``uint16 magic 0x1205,
