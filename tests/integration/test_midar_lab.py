@@ -125,3 +125,29 @@ def test_midardisc_refuses_a_startat_in_the_past(lab: Any) -> None:
     res = asyncio.run(_with_ctrl(lab, go))
     assert res.error and "in the past" in res.error
     assert not any(p.tx_ns for p in res.probes)
+
+
+def test_midar_cli_on_a_lab_it_builds(tmp_path: Any) -> None:
+    """``marionet midar --lab alias:N --skew VP=MS``: builds the lab, probes from its VPs, scores
+    against its truth, writes the sets and JSON, and removes the lab."""
+    import json
+    import subprocess
+    import sys
+
+    from marionet.lab.system import list_netns
+
+    before = set(list_netns())
+    cp = subprocess.run([sys.executable, "-m", "marionet", "midar", "--lab", "alias:30", "--skew", "vp3=-40",
+                         "--rate", "250", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    print(cp.stdout)
+    score = [ln for ln in cp.stdout.splitlines() if ln.startswith("precision")]
+    assert score and "pairs on routers that share no counter: 0" in score[0]
+    precision = float(score[0].split()[1])
+    assert precision >= 0.99
+    d = json.loads((tmp_path / "midar.json").read_text())
+    sets = [ln for ln in (tmp_path / "midar.sets").read_text().splitlines() if not ln.startswith("#")]
+    assert d["alias_sets"] and len(sets) == len(d["alias_sets"])
+    assert set(d["vp_targets"]) == {"vp1", "vp2", "vp3", "vp4"}
+    # the lab is gone again (other labs may come and go meanwhile: only this one's alias router counts)
+    assert not [ns for ns in set(list_netns()) - before if ns.endswith("-ar")]

@@ -2,10 +2,13 @@
 
 ``--targets FILE`` (one IPv4 address a line, '#' comments) probed from
 ``--vps a,b,c`` through a controller (the endpoints' dealias primitives),
-or with ``--simulate N`` over N emulated routers of mixed IP-ID behaviour
-in virtual time (the alias-router emulator's packet logic, no packets on
-the wire), which also prints precision and recall against its truth.
-Writes ``DIR/midar.sets`` (one alias set per line) and ``DIR/midar.json``.
+or on a lab it builds and removes again (``--lab SPEC.toml``, or
+``--lab alias:N`` for N emulated routers of mixed behaviour behind four
+VPs; ``--skew VP=MS`` skews a VP's clock), probing from the lab's VPs and
+scoring against the lab's alias truth; or with ``--simulate N`` over N
+emulated routers in virtual time (the alias-router emulator's packet logic,
+no packets on the wire). Writes ``DIR/midar.sets`` (one alias set per line)
+and ``DIR/midar.json``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ def add_midar_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca"), p.add_argument("--cert"), p.add_argument("--key")
     p.add_argument("--controller-insecure", action="store_true", help="plain TCP to the controller (loopback)")
     p.add_argument("--simulate", type=int, metavar="N", help="N emulated routers in virtual time instead")
+    p.add_argument("--lab", metavar="SPEC", help="build this lab (TOML file, or alias:N) and probe from its VPs "
+                   "(needs root)")
+    p.add_argument("--skew", action="append", default=[], metavar="VP=MS",
+                   help="with --lab alias:N: skew a VP's clock by MS milliseconds (repeatable)")
     p.add_argument("--rate", type=float, default=100.0, help="probes per second per VP (default 100)")
     p.add_argument("--methods", default="tcp-ack,udp,icmp-echo", help="probe methods, preferred first")
     p.add_argument("--out", metavar="DIR", required=True, help="directory for midar.sets and midar.json")
@@ -90,9 +97,11 @@ async def _main(args: argparse.Namespace) -> int:
         res = await run_midar(None, addrs, vps=names, rate_pps=args.rate, methods=methods,
                               prober=SimProber(cfg, vps))
         truth = cfg
+    elif args.lab:
+        res, truth = await _on_lab(args, methods)
     else:
         if not args.targets or not args.vps:
-            raise CliError("--targets and --vps are needed (or --simulate N)")
+            raise CliError("--targets and --vps are needed (or --lab SPEC, or --simulate N)")
         addrs = read_targets(args.targets)
         from marionet.client.actrl import AsyncCtrl
 
@@ -110,10 +119,104 @@ async def _main(args: argparse.Namespace) -> int:
     (out / "midar.json").write_text(res.to_json())
     print(f"{len(res.alias_sets)} alias sets, {len(res.pairs)} pairs; "
           f"probes {sum(st['probes_total'] for st in res.phases.values())}; wrote {out}/midar.sets, midar.json")
-    if truth is not None:
+    if truth is not None and "expected_pairs" in truth:
+        _print_lab_score(res, truth)
+    elif truth is not None:
         router_of = {a: r["name"] for r in truth["router"] for a in r["addresses"]}
         want = {tuple(sorted(p)) for r in truth["router"] if r["ipid"] in ("shared", "byteswapped")
                 and r["velocity"] < 40000 for p in itertools.combinations(r["addresses"], 2)}
         ok = {p for p in res.pairs if router_of.get(p[0]) == router_of.get(p[1])}
         print(f"precision {len(ok) / max(1, len(res.pairs)):.4f} recall {len(want & res.pairs) / max(1, len(want)):.4f}")
     return 0
+
+
+def _skews(items: list[str]) -> dict[str, float]:
+    out = {}
+    for it in items:
+        vp, sep, ms = it.partition("=")
+        try:
+            if not sep or not vp:
+                raise ValueError
+            out[vp] = float(ms)
+        except ValueError:
+            raise CliError(f"--skew {it!r}: expected VP=MS, e.g. vp2=50") from None
+    return out
+
+
+def lab_spec(arg: str, skews: list[str]) -> Any:
+    """The Spec ``--lab`` names: ``alias:N`` (alias_lab with N routers) or a TOML spec file."""
+    from marionet.lab.spec import SpecError, load_spec
+
+    if arg.startswith("alias:"):
+        from marionet.lab.aliaslab import alias_lab
+
+        try:
+            n = int(arg.split(":", 1)[1])
+        except ValueError:
+            raise CliError(f"--lab {arg!r}: expected alias:N with N a number of routers") from None
+        try:
+            return alias_lab(n, skew_ms=_skews(skews))
+        except ValueError as e:
+            raise CliError(f"--lab {arg}: {e}") from None
+    if skews:
+        raise CliError("--skew applies to --lab alias:N (set clock_skew_ms in a spec file's [[vp]] instead)")
+    try:
+        return load_spec(arg)
+    except (OSError, SpecError) as e:
+        raise CliError(f"--lab {arg}: {e}") from None
+
+
+async def _on_lab(args: argparse.Namespace, methods: list[str]) -> tuple[Any, Any]:
+    from marionet.lab.aliaslab import alias_targets
+    from marionet.lab.core import Lab
+    from marionet.lab.system import LabError
+
+    spec = lab_spec(args.lab, args.skew)
+    addrs = read_targets(args.targets) if args.targets else alias_targets(spec)
+    if not addrs:
+        raise CliError(f"--lab {args.lab}: the lab has no emulated alias routers; give --targets")
+    names = [n for n, node in spec.nodes.items() if node.kind == "vp"]
+    if args.vps:
+        want = args.vps.split(",")
+        unknown = [v for v in want if v not in names]
+        if unknown:
+            raise CliError(f"--vps: no VP {', '.join(unknown)} in the lab (VPs: {', '.join(names)})")
+        names = want
+    if not names:
+        raise CliError(f"--lab {args.lab}: the lab has no VPs")
+    print(f"building lab {spec.name}: {len(names)} VPs, {len(addrs)} targets …", file=sys.stderr)
+    try:
+        return await _run_on_lab(Lab(spec), spec, names, addrs, args, methods)
+    except LabError as e:
+        raise CliError(f"--lab {args.lab}: {e}") from None
+
+
+async def _run_on_lab(lab: Any, spec: Any, names: list[str], addrs: list[str], args: argparse.Namespace,
+                      methods: list[str]) -> tuple[Any, Any]:
+    from marionet.client.actrl import AsyncCtrl
+    from marionet.lab.aliaslab import alias_truth
+    from marionet.measure.midar import run_midar
+
+    with lab:
+        if lab.controller_address() is None:
+            raise CliError(f"--lab {args.lab}: the lab has no controller ([lab] controller = \"auto\")")
+        lab.wait_vps(30, names=names)
+        cert, key, ca = lab.client_tls()
+        async with AsyncCtrl(lab.controller_address(), cert=cert, key=key, ca=ca, vps=[]) as ctrl:
+            insts = await ctrl.add_vps(names)
+            res = await run_midar(ctrl, addrs, vps=insts, rate_pps=args.rate, methods=methods)
+    truth = alias_truth(spec)
+    return res, (truth if truth["routers"] else None)
+
+
+def _print_lab_score(res: Any, truth: dict[str, Any]) -> None:
+    owner = truth["owner"]
+    found = {tuple(sorted(p)) for p in res.pairs}
+    known = {p for p in found if p[0] in owner and p[1] in owner}
+    ok = {p for p in known if owner[p[0]] == owner[p[1]]}
+    never = set(truth["never_pairs_of"])
+    bad = sum(1 for p in known if owner[p[0]] in never or owner[p[1]] in never)
+    want, want_all = truth["expected_answering_pairs"], truth["expected_pairs"]
+    print(f"precision {len(ok) / max(1, len(known)):.4f} recall {len(want & found) / max(1, len(want)):.4f} "
+          f"(with silent routers {len(want_all & found) / max(1, len(want_all)):.4f}); "
+          f"pairs on routers that share no counter: {bad}")

@@ -512,19 +512,26 @@ class CtrlProber:
     the VP's measured offset).
     """
 
-    def __init__(self, ctrl: Any, vps: Sequence[Any], *, wait_timeout: float = 1.0) -> None:
+    def __init__(self, ctrl: Any, vps: Sequence[Any], *, wait_timeout: float = 1.0,
+                 offset_timeout: float = 10.0) -> None:
         self.ctrl = ctrl
         self.insts = {str(v.name): v for v in vps}
         self.wait_timeout = wait_timeout
+        self.offset_timeout = offset_timeout
 
     def now_ns(self) -> int:
         return time.time_ns()
 
-    def _offset(self, vp: str) -> tuple[int, int]:
+    async def _offset(self, vp: str) -> tuple[int, int]:
+        """The controller's estimate of the VP's clock offset and its uncertainty (RTT/2); a VP that
+        just attached may have none yet (the first keepalive exchange), so wait a little for it."""
         inst = self.insts[vp]
-        off = inst.clock_offset
-        if off is None:
-            raise ValueError(f"VP {vp}: no clock offset estimate yet (the controller has not pinged it)")
+        deadline = time.monotonic() + self.offset_timeout
+        while (off := inst.clock_offset) is None:
+            if time.monotonic() >= deadline:
+                raise ValueError(f"VP {vp}: no clock offset estimate after {self.offset_timeout:g} s "
+                                 f"(the controller has not exchanged a keepalive with it)")
+            await asyncio.sleep(0.1)
         off_ns = int(off / _dt.timedelta(microseconds=1)) * 1000
         rtt = getattr(inst, "clock_rtt_ns", None) or 0
         return off_ns, int(rtt) // 2
@@ -537,7 +544,7 @@ class CtrlProber:
         return [s for r in results for s in r]
 
     async def _run_vp(self, vp: str, pps: list[PlannedProbe], phase: str) -> list[IpidSample]:
-        off, err = self._offset(vp)
+        off, err = await self._offset(vp)
         inst = self.insts[vp]
         if phase == "estimation":
             addrs = list(dict.fromkeys(pp.addr for pp in pps))
