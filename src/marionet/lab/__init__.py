@@ -7,13 +7,14 @@ exports the ground truth it configured.
 
 from .spec import (Spec, SpecError, diamond_path, linear_path, load_spec, parse_dict, parse_spec, small_world,
                    throughput_path, vp_and_sink)
+from .aliaslab import alias_lab, alias_targets, alias_truth
 from .plan import rtt_bounds_ms
 from .system import LabError, NeedsRoot
 
 __all__ = [
     "Lab", "Spec", "SpecError", "LabError", "NeedsRoot",
     "linear_path", "diamond_path", "small_world", "throughput_path", "vp_and_sink", "load_spec", "parse_spec", "parse_dict",
-    "rtt_bounds_ms",
+    "rtt_bounds_ms", "alias_lab", "alias_targets", "alias_truth",
 ]
 
 
