@@ -190,3 +190,11 @@ def test_from_json_reads_scamper_output() -> None:
     assert d.probedefs[1].dport == 80
     with pytest.raises(ValueError):
         from_json({**json.loads(line), "method": "nope"})
+
+
+def test_probedef_json_tcp_flags_follow_the_method() -> None:
+    """scamper's tcp-syn-sport probes (read from its warts) are SYNs; ours are ACKs."""
+    from marionet.results.dealias import DealiasProbedef, _probedef_json
+
+    assert _probedef_json(DealiasProbedef(0, "tcp-syn-sport", "10.0.0.1", sport=1, dport=80))["tcp_flags"] == 2
+    assert _probedef_json(DealiasProbedef(0, "tcp-ack-sport", "10.0.0.1", sport=1, dport=80))["tcp_flags"] == 16

@@ -125,18 +125,8 @@ def plan_estimation(split: Mapping[str, Sequence[str]], methods: Sequence[str], 
                     start_ns: int) -> list[PlannedProbe]:
     """Each VP probes its own share of targets with every method, round
     after round, at ``rate_pps``."""
-    if rate_pps <= 0:
-        raise ValueError(f"rate_pps {rate_pps!r} must be > 0")
-    gap = 1e9 / rate_pps
-    out = []
-    for vp, addrs in split.items():
-        k = 0
-        for _ in range(rounds):
-            for a in addrs:
-                for m in methods:
-                    out.append(PlannedProbe(vp, a, m, start_ns + int(k * gap)))
-                    k += 1
-    return out
+    return _paced(split, rate_pps, start_ns,
+                  lambda addrs: ((a, m) for _ in range(rounds) for a in addrs for m in methods))
 
 
 def plan_fast(split: Mapping[str, Sequence[str]], methods: Sequence[str], rounds: int, rate_pps: float,
@@ -147,18 +137,18 @@ def plan_fast(split: Mapping[str, Sequence[str]], methods: Sequence[str], rounds
     each address's ``rounds`` × methods probes back to back at ``rate_pps``,
     so consecutive samples are milliseconds apart. Random-ID routers stay
     non-monotonic at any spacing."""
+    return _paced(split, rate_pps, start_ns,
+                  lambda addrs: ((a, m) for a in addrs for _ in range(rounds) for m in methods))
+
+
+def _paced(split: Mapping[str, Sequence[str]], rate_pps: float, start_ns: int,
+           order: Any) -> list[PlannedProbe]:
+    """Each VP's (address, method) sequence ``order(its share)`` at ``rate_pps``."""
     if rate_pps <= 0:
         raise ValueError(f"rate_pps {rate_pps!r} must be > 0")
     gap = 1e9 / rate_pps
-    out = []
-    for vp, addrs in split.items():
-        k = 0
-        for a in addrs:
-            for _ in range(rounds):
-                for m in methods:
-                    out.append(PlannedProbe(vp, a, m, start_ns + int(k * gap)))
-                    k += 1
-    return out
+    return [PlannedProbe(vp, a, m, start_ns + int(k * gap))
+            for vp, addrs in split.items() for k, (a, m) in enumerate(order(addrs))]
 
 
 def plan_rounds(groups: Sequence[Sequence[str]], method_of: Mapping[str, str], vps: Sequence[str], rounds: int,

@@ -272,7 +272,9 @@ def _probedef_json(pd: DealiasProbedef) -> dict[str, Any]:
     elif pd.method.startswith("udp"):
         d.update(udp_sport=pd.sport or 0, udp_dport=pd.dport or 0)
     else:
-        d.update(tcp_sport=pd.sport or 0, tcp_dport=pd.dport or 0, tcp_flags=0x10)
+        # SYN for scamper's tcp-syn-sport (read from scamper's files), ACK for the tcp-ack methods.
+        d.update(tcp_sport=pd.sport or 0, tcp_dport=pd.dport or 0,
+                 tcp_flags=0x02 if pd.method == "tcp-syn-sport" else 0x10)
     return d
 
 
