@@ -12,30 +12,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from typing import Any, Iterator
 
 import pytest
 
-from marionet.lab.spec import parse_dict
 from marionet.measure.dealias import ally, mercator, midardisc, midarest, prefixscan, radargun
 from marionet.results import Dealias, from_json
 
+from .dealiaslab import MERC, PI, RND, SH, dealias_lab
 from .labclient import client_endpoint, task_result
 
 pytestmark = [pytest.mark.root]
 
-SH = ["10.200.0.1", "10.200.0.2", "10.200.0.3"]  # one shared counter
-PI = ["10.200.0.11", "10.200.0.12"]  # per-interface counters
-RND = ["10.200.0.31", "10.200.0.32"]  # random IDs
-MERC = ["10.200.0.21", "10.200.0.22", "fd00:c8::21", "fd00:c8::22"]  # port unreachables from .21 / ::21
-ROUTERS = [
-    {"name": "sh", "ipid": "shared", "addresses": SH, "velocity": 50.0},
-    {"name": "pi", "ipid": "per-interface", "addresses": PI},
-    {"name": "rnd", "ipid": "random", "addresses": RND},
-    {"name": "merc", "ipid": "shared", "addresses": MERC, "udp_reply_source": [MERC[0], MERC[2]]},
-]
 SCAMPER = shutil.which("scamper")
 needs_scamper = pytest.mark.skipif(SCAMPER is None, reason="Debian's scamper not installed")
 PLACEMENTS = ("native", "remote", "endpoint")
@@ -43,25 +32,8 @@ PLACEMENTS = ("native", "remote", "endpoint")
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Any]:
-    from marionet.lab.pytest_plugin import make_lab
-
-    spec = parse_dict({
-        "lab": {"name": "dealias", "controller": False},
-        "host": [{"name": "client"}], "router": [{"name": "r1"}],
-        "aliasrouter": [{"name": "ar", "options": {"seed": 3, "routers": ROUTERS}}],
-        "link": [{"a": "client", "b": "r1"}, {"a": "r1", "b": "ar"}]})
-    with make_lab(spec) as lab:
-        assert not lab.warnings, lab.warnings
-        _warm(lab)
+    with dealias_lab("dealias") as lab:
         yield lab
-
-
-def _warm(lab: Any) -> None:
-    for _ in range(20):
-        if lab.exec("client", ["ping", "-c", "1", "-W", "1", SH[0]]).returncode == 0:
-            return
-        time.sleep(0.2)
-    raise RuntimeError("the emulator does not answer")
 
 
 async def _three(lab: Any, name: str, fn: Any, *args: Any, **params: Any) -> dict[str, Dealias]:

@@ -23,41 +23,21 @@ from typing import Any, Iterator
 
 import pytest
 
-from marionet.lab.spec import parse_dict
 from marionet.measure.dealias import ally, mercator, midardisc, midarest, prefixscan, radargun
 from marionet.results import Dealias, File
 
+from .dealiaslab import MERC, PI, SH, dealias_lab
 from .labclient import client_endpoint
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(shutil.which("scamper") is None or shutil.which("sc_warts2json") is None,
                                  reason="Debian's scamper and sc_warts2json not installed")]
 
-SH = ["10.200.0.1", "10.200.0.2", "10.200.0.3"]
-PI = ["10.200.0.11", "10.200.0.12"]
-MERC = ["10.200.0.21", "10.200.0.22", "fd00:c8::21", "fd00:c8::22"]
-ROUTERS = [
-    {"name": "sh", "ipid": "shared", "addresses": SH, "velocity": 50.0},
-    {"name": "pi", "ipid": "per-interface", "addresses": PI},
-    {"name": "merc", "ipid": "shared", "addresses": MERC, "udp_reply_source": [MERC[0], MERC[2]]},
-]
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Any]:
-    from marionet.lab.pytest_plugin import make_lab
-
-    spec = parse_dict({
-        "lab": {"name": "wartsdealias", "controller": False},
-        "host": [{"name": "client"}], "router": [{"name": "r1"}],
-        "aliasrouter": [{"name": "ar", "options": {"seed": 3, "routers": ROUTERS}}],
-        "link": [{"a": "client", "b": "r1"}, {"a": "r1", "b": "ar"}]})
-    with make_lab(spec) as lab:
-        assert not lab.warnings, lab.warnings
-        for _ in range(20):
-            if lab.exec("client", ["ping", "-c", "1", "-W", "1", SH[0]]).returncode == 0:
-                break
-            time.sleep(0.2)
+    with dealias_lab("wartsdealias") as lab:
         yield lab
 
 
