@@ -51,6 +51,7 @@ __all__ = [
     "samples_from_dealias",
     "plan_estimation",
     "plan_rounds",
+    "plan_set_rounds",
     "components",
     "run_midar",
     "run_midar_with",
@@ -180,6 +181,37 @@ def plan_rounds(groups: Sequence[Sequence[str]], method_of: Mapping[str, str], v
     return out
 
 
+def plan_set_rounds(batches: Sequence[Sequence[Sequence[str]]], method_of: Mapping[str, str], vps: Sequence[str],
+                    rounds: int, rate_pps: float, start_ns: int) -> list[PlannedProbe]:
+    """Elimination and corroboration: batches of candidate sets one after
+    another; each round over a batch visits its sets in turn and a set's
+    addresses back to back (rotated by one each round, so every pair is
+    seen in both orders), at ``rate_pps`` per VP, the i-th probe of a round
+    from VP i + round. Why back to back: two routers whose counters run
+    at one velocity a fraction of a second apart pass the MBT when their
+    samples are far apart in time and fail at once when close (MIDAR
+    probes a candidate set in quick succession); the bursts this sends a
+    slow router are allowed for by the MBT's ``own`` probes."""
+    if not vps:
+        raise ValueError("plan_set_rounds: no VPs")
+    if rate_pps <= 0:
+        raise ValueError(f"rate_pps {rate_pps!r} must be > 0")
+    gap = 1e9 / (rate_pps * len(vps))
+    out = []
+    k = 0
+    for batch in batches:
+        for r in range(rounds):
+            j = 0
+            for cs in batch:
+                n = len(cs)
+                for i in range(n):
+                    a = cs[(i + r) % n]
+                    out.append(PlannedProbe(vps[(j + r) % len(vps)], a, method_of[a], start_ns + int(k * gap)))
+                    k += 1
+                    j += 1
+    return out
+
+
 def _spread_stride(n: int) -> int:
     """A stride coprime with n near n/φ²: walking a velocity-sorted group
     with it puts neighbours (likely aliases) far apart in time, so a slow
@@ -215,16 +247,18 @@ def components(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
     return out
 
 
-def _batches(sets: Sequence[Sequence[str]], limit: int) -> list[list[str]]:
-    """Candidate sets packed into probing groups of at most ``limit``
-    addresses (a set larger than the limit is its own group)."""
-    out: list[list[str]] = []
-    cur: list[str] = []
+def _set_batches(sets: Sequence[Sequence[str]], limit: int) -> list[list[Sequence[str]]]:
+    """Candidate sets packed, whole, into batches of at most ``limit``
+    addresses (a set larger than the limit is its own batch)."""
+    out: list[list[Sequence[str]]] = []
+    cur: list[Sequence[str]] = []
+    size = 0
     for s in sets:
-        if cur and len(cur) + len(s) > limit:
+        if cur and size + len(s) > limit:
             out.append(cur)
-            cur = []
-        cur.extend(s)
+            cur, size = [], 0
+        cur.append(s)
+        size += len(s)
     if cur:
         out.append(cur)
     return out
@@ -317,7 +351,7 @@ def _phase_stats(plan: Sequence[PlannedProbe], samples: Sequence[IpidSample], t0
             "replies": sum(1 for s in samples if s.answered), "wall_s": round(time.monotonic() - t0, 3)}
 
 
-_REASON_RANK = {"ok": 0, "fast": 1, "non-monotonic": 2, "constant": 3, "few-replies": 4}
+_REASON_RANK = {"ok": 0, "fast": 1, "irregular": 2, "non-monotonic": 3, "constant": 4, "few-replies": 5}
 
 
 # ---------------------------------------------------------------- driver
@@ -401,10 +435,11 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
         t0 = time.monotonic()
         sets = components(pairs)
         tested = _all_pairs(sets)
-        plan = plan_rounds(_batches(sets, p.max_window), method_of, vps, rounds, p.rate_pps,
-                           prober.now_ns() + lead)
+        plan = plan_set_rounds(_set_batches(sets, p.max_window), method_of, vps, rounds, p.rate_pps,
+                               prober.now_ns() + lead)
         samples = unswap(await prober.run(plan, phase)) if plan else []
-        passed, _ = candidate_pairs(samples, params=p.mbt, pairs=tested)
+        set_of = {a: i for i, cs in enumerate(sets) for a in cs}
+        passed, _ = candidate_pairs(samples, params=p.mbt, pairs=tested, groups=set_of)
         st = {**_phase_stats(plan, samples, t0), "sets": len(sets), "tested": len(tested),
               "passed": len(passed), "eliminated": len(pairs - passed)}
         phases[phase] = st

@@ -12,9 +12,10 @@ alias-router emulator.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -127,6 +128,16 @@ def _fit_velocity(samples: Sequence[IpidSample], ids: Sequence[int]) -> tuple[fl
     return slope, math.sqrt(resid / (n - 2) / sxx)
 
 
+def _max_residual(samples: Sequence[IpidSample], ids: Sequence[int], slope: float) -> float:
+    """Largest distance (IDs) of the unwrapped series from its least-squares
+    line of slope ``slope`` (IDs/s)."""
+    u = unwrap(ids)
+    t = [_mid(s) / 1e9 for s in samples]
+    n = len(t)
+    mt, mu = sum(t) / n, sum(u) / n
+    return max(abs(y - mu - slope * (x - mt)) for x, y in zip(t, u))
+
+
 def _monotonic_steps(samples: Sequence[IpidSample], ids: Sequence[int], max_step: int) -> bool:
     """Every forward step below ``max_step`` (a smaller step than half the
     space: larger ones look like going backwards) and not zero."""
@@ -146,7 +157,7 @@ class Estimate:
     sent: int
     replies: int
     usable: bool
-    reason: str  # "ok" | "few-replies" | "constant" | "non-monotonic" | "fast"
+    reason: str  # "ok" | "few-replies" | "constant" | "non-monotonic" | "irregular" | "fast"
     velocity: float = 0.0  # IDs per second
     velocity_err: float = 0.0
     swapped: bool = False
@@ -158,16 +169,28 @@ class Estimate:
 
 
 def estimate(samples: Sequence[IpidSample], *, min_replies: int = 5, min_reply_fraction: float = 0.5,
-             max_step: int = HALF) -> Estimate:
+             max_step: int = HALF, max_residual_ids: float = 32.0,
+             max_residual_fraction: float = 0.25) -> Estimate:
     """MIDAR's estimation test for one address and method.
 
     Usable when enough probes were answered, the IDs are not constant (zero
     counters), every step is forward by less than half the ID space (random
-    IDs fail this almost surely: each step has probability ½), and the
-    velocity is low enough that the widest gap between samples cannot hide a
-    wrap. Byte-swapped counters: when the swapped series is monotonic too,
-    the lower-velocity reading wins (MIDAR's rule), so a little-endian
-    counter is read unswapped.
+    IDs fail this almost surely: each step has probability ½), the series
+    lies close to a line, and the velocity is low enough that the widest
+    gap between samples cannot hide a wrap.
+
+    The line test ("irregular" otherwise): no sample further from the fit
+    than ``max_residual_ids`` (our own probes' replies arrive in bursts) or
+    ``max_residual_fraction`` of the typical step between samples. A
+    random series that happened to step forward every time (2⁻⁹ for ten
+    samples) or a counter too fast for the sampling intervals (its
+    velocity aliases; the intervals vary) scatters by thousands of IDs; a
+    real counter by a few. Without it, sampling intervals short enough for
+    fast counters let such series pass the wrap check.
+
+    Byte-swapped counters: when the swapped series passes too, the
+    lower-velocity reading wins (MIDAR's rule), so a little-endian counter
+    is read unswapped.
     """
     if not samples:
         raise ValueError("estimate: no samples")
@@ -183,15 +206,21 @@ def estimate(samples: Sequence[IpidSample], *, min_replies: int = 5, min_reply_f
     raw = [s.ipid for s in got]  # type: ignore[misc]
     if len(set(raw)) == 1:
         return Estimate(**base, usable=False, reason="constant")  # type: ignore[arg-type]
+    gaps = sorted((b.tx_ns - a.tx_ns) / 1e9 for a, b in zip(got, got[1:]))
+    typical_gap = gaps[len(gaps) // 2]
     readings = []
+    monotonic = False
     for swapped in (False, True):
         ids = [byteswap(v) for v in raw] if swapped else list(raw)  # type: ignore[arg-type]
         if _monotonic_steps(got, ids, max_step):
+            monotonic = True
             v, err = _fit_velocity(got, ids)
-            readings.append((v, err, swapped))
+            tol = max(max_residual_ids, max_residual_fraction * v * typical_gap)
+            if _max_residual(got, ids, v) <= tol:
+                readings.append((v, err, swapped))
     if not readings:
-        return Estimate(**base, usable=False, reason="non-monotonic")  # type: ignore[arg-type]
-    # Both byte orders monotonic: the lower velocity wins (MIDAR's rule),
+        return Estimate(**base, usable=False, reason="irregular" if monotonic else "non-monotonic")  # type: ignore[arg-type]
+    # Both byte orders pass: the lower velocity wins (MIDAR's rule),
     # unless it fits a line far worse than the other (a fast counter whose
     # swapped bytes happen to step forward: the misreading scatters).
     readings.sort()
@@ -252,7 +281,61 @@ class MbtParams:
     slack_ids: int = 3
 
 
-def mbt(series: Sequence[IpidSample], velocity: float, params: MbtParams = MbtParams()) -> bool:
+_Bound = tuple[int, int, int]  # (lo_ns, hi_ns, ipid) of an answered sample
+
+
+def _bounds(series: Iterable[IpidSample]) -> list[_Bound]:
+    """Answered samples as (lo, hi, ipid) in the MBT's order."""
+    return sorted((s.lo_ns, s.hi_ns, s.ipid) for s in series if s.answered)  # type: ignore[misc]
+
+
+class _Overlaps:
+    """Counts the samples of a set whose bounds meet a time span (bisect on
+    their sorted lo and hi ends): our own probes that may have been
+    answered by one counter between two of its samples."""
+
+    __slots__ = ("los", "his")
+
+    def __init__(self, bounds: Iterable[_Bound]) -> None:
+        bs = list(bounds)
+        self.los = sorted(b[0] for b in bs)
+        self.his = sorted(b[1] for b in bs)
+
+    def count(self, lo: int, hi: int) -> int:
+        return bisect.bisect_right(self.los, hi) - bisect.bisect_left(self.his, lo)
+
+
+def _mbt_bounds(got: Sequence[_Bound], vmax: float, slack: float,
+                extra: Callable[[int, int], int] | None = None) -> bool:
+    """The MBT walk over sorted bounds (vmax in IDs/ns). A step that breaks
+    the bound is re-checked with one more ID of slack for every other
+    sample — of the series itself, and ``extra``'s — whose bounds meet the
+    step's span: each may have been answered in between (computed only
+    then: most steps pass or fail by far)."""
+    if len(got) < 2:
+        return False
+    mine: _Overlaps | None = None
+    for (alo, ahi, aid), (blo, bhi, bid) in zip(got, got[1:]):
+        st = ((bid - aid + HALF) % WRAP) - HALF
+        if st == 0:
+            return False
+        upper = vmax * (bhi - alo) + slack
+        lower = 1 if ahi < blo else -vmax * (ahi - blo) - slack
+        if lower <= st <= upper:
+            continue
+        if mine is None:
+            mine = _Overlaps(got)
+        allow = mine.count(alo, bhi) - 2 + (extra(alo, bhi) if extra is not None else 0)
+        if ahi < blo:
+            if not 1 <= st <= upper + allow:
+                return False
+        elif not lower - allow <= st <= upper + allow:
+            return False
+    return True
+
+
+def mbt(series: Sequence[IpidSample], velocity: float, params: MbtParams = MbtParams(), *,
+        own: Sequence[IpidSample] = ()) -> bool:
     """The Monotonic Bounds Test on a (merged) series.
 
     Each answered sample's IP-ID was chosen at an unknown instant inside
@@ -262,9 +345,16 @@ def mbt(series: Sequence[IpidSample], velocity: float, params: MbtParams = MbtPa
     (IDs/s, widened by ``params``): with s the signed step b − a mod 2¹⁶,
 
     - if a's interval ends before b's begins (a certainly came first):
-      1 ≤ s ≤ vmax · (b.hi − a.lo);
+      1 ≤ s ≤ vmax · (b.hi − a.lo) + slack;
     - if the intervals overlap (either order possible):
-      −vmax · (a.hi − b.lo) − slack ≤ s ≤ vmax · (b.hi − a.lo), s ≠ 0.
+      −vmax · (a.hi − b.lo) − slack ≤ s ≤ vmax · (b.hi − a.lo) + slack, s ≠ 0.
+
+    ``own``: our other probes that the same counter may have answered (the
+    rest of the candidate set, in elimination): each one whose bounds meet
+    [a.lo, b.hi] adds one ID to that step's slack. Probes to one router
+    arrive in bursts (a set probed back to back) that an average velocity
+    cannot explain; counting them keeps a slow router's aliases, and costs
+    precision nothing — other routers' counters are hundreds of IDs apart.
 
     Two different counters (other routers, per-interface counters, the
     same velocity at another offset) break the bound almost at once; a
@@ -273,24 +363,8 @@ def mbt(series: Sequence[IpidSample], velocity: float, params: MbtParams = MbtPa
     """
     if velocity < 0 or not math.isfinite(velocity):
         raise ValueError(f"mbt: velocity {velocity!r} must be a finite number >= 0")
-    got = sorted((s for s in series if s.answered), key=lambda s: (s.lo_ns, s.hi_ns))
-    if len(got) < 2:
-        return False
-    vmax = velocity * (1 + params.velocity_tolerance) / 1e9  # IDs per ns
-    slack = params.slack_ids
-    for a, b in zip(got, got[1:]):
-        s = ((b.ipid - a.ipid + HALF) % WRAP) - HALF  # type: ignore[operator]
-        if s == 0:
-            return False
-        upper = vmax * (b.hi_ns - a.lo_ns) + slack
-        if a.hi_ns < b.lo_ns:
-            if not 1 <= s <= upper:
-                return False
-        else:
-            lower = -vmax * (a.hi_ns - b.lo_ns) - slack
-            if not lower <= s <= upper:
-                return False
-    return True
+    extra = _Overlaps(_bounds(own)).count if own else None
+    return _mbt_bounds(_bounds(series), velocity * (1 + params.velocity_tolerance) / 1e9, params.slack_ids, extra)
 
 
 def _compatible(va: float, ea: float, vb: float, eb: float, tol: float, abs_tol: float) -> bool:
@@ -337,42 +411,65 @@ def sliding_windows(addrs_by_velocity: Sequence[str], size: int) -> list[list[st
 
 def candidate_pairs(samples: Iterable[IpidSample], *, params: MbtParams = MbtParams(),
                     abs_velocity_tolerance: float = 2.0,
-                    pairs: Iterable[tuple[str, str]] | None = None) -> tuple[set[tuple[str, str]], dict[str, str]]:
+                    pairs: Iterable[tuple[str, str]] | None = None,
+                    groups: Mapping[str, object] | None = None) -> tuple[set[tuple[str, str]], dict[str, str]]:
     """Pairs of addresses whose merged series pass the MBT.
 
     First each address's own series must pass the MBT at its own velocity
     (per-destination counters, seen from several VPs, fail here). Then the
     pairs with compatible velocities — all of them, or only ``pairs`` —
     are tested merged, bounded by the higher of the two velocities.
+    ``groups`` (address → candidate set): the other addresses of a pair's
+    set count as ``own`` probes in its MBT (see :func:`mbt`).
     Returns (passing pairs as sorted tuples, {address: why it was dropped}).
     """
     series: dict[str, list[IpidSample]] = defaultdict(list)
     for s in samples:
         series[s.addr].append(s)
+    bounds = {a: _bounds(ss) for a, ss in series.items()}
+    tol, slack = params.velocity_tolerance, params.slack_ids
     vel: dict[str, float] = {}
     dropped: dict[str, str] = {}
     for a, ss in series.items():
         v = series_velocity(ss)
-        if sum(1 for s in ss if s.answered) < 3:
+        if len(bounds[a]) < 3:
             dropped[a] = "few-replies"
-        elif not mbt(ss, v, params):
+        elif not _mbt_bounds(bounds[a], v * (1 + tol) / 1e9, slack):
             dropped[a] = "self-mbt"
         else:
             vel[a] = v
     if pairs is None:
         order = sorted(vel, key=vel.__getitem__)
-        todo = [(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, len(order))
-                if _compatible(vel[order[i]], 0, vel[order[j]], 0, params.velocity_tolerance,
-                               abs_velocity_tolerance)]
+        todo = []
+        for i, a in enumerate(order):
+            for b in order[i + 1:]:
+                if not _compatible(vel[a], 0, vel[b], 0, tol, abs_velocity_tolerance):
+                    break  # sorted: every later velocity is further away
+                todo.append((a, b))
     else:
         todo = [p for p in pairs if p[0] in vel and p[1] in vel]
+    group_overlaps: dict[object, _Overlaps] = {}
+    addr_overlaps: dict[str, _Overlaps] = {}
+    if groups is not None:
+        members: dict[object, list[_Bound]] = defaultdict(list)
+        for a, g in groups.items():
+            members[g].extend(bounds.get(a, ()))
+        group_overlaps = {g: _Overlaps(bs) for g, bs in members.items()}
     out = set()
     for a, b in todo:
         if a == b:
             continue
-        if not _compatible(vel[a], 0, vel[b], 0, params.velocity_tolerance, abs_velocity_tolerance):
+        if not _compatible(vel[a], 0, vel[b], 0, tol, abs_velocity_tolerance):
             continue
-        if mbt(series[a] + series[b], max(vel[a], vel[b]), params):
+        extra = None
+        if groups is not None and a in groups and groups[a] == groups.get(b):
+            ga = group_overlaps[groups[a]]
+            oa = addr_overlaps.get(a) or addr_overlaps.setdefault(a, _Overlaps(bounds[a]))
+            ob = addr_overlaps.get(b) or addr_overlaps.setdefault(b, _Overlaps(bounds[b]))
+
+            def extra(lo: int, hi: int, ga: _Overlaps = ga, oa: _Overlaps = oa, ob: _Overlaps = ob) -> int:
+                return ga.count(lo, hi) - oa.count(lo, hi) - ob.count(lo, hi)
+        if _mbt_bounds(sorted(bounds[a] + bounds[b]), max(vel[a], vel[b]) * (1 + tol) / 1e9, slack, extra):
             out.add((a, b) if a < b else (b, a))
     return out, dropped
 
