@@ -37,8 +37,7 @@ from .midar_analysis import (
     best_methods,
     candidate_pairs,
     estimate_all,
-    sliding_windows,
-    window_size,
+    velocity_windows,
 )
 
 __all__ = [
@@ -281,7 +280,8 @@ class MidarParams:
     discovery_rounds: int = 6
     elimination_rounds: int = 6
     corroboration_rounds: int = 6
-    max_window: int = 400
+    max_window: int = 400  # addresses per elimination/corroboration batch
+    min_window: int = 100  # discovery windows (sized by velocity density) merged up to this
     estimation_round_s: float = 2.0  # one estimation round of a batch (sampling interval < 2x this)
     lead_s: float = 0.5  # how far ahead of now each phase is scheduled
     mbt: MbtParams = MbtParams()
@@ -296,6 +296,8 @@ class MidarParams:
                 raise ValueError(f"{n} {getattr(self, n)!r} must be >= 2")
         if self.estimation_round_s <= 0:
             raise ValueError(f"estimation_round_s {self.estimation_round_s!r} must be > 0")
+        if self.min_window < 2:
+            raise ValueError(f"min_window {self.min_window!r} must be >= 2")
         if self.max_window < 2:
             raise ValueError(f"max_window {self.max_window!r} must be >= 2")
 
@@ -405,9 +407,9 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
     # Discovery: sliding windows over the velocity-sorted usable addresses.
     t0 = time.monotonic()
     order = sorted(chosen, key=lambda a: (chosen[a].velocity, a))
-    size = window_size([chosen[a].velocity for a in order], tolerance=p.mbt.velocity_tolerance,
-                       max_size=p.max_window)
-    windows = sliding_windows(order, size)
+    windows = velocity_windows(order, [chosen[a].velocity for a in order], tolerance=p.mbt.velocity_tolerance,
+                               min_size=p.min_window, rate_pps=p.rate_pps * len(vps))
+    size = max((len(w) for w in windows), default=0)
     plan = plan_rounds(windows, method_of, vps, p.discovery_rounds, p.rate_pps, prober.now_ns() + lead)
     samples = unswap(await prober.run(plan, "discovery"))
     # Each window was probed in its own stretch of time: analyse each

@@ -31,6 +31,7 @@ __all__ = [
     "mbt",
     "window_size",
     "sliding_windows",
+    "velocity_windows",
     "candidate_pairs",
     "alias_sets_from_pairs",
 ]
@@ -409,6 +410,108 @@ def sliding_windows(addrs_by_velocity: Sequence[str], size: int) -> list[list[st
         start += step
 
 
+def velocity_windows(addrs_by_velocity: Sequence[str], velocities: Sequence[float], *, tolerance: float = 0.25,
+                     abs_tolerance: float = 2.0, min_size: int = 100, max_size: int = 20_000,
+                     rate_pps: float | None = None) -> list[list[str]]:
+    """Discovery windows sized by the local density of velocities.
+
+    ``reach(i)``: the last address (velocity-sorted) whose velocity is
+    compatible with address i's. Blocks run from an address to its reach;
+    a window is its block plus the reach of the block's last address, so
+    every compatible pair shares a window — MIDAR's half-overlapping
+    sliding window, with the width following the density instead of one
+    width for the whole list. Why: one global width capped at a few hundred
+    addresses left the pairs of a dense velocity band (slow counters: 4,400
+    addresses within one tolerance at 20k targets) in no common window.
+    Consecutive small windows are merged up to ``min_size`` addresses (a
+    window's round lasts size / rate; a tiny one would probe its addresses
+    many times a second); ``max_size`` is a safety cap. ``rate_pps`` (the
+    aggregate probing rate): a window is also cut where one round over it
+    would let its fastest counter move a quarter of the ID space.
+    """
+    n = len(addrs_by_velocity)
+    if len(velocities) != n:
+        raise ValueError(f"velocity_windows: {n} addresses but {len(velocities)} velocities")
+    if min_size < 2 or max_size < min_size:
+        raise ValueError(f"velocity_windows: need 2 <= min_size {min_size} <= max_size {max_size}")
+    if any(b < a for a, b in zip(velocities, velocities[1:])):
+        raise ValueError("velocity_windows: addresses must be sorted by velocity")
+    if n == 0:
+        return []
+    reach = [0] * n
+    j = 0
+    for i, v in enumerate(velocities):
+        j = max(j, i)
+        while j + 1 < n and velocities[j + 1] - v <= tolerance * velocities[j + 1] + abs_tolerance:
+            j += 1
+        reach[i] = j
+    spans: list[tuple[int, int]] = []
+    b = 0
+    while b < n:
+        e = reach[b]
+        hi = min(reach[e], b + max_size - 1)
+        if rate_pps:
+            while hi > b + 1 and velocities[hi] * (hi - b + 1) / rate_pps > WRAP / 4:
+                hi -= 1
+        spans.append((b, hi))
+        b = max(e, b) + 1 if hi >= e else hi + 1
+    out: list[list[str]] = []
+    cur_lo, cur_hi = spans[0]
+    for lo, hi in spans[1:]:
+        if hi - cur_lo + 1 <= min_size:
+            cur_hi = max(cur_hi, hi)
+        else:
+            out.append(list(addrs_by_velocity[cur_lo : cur_hi + 1]))
+            cur_lo, cur_hi = lo, hi
+    out.append(list(addrs_by_velocity[cur_lo : cur_hi + 1]))
+    return out
+
+
+def _line(bounds: Sequence[_Bound], t0: int) -> tuple[float, float, float, int]:
+    """(velocity IDs/s, its standard error, counter value mod 2¹⁶ at t0,
+    widest gap between samples in ns) of one address's sorted bounds."""
+    ids = [b[2] for b in bounds]
+    u = unwrap(ids)
+    t = [(b[0] + b[1]) / 2e9 for b in bounds]
+    n = len(t)
+    mt, mu = sum(t) / n, sum(u) / n
+    sxx = sum((x - mt) ** 2 for x in t)
+    slope = sum((x - mt) * (y - mu) for x, y in zip(t, u)) / sxx if sxx > 0 else 0.0
+    err = 0.0
+    if n > 2 and sxx > 0:
+        err = math.sqrt(sum((y - mu - slope * (x - mt)) ** 2 for x, y in zip(t, u)) / (n - 2) / sxx)
+    at = (ids[0] + mu + slope * (t0 / 1e9 - mt)) % WRAP
+    gap = max((b2[1] - b1[0] for b1, b2 in zip(bounds, bounds[1:])), default=0)
+    return max(0.0, slope), err, at, gap
+
+
+def _offset_neighbours(lines: Mapping[str, tuple[float, float, float, int]], tol: float, span_s: float,
+                       abs_tol: float) -> list[tuple[str, str]]:
+    """Pairs whose counters, extrapolated to one instant, are within reach
+    of each other: a necessary condition for passing the MBT (a merged
+    monotonic series with steps ≤ vmax·Δt cannot join two lines further
+    apart than vmax times the widest gap between samples), so only these
+    pairs need the MBT. Offsets of unrelated counters are spread over the
+    whole ID space: this cuts a window's O(n²) compatible pairs to a few.
+    Circular scan over the offset-sorted addresses."""
+    reach = {a: (1 + tol) * v * gap / 1e9 + 64 + 2 * e * span_s for a, (v, e, _at, gap) in lines.items()}
+    far = max(reach.values(), default=0.0)
+    order = sorted(lines, key=lambda a: lines[a][2])
+    n = len(order)
+    out = []
+    for i, a in enumerate(order):
+        va, ea, oa, _ = lines[a]
+        for k in range(1, n):
+            b = order[(i + k) % n]
+            vb, eb, ob, _ = lines[b]
+            d = (ob - oa) % WRAP
+            if d > reach[a] + far:
+                break
+            if d <= reach[a] + reach[b] and _compatible(va, 0, vb, 0, tol, abs_tol):
+                out.append((a, b))
+    return out
+
+
 def candidate_pairs(samples: Iterable[IpidSample], *, params: MbtParams = MbtParams(),
                     abs_velocity_tolerance: float = 2.0,
                     pairs: Iterable[tuple[str, str]] | None = None,
@@ -439,13 +542,11 @@ def candidate_pairs(samples: Iterable[IpidSample], *, params: MbtParams = MbtPar
         else:
             vel[a] = v
     if pairs is None:
-        order = sorted(vel, key=vel.__getitem__)
-        todo = []
-        for i, a in enumerate(order):
-            for b in order[i + 1:]:
-                if not _compatible(vel[a], 0, vel[b], 0, tol, abs_velocity_tolerance):
-                    break  # sorted: every later velocity is further away
-                todo.append((a, b))
+        ts = [b[0] for a in vel for b in bounds[a]]
+        t0 = (min(ts) + max(ts)) // 2 if ts else 0
+        span_s = (max(ts) - min(ts)) / 2e9 if ts else 0.0
+        lines = {a: _line(bounds[a], t0) for a in vel}
+        todo = _offset_neighbours(lines, tol, span_s, abs_velocity_tolerance)
     else:
         todo = [p for p in pairs if p[0] in vel and p[1] in vel]
     group_overlaps: dict[object, _Overlaps] = {}
