@@ -469,10 +469,15 @@ def velocity_windows(addrs_by_velocity: Sequence[str], velocities: Sequence[floa
 
 def _line(bounds: Sequence[_Bound], t0: int) -> tuple[float, float, float, int]:
     """(velocity IDs/s, its standard error, counter value mod 2¹⁶ at t0,
-    widest gap between samples in ns) of one address's sorted bounds."""
-    ids = [b[2] for b in bounds]
-    u = unwrap(ids)
-    t = [(b[0] + b[1]) / 2e9 for b in bounds]
+    widest gap between samples in ns) of one address's bounds. Taken in
+    midpoint order with signed steps (|step| < 2¹⁵): probes from VPs with
+    different delays can reach the router out of send order, and a small
+    step back read as a forward wrap would make a garbage line."""
+    got = sorted(bounds, key=lambda b: b[0] + b[1])
+    u = [0]
+    for (_, _, x), (_, _, y) in zip(got, got[1:]):
+        u.append(u[-1] + ((y - x + HALF) % WRAP) - HALF)
+    t = [(b[0] + b[1]) / 2e9 for b in got]
     n = len(t)
     mt, mu = sum(t) / n, sum(u) / n
     sxx = sum((x - mt) ** 2 for x in t)
@@ -480,13 +485,13 @@ def _line(bounds: Sequence[_Bound], t0: int) -> tuple[float, float, float, int]:
     err = 0.0
     if n > 2 and sxx > 0:
         err = math.sqrt(sum((y - mu - slope * (x - mt)) ** 2 for x, y in zip(t, u)) / (n - 2) / sxx)
-    at = (ids[0] + mu + slope * (t0 / 1e9 - mt)) % WRAP
-    gap = max((b2[1] - b1[0] for b1, b2 in zip(bounds, bounds[1:])), default=0)
+    at = (got[0][2] + mu + slope * (t0 / 1e9 - mt)) % WRAP
+    gap = max((b[1] - a[0] for a, b in zip(bounds, bounds[1:])), default=0)
     return max(0.0, slope), err, at, gap
 
 
-def _offset_neighbours(lines: Mapping[str, tuple[float, float, float, int]], tol: float, span_s: float,
-                       abs_tol: float) -> list[tuple[str, str]]:
+def _offset_neighbours(lines: Mapping[str, tuple[float, float, float, int]], vel: Mapping[str, float], tol: float,
+                       span_s: float, abs_tol: float) -> set[tuple[str, str]]:
     """Pairs whose counters, extrapolated to one instant, are within reach
     of each other: a necessary condition for passing the MBT (a merged
     monotonic series with steps ≤ vmax·Δt cannot join two lines further
@@ -494,21 +499,25 @@ def _offset_neighbours(lines: Mapping[str, tuple[float, float, float, int]], tol
     pairs need the MBT. Offsets of unrelated counters are spread over the
     whole ID space: this cuts a window's O(n²) compatible pairs to a few.
     Circular scan over the offset-sorted addresses."""
-    reach = {a: (1 + tol) * v * gap / 1e9 + 64 + 2 * e * span_s for a, (v, e, _at, gap) in lines.items()}
-    far = max(reach.values(), default=0.0)
+    reach = {a: (1 + tol) * max(v, vel[a]) * gap / 1e9 + 64 + 2 * e * span_s
+             for a, (v, e, _at, gap) in lines.items()}
     order = sorted(lines, key=lambda a: lines[a][2])
     n = len(order)
-    out = []
+    out = set()
+    # A pair qualifies when its offsets are within reach[a] + reach[b] <= 2 max(reach):
+    # each address scans both ways up to twice its own reach (the pair is
+    # found from the address of the larger reach), so one messy series with
+    # a wide reach does not widen everyone's scan.
     for i, a in enumerate(order):
-        va, ea, oa, _ = lines[a]
-        for k in range(1, n):
-            b = order[(i + k) % n]
-            vb, eb, ob, _ = lines[b]
-            d = (ob - oa) % WRAP
-            if d > reach[a] + far:
-                break
-            if d <= reach[a] + reach[b] and _compatible(va, 0, vb, 0, tol, abs_tol):
-                out.append((a, b))
+        oa, ra = lines[a][2], reach[a]
+        for sign in (1, -1):
+            for k in range(1, n):
+                b = order[(i + sign * k) % n]
+                d = (sign * (lines[b][2] - oa)) % WRAP
+                if d > 2 * ra:
+                    break
+                if d <= ra + reach[b] and _compatible(vel[a], 0, vel[b], 0, tol, abs_tol):
+                    out.add((a, b) if a < b else (b, a))
     return out
 
 
@@ -546,7 +555,7 @@ def candidate_pairs(samples: Iterable[IpidSample], *, params: MbtParams = MbtPar
         t0 = (min(ts) + max(ts)) // 2 if ts else 0
         span_s = (max(ts) - min(ts)) / 2e9 if ts else 0.0
         lines = {a: _line(bounds[a], t0) for a in vel}
-        todo = _offset_neighbours(lines, tol, span_s, abs_velocity_tolerance)
+        todo = _offset_neighbours(lines, vel, tol, span_s, abs_velocity_tolerance)
     else:
         todo = [p for p in pairs if p[0] in vel and p[1] in vel]
     group_overlaps: dict[object, _Overlaps] = {}
