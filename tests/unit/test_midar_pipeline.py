@@ -230,3 +230,24 @@ def test_midar_5k_targets_precision_recall() -> None:
     assert len(correct) / len(res.pairs) >= 0.99
     assert len(want & res.pairs) / len(want) >= 0.95
     assert not [p for p in res.pairs if kind[p[0]] in ("random", "zero", "per-interface", "per-destination")]
+
+
+def test_plan_set_rounds_probes_each_set_back_to_back() -> None:
+    from marionet.measure.midar import plan_set_rounds
+
+    sets = [["a", "b", "c"], ["d", "e"], ["f", "g", "h", "i"]]
+    method_of = {a: "udp" for s in sets for a in s}
+    plan = plan_set_rounds([sets], method_of, ["v0", "v1", "v2", "v3"], 4, 100, 0)
+    assert len(plan) == 9 * 4
+    assert [p.addr for p in plan[:9]] == list("abcdefghi")
+    assert [p.addr for p in plan[9:18]] == list("bcaedghif")  # rotated: both orders of every pair
+    assert all({p.vp for p in plan if p.addr == a} == {"v0", "v1", "v2", "v3"} for a in method_of)
+    assert [p.at_ns for p in plan[:3]] == [0, 2_500_000, 5_000_000]
+    # At most 2 probes/s to an address: rounds stretched, sets still back to back.
+    slow = plan_set_rounds([sets], method_of, ["v0"], 3, 100, 0, target_rate_pps=2)
+    first = [p.at_ns for p in slow if p.addr == "a"]
+    assert all(b - a >= 500_000_000 for a, b in zip(first, first[1:]))
+    by = {p.addr: p.at_ns for p in slow[:9]}
+    assert by["b"] - by["a"] == 10_000_000 and by["d"] - by["c"] > 10_000_000
+    with pytest.raises(ValueError, match="target_rate_pps"):
+        plan_set_rounds([sets], method_of, ["v0"], 2, 100, 0, target_rate_pps=0)

@@ -181,33 +181,49 @@ def plan_rounds(groups: Sequence[Sequence[str]], method_of: Mapping[str, str], v
 
 
 def plan_set_rounds(batches: Sequence[Sequence[Sequence[str]]], method_of: Mapping[str, str], vps: Sequence[str],
-                    rounds: int, rate_pps: float, start_ns: int) -> list[PlannedProbe]:
+                    rounds: int, rate_pps: float, start_ns: int, *,
+                    target_rate_pps: float | None = None) -> list[PlannedProbe]:
     """Elimination and corroboration: batches of candidate sets one after
     another; each round over a batch visits its sets in turn and a set's
     addresses back to back (rotated by one each round, so every pair is
-    seen in both orders), at ``rate_pps`` per VP, the i-th probe of a round
-    from VP i + round. Why back to back: two routers whose counters run
+    seen in both orders), at ``rate_pps`` per VP, the i-th address of a
+    batch probed from VP i + round. Why back to back: two routers whose counters run
     at one velocity a fraction of a second apart pass the MBT when their
     samples are far apart in time and fail at once when close (MIDAR
     probes a candidate set in quick succession); the bursts this sends a
-    slow router are allowed for by the MBT's ``own`` probes."""
+    slow router are allowed for by the MBT's ``own`` probes.
+
+    ``target_rate_pps``: a round lasts at least 1/target_rate_pps (no
+    address probed faster, for routers that rate-limit), the idle time
+    spread evenly between sets; a set itself stays back to back."""
     if not vps:
         raise ValueError("plan_set_rounds: no VPs")
     if rate_pps <= 0:
         raise ValueError(f"rate_pps {rate_pps!r} must be > 0")
+    if target_rate_pps is not None and target_rate_pps <= 0:
+        raise ValueError(f"target_rate_pps {target_rate_pps!r} must be > 0")
     gap = 1e9 / (rate_pps * len(vps))
     out = []
-    k = 0
+    t = 0.0
     for batch in batches:
+        n_probes = sum(len(cs) for cs in batch)
+        idle = 0.0
+        if target_rate_pps is not None and batch:
+            # (rotation moves an address up to a set's length earlier in the next round)
+            longest = max(len(cs) for cs in batch)
+            idle = max(0.0, 1e9 / target_rate_pps + (longest - 1) * gap - n_probes * gap) / len(batch)
         for r in range(rounds):
-            j = 0
+            base = 0
             for cs in batch:
                 n = len(cs)
                 for i in range(n):
-                    a = cs[(i + r) % n]
-                    out.append(PlannedProbe(vps[(j + r) % len(vps)], a, method_of[a], start_ns + int(k * gap)))
-                    k += 1
-                    j += 1
+                    pos = (i + r) % n
+                    a = cs[pos]
+                    # VP by the address's fixed place in the batch: every address meets every VP in turn.
+                    out.append(PlannedProbe(vps[(base + pos + r) % len(vps)], a, method_of[a], start_ns + int(t)))
+                    t += gap
+                base += n
+                t += idle
     return out
 
 
