@@ -324,9 +324,12 @@ def _mbt_bounds(got: Sequence[_Bound], vmax: float, slack: float,
         lower = 1 if ahi < blo else -vmax * (ahi - blo) - slack
         if lower <= st <= upper:
             continue
+        more = extra(alo, bhi) if extra is not None else 0
+        if max(st - upper, lower - st) > len(got) - 2 + more:
+            return False  # by far (another counter): no count of the series can explain it
         if mine is None:
             mine = _Overlaps(got)
-        allow = mine.count(alo, bhi) - 2 + (extra(alo, bhi) if extra is not None else 0)
+        allow = mine.count(alo, bhi) - 2 + more
         if ahi < blo:
             if not 1 <= st <= upper + allow:
                 return False
@@ -516,7 +519,7 @@ def _offset_neighbours(lines: Mapping[str, tuple[float, float, float, int]], vel
                 d = (sign * (lines[b][2] - oa)) % WRAP
                 if d > 2 * ra:
                     break
-                if d <= ra + reach[b] and _compatible(vel[a], 0, vel[b], 0, tol, abs_tol):
+                if d <= ra + reach[b] and abs(vel[a] - vel[b]) <= tol * max(vel[a], vel[b]) + abs_tol:
                     out.add((a, b) if a < b else (b, a))
     return out
 
