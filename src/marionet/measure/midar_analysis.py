@@ -306,6 +306,13 @@ class _Overlaps:
         return bisect.bisect_right(self.los, hi) - bisect.bisect_left(self.his, lo)
 
 
+def _others_counter(group: _Overlaps, a: _Overlaps, b: _Overlaps) -> Callable[[int, int], int]:
+    """Samples of a candidate set, other than a's and b's, meeting a span."""
+    def count(lo: int, hi: int) -> int:
+        return group.count(lo, hi) - a.count(lo, hi) - b.count(lo, hi)
+    return count
+
+
 def _mbt_bounds(got: Sequence[_Bound], vmax: float, slack: float,
                 extra: Callable[[int, int], int] | None = None) -> bool:
     """The MBT walk over sorted bounds (vmax in IDs/ns). A step that breaks
@@ -574,14 +581,12 @@ def candidate_pairs(samples: Iterable[IpidSample], *, params: MbtParams = MbtPar
             continue
         if not _compatible(vel[a], 0, vel[b], 0, tol, abs_velocity_tolerance):
             continue
-        extra = None
+        extra: Callable[[int, int], int] | None = None
         if groups is not None and a in groups and groups[a] == groups.get(b):
-            ga = group_overlaps[groups[a]]
-            oa = addr_overlaps.get(a) or addr_overlaps.setdefault(a, _Overlaps(bounds[a]))
-            ob = addr_overlaps.get(b) or addr_overlaps.setdefault(b, _Overlaps(bounds[b]))
-
-            def extra(lo: int, hi: int, ga: _Overlaps = ga, oa: _Overlaps = oa, ob: _Overlaps = ob) -> int:
-                return ga.count(lo, hi) - oa.count(lo, hi) - ob.count(lo, hi)
+            for x in (a, b):
+                if x not in addr_overlaps:
+                    addr_overlaps[x] = _Overlaps(bounds[x])
+            extra = _others_counter(group_overlaps[groups[a]], addr_overlaps[a], addr_overlaps[b])
         if _mbt_bounds(sorted(bounds[a] + bounds[b]), max(vel[a], vel[b]) * (1 + tol) / 1e9, slack, extra):
             out.add((a, b) if a < b else (b, a))
     return out, dropped
