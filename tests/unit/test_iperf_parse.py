@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -144,3 +145,18 @@ def test_command_shapes_and_errors():
         iperf3_command("10.0.0.1", 5201, "sideways", bytes=1)
     with pytest.raises(ValueError, match="port"):
         iperf3_command("10.0.0.1", 0, "upload", bytes=1)
+
+
+def test_omit_switch_puts_intervals_on_one_timeline():
+    # The shape iperf3 3.12 printed in CI: the clock restarts where omitting ends, and the interval at the switch
+    # starts on the old clock and ends on the new one.
+    def iv(start, end, omitted):
+        return {"sum": {"start": start, "end": end, "bytes": 1000, "bits_per_second": 8e6, "omitted": omitted}}
+    doc = {"start": {"test_start": {"reverse": 1, "omit": 1}},
+           "intervals": [iv(0, 0.5, True), iv(0.5, 1.0, True), iv(1.0, 0.25, False), iv(0.25, 0.5, False),
+                         iv(0.5, 1.0, False)],
+           "end": {"sum_received": {"bits_per_second": 8e6, "bytes": 3000, "seconds": 1.0},
+                   "sum_sent": {"bits_per_second": 8e6, "bytes": 3000}}}
+    res = parse_iperf3_json(json.dumps(doc))
+    assert [(i.start, i.end) for i in res.intervals] == [(0, 0.5), (0.5, 1.0), (1.25, 1.25), (1.25, 1.5), (1.5, 2.0)]
+    assert all(i.end >= i.start for i in res.intervals)

@@ -33,7 +33,7 @@ IPERF3_DEFAULT_PORT = 5201
 
 @dataclass(frozen=True, slots=True)
 class Iperf3Interval:
-    start: float          # seconds since the test started
+    start: float          # seconds since the test started (omitted time included)
     end: float
     bytes: int
     bps: float
@@ -149,12 +149,20 @@ def _fill(res: Iperf3Result, doc: dict[str, Any]) -> None:
     ts = start.get("test_start") or {}
     if "reverse" in ts:
         res.direction = "download" if ts["reverse"] else "upload"
+    # iperf3 3.12 restarts its interval clock where omitting (-O) ends, so the measured intervals count from
+    # there; shifting them by the omit time puts every interval on one since-the-start timeline. The interval
+    # at the switch can come out with its start on the old clock and its end on the new one: its start is
+    # clamped to its end rather than reported as a negative duration.
+    omit = float(ts.get("omit") or 0)
     for iv in doc.get("intervals") or []:
         s = iv.get("sum") or {}
         if not s:
             continue
-        res.intervals.append(Iperf3Interval(float(s["start"]), float(s["end"]), int(s["bytes"]),
-                                            float(s["bits_per_second"]), bool(s.get("omitted", False))))
+        omitted = bool(s.get("omitted", False))
+        shift = 0.0 if omitted else omit
+        begin, end = float(s["start"]) + shift, float(s["end"]) + shift
+        res.intervals.append(Iperf3Interval(min(begin, end), end, int(s["bytes"]),
+                                            float(s["bits_per_second"]), omitted))
     end = doc.get("end") or {}
     rcv, snd = end.get("sum_received"), end.get("sum_sent")
     if snd:
