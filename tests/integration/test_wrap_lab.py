@@ -16,6 +16,7 @@ alias) unless ``--resolve`` says otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -311,20 +312,24 @@ def test_bad_usage_is_a_clear_error(lab: Any) -> None:
     assert w.returncode == 2 and b"HOST:PORT:ADDR" in w.stderr
 
 
-def test_sigterm_removes_the_namespace(lab: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["building", "running"])
+def test_sigterm_removes_the_namespace(lab: Any, when: str) -> None:
+    """SIGTERM while the namespace is being built, or while the program runs: exit
+    status 128 + 15 and nothing of the namespace left behind."""
+    import time
+
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     p = subprocess.Popen(wrap_cmd(lab) + ["sleep", "30"], env=env, stderr=subprocess.PIPE)
+    name = f"mnw{p.pid}-"
     try:
-        import time
-
-        deadline = time.monotonic() + 20
-        name = f"mnw{p.pid}-"
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if any(n.startswith(name) for n in _netns_list()):
+            mine = [n for n in _netns_list() if n.startswith(name)]
+            if mine and (when == "building" or _netns_pids(mine[0])):
                 break
-            time.sleep(0.1)
+            time.sleep(0.02)
         else:
-            pytest.fail("the wrap's namespace never appeared")
+            pytest.fail(f"the wrap's namespace never got to {when!r}")
         p.terminate()
         rc = p.wait(20)
     finally:
@@ -332,7 +337,47 @@ def test_sigterm_removes_the_namespace(lab: Any, tmp_path: Path) -> None:
             p.kill()
     assert rc == 128 + 15, (rc, p.stderr.read() if p.stderr else b"")
     assert not any(n.startswith(name) for n in _netns_list())
-    assert not any(e.startswith(name) for e in os.listdir("/etc/netns")) if os.path.isdir("/etc/netns") else True
+    assert not [e for e in os.listdir("/etc/netns") if e.startswith(name)] if os.path.isdir("/etc/netns") else True
+
+
+def test_after_sigkill_the_next_run_removes_the_leftovers(lab: Any) -> None:
+    """SIGKILL leaves the namespace (no handler runs); the program there has no way
+    out any more (the TUN and the listeners died with the wrap), and the next wrap
+    run removes the namespace of the dead run."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    p = subprocess.Popen(wrap_cmd(lab) + ["sleep", "30"], env=env, stderr=subprocess.DEVNULL)
+    name, orphans = f"mnw{p.pid}-", []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            mine = [n for n in _netns_list() if n.startswith(name)]
+            if mine and _netns_pids(mine[0]):
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the wrapped program never ran")
+        orphans = [int(x) for x in _netns_pids(mine[0])]
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        assert mine[0] in _netns_list()
+        links = subprocess.run(["ip", "-n", mine[0], "-o", "link"], capture_output=True, text=True).stdout
+        assert "mnw0" not in links  # the TUN went with its descriptor: only lo is left
+        r = run_wrapped(lab, ["true"])
+        assert r.returncode == 0, r.stderr
+        assert mine[0] not in _netns_list() and not (Path("/etc/netns") / mine[0]).exists()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        for pid in orphans:  # the orphaned sleep we started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _netns_pids(ns: str) -> list[str]:
+    return subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
 
 
 def _netns_list() -> list[str]:

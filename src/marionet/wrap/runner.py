@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from typing import Any
@@ -60,12 +61,15 @@ async def wrap_program(session: Any, options: WrapOptions, *, report: WrapReport
     tun: TunRelay | None = None
     me = asyncio.current_task()
     installed: list[int] = []
+    stopped_by: list[int] = []  # a signal that came before the program ran
+    create: asyncio.Future | None = None
 
     def on_signal(sig: int) -> None:
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
-        elif me is not None:
+        elif me is not None and not stopped_by:
+            stopped_by.append(sig)
             me.cancel()
 
     for sig in _FORWARDED:
@@ -83,8 +87,9 @@ async def wrap_program(session: Any, options: WrapOptions, *, report: WrapReport
             t.add_done_callback(tasks.discard)
 
     try:
-        await asyncio.to_thread(ns.create, hosts=hosts_text(options.resolve),
-                                resolv_conf=resolv_conf_text(RESOLVER_ALIAS4))
+        create = loop.run_in_executor(None, functools.partial(
+            ns.create, hosts=hosts_text(options.resolve), resolv_conf=resolv_conf_text(RESOLVER_ALIAS4)))
+        await asyncio.shield(create)
         assert ns.tun_fd is not None
         tun = TunRelay(session, ns.tun_fd, report, map_dst)
         tun.start()
@@ -101,9 +106,18 @@ async def wrap_program(session: Any, options: WrapOptions, *, report: WrapReport
         if tasks:  # the program's sockets closed with it: let the relays carry the closes over
             await asyncio.wait(set(tasks), timeout=CLOSE_GRACE_S)
         return status
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        report.exit_status = 128 + stopped_by[0]
+        return 128 + stopped_by[0]
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        if create is not None and not create.done():
+            # stopped while the namespace was being built: let that finish, then remove it all
+            with contextlib.suppress(BaseException):
+                await create
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
