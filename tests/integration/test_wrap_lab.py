@@ -293,11 +293,24 @@ def test_go_binary_gron(lab: Any, ca_root: str) -> None:
 
 # --------------------------------------------------------- refusals, no leaks
 
-def test_ping_is_refused_clearly(lab: Any) -> None:
-    """ICMP is not carried: ping gets an administratively-prohibited error at once."""
-    w = run_wrapped(lab, ["ping", "-n", "-c", "2", "-W", "2", SRV4], timeout=30)
-    assert w.returncode != 0
-    assert b"Packet filtered" in w.stdout or b"Prohibited" in w.stdout, w.stdout
+@pytest.mark.parametrize("family", [4, 6])
+def test_ping_and_traceroute_through_the_vp(lab: Any, tmp_path: Path, family: int) -> None:
+    """ICMP echo is carried where the VP grants raw ICMP: ping gets every reply, the
+    report has the VP-side RTTs (kernel stamps), ``traceroute -I`` finds the native hops."""
+    dst = SRV4 if family == 4 else SRV6
+    report = tmp_path / "ping.json"
+    w = run_wrapped(lab, ["ping", f"-{family}", "-n", "-c", "3", "-i", "0.2", "-W", "3", dst],
+                    "--timing", "vp", "--report", str(report), timeout=60)
+    assert w.returncode == 0 and b"3 received" in w.stdout, w.stdout + w.stderr
+    echoes = [c for c in json.loads(report.read_text())["connections"] if c["kind"] == "icmp"]
+    assert len(echoes) == 3 and all(e["outcome"] == "echo-reply" and e["from"] == dst for e in echoes), echoes
+    assert all(e["tx_source"] == "kernel" and e["rx_source"] == "kernel" for e in echoes)
+    assert all(6e6 * 0.95 <= e["rtt_ns"] < 6e6 + 20e6 for e in echoes), [e["rtt_ns"] for e in echoes]
+    trace = ["traceroute", f"-{family}", "-I", "-n", "-q", "1", "-w", "3", dst]
+    tw, tn = run_wrapped(lab, trace, timeout=90), run_native(lab, trace)
+    hops = lambda out: [ln.split()[1] for ln in out.decode().splitlines()[1:] if ln.strip()]  # noqa: E731
+    assert tw.returncode == 0 and hops(tw.stdout) == hops(tn.stdout) and hops(tn.stdout)[-1] == dst, \
+        (tw.stdout, tn.stdout)
 
 
 def test_unreachable_destination_is_a_connection_failure(lab: Any) -> None:
@@ -445,6 +458,9 @@ dst = ["{SRV4}/32", "{SRV6}/128", "{NS4}/32"]
             try:
                 s = await aio.connect(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", insecure=True)
                 try:
+                    ping = await wrap_program(s, WrapOptions(argv=["ping", "-n", "-c", "1", "-W", "2", SRV4],
+                                                             report=tmp_path / "ping.json"))
+                    results["ping"] = (ping, json.loads((tmp_path / "ping.json").read_text()))
                     for name, addr in (("listed", SRV4), ("other", OTHER4)):
                         rep = tmp_path / f"{name}.json"
                         host = "www" if name == "listed" else "other"
@@ -461,6 +477,8 @@ dst = ["{SRV4}/32", "{SRV6}/128", "{NS4}/32"]
         await asyncio.sleep(0.3)
     finally:
         cap.close()
+    rc, rep = results["ping"]  # no raw ICMP in this policy: refused at once, "Packet filtered"
+    assert rc != 0 and rep["refused"] == {"icmp-echo": 1} and "privileges" in rep["refused_reason"], rep
     rc, rep = results["listed"]
     assert rc == 0 and (tmp_path / "listed.body").read_bytes() == STABLE["index.html"].encode()
     rc, rep = results["other"]

@@ -223,3 +223,46 @@ def test_resolver_mapper() -> None:
     assert m(4, "198.18.0.53", 53) == (6, "2001:db8::53", 53)
     assert m(4, "192.0.2.1", 443) == (4, "192.0.2.1", 443)
     assert resolver_mapper([])(4, "198.18.0.53", 53) is None
+
+
+# ------------------------------------------------------------------- ICMP echo
+
+def _echo_packet(family: int, src: str, dst: str, ident: int, seq: int, ttl: int = 64) -> bytes:
+    msg = bytes([pk.ECHO_REQUEST[family], 0, 0, 0]) + struct.pack("!HH", ident, seq) + b"payload!"
+    return pk.build_icmp(family, src, dst, msg, ttl)
+
+
+@pytest.mark.parametrize("family,src,dst", [(4, "198.18.0.1", "192.0.2.9"), (6, "fd6d:6e77::1", "2001:db8::9")])
+def test_echo_message_and_requote(family: int, src: str, dst: str) -> None:
+    raw = _echo_packet(family, src, dst, 4321, 7, ttl=3)
+    p = pk.parse_packet(raw)
+    assert p.ttl == 3 and p.icmp_type == pk.ECHO_REQUEST[family]
+    msg = pk.icmp_message(p)
+    assert pk.echo_key(msg) == (4321, 7)
+    if family == 4:
+        assert pk.checksum(msg) == 0  # IPv4: a raw socket sends our checksum as it is
+    else:
+        pseudo = raw[8:40] + struct.pack("!IxxxB", len(raw) - 40, 58)
+        assert pk.checksum(pseudo + raw[40:]) == 0
+    # a router's time exceeded quoting the VP's copy of the request (another source address)
+    vp = "10.1.0.1" if family == 4 else "fd00:1::1"
+    at_vp = _echo_packet(family, vp, dst, 4321, 7, ttl=1)
+    err = bytes([11 if family == 4 else 3, 0, 0, 0, 0, 0, 0, 0]) + at_vp
+    q = pk.quoted_echo(err, family)
+    assert q is not None and q[:3] == (dst, 4321, 7) and q[3] == len(at_vp)
+    requoted = pk.parse_packet(pk.build_icmp(family, "10.1.0.2" if family == 4 else "fd00:1::2", src,
+                                             err[:8] + p.raw[:q[3]]))
+    assert requoted.dst == src and requoted.payload[4:] == raw  # the program's own request, as it sent it
+    assert pk.quoted_echo(err[:20], family) is None
+
+
+def test_strip_ip() -> None:
+    raw = _echo_packet(4, "192.0.2.1", "192.0.2.2", 1, 1, ttl=9)
+    assert pk.strip_ip(raw, 4) == (raw[20:], 9, "192.0.2.1")
+    assert pk.strip_ip(raw[20:], 4) == (raw[20:], None, None)
+    raw6 = _echo_packet(6, "2001:db8::1", "2001:db8::2", 1, 1, ttl=5)
+    assert pk.strip_ip(raw6, 6) == (raw6[40:], 5, "2001:db8::1")
+    with pytest.raises(ValueError):
+        pk.build_icmp(4, "192.0.2.1", "192.0.2.2", b"\x00")
+    with pytest.raises(ValueError):
+        pk.echo_key(b"\x08\x00\x00\x00")

@@ -31,8 +31,8 @@ def add_wrap_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "wrap", help="run a program with all its network traffic carried by a VP's endpoint",
         description="Run PROGRAM in a network namespace of its own whose only way out is this process: "
-                    "its TCP connections and UDP datagrams are made by the VP's endpoint (through the "
-                    "packet interface and the operator's guard); ICMP and other protocols are refused. "
+                    "its TCP connections, UDP datagrams and ICMP echo are made by the VP's endpoint "
+                    "(through the packet interface and the operator's guard); other protocols are refused. "
                     "Works for static and Go binaries alike. Needs root.")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--vp", metavar="NAME", help="the VP to measure from (with --controller)")

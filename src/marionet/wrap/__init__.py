@@ -2,9 +2,9 @@
 
 ``wrap_program(session, WrapOptions(argv=[...]))`` runs the program in a
 network namespace whose only way out is a relay in this process: TCP and
-UDP become endpoint sockets (the guard sees every one), the rest is
-refused. See ``netns`` (the namespace), ``tcprelay``, ``udprelay`` and
-``report`` (``--timing vp``).
+UDP become endpoint sockets, ICMP echo an endpoint raw socket (the guard
+sees every one), the rest is refused. See ``netns`` (the namespace),
+``tcprelay``, ``udprelay``, ``icmprelay`` and ``report`` (``--timing vp``).
 """
 
 from .options import ResolveEntry, WrapOptions, parse_resolve

@@ -180,3 +180,75 @@ def same_address(a: str, b: str) -> bool:
         return ipaddress.ip_address(a) == ipaddress.ip_address(b)
     except ValueError:
         return False
+
+
+# ------------------------------------------------------------------- ICMP echo
+
+#: ICMP types: echo request / reply, and the errors that quote a probe (unreachable, time exceeded).
+ECHO_REQUEST = {4: 8, 6: 128}
+ECHO_REPLY = {4: 0, 6: 129}
+ICMP_ERRORS = {4: (3, 11, 12), 6: (1, 3, 4)}
+
+
+def icmp_message(pkt: Packet) -> bytes:
+    """The ICMP(v6) message of ``pkt`` (header and body), as a raw socket sends it:
+    IPv4's checksum filled in (it covers the message only; the kernel leaves it
+    to us), IPv6's zero (the kernel computes it with the VP's address)."""
+    if pkt.proto not in (PROTO_ICMP, PROTO_ICMPV6) or pkt.icmp_type is None:
+        raise ValueError("not an ICMP packet")
+    msg = bytes([pkt.icmp_type, pkt.icmp_code or 0]) + b"\0\0" + pkt.payload
+    if pkt.family == 4:
+        msg = msg[:2] + struct.pack("!H", checksum(msg)) + msg[4:]
+    return msg
+
+
+def echo_key(message: bytes) -> tuple[int, int]:
+    """(identifier, sequence) of an echo request/reply message."""
+    if len(message) < 8:
+        raise ValueError("an echo message has at least 8 bytes")
+    return struct.unpack("!HH", message[4:8])  # type: ignore[return-value]
+
+
+def strip_ip(data: bytes, family: int) -> tuple[bytes, int | None, str | None]:
+    """What a raw ICMP socket delivers, without its IP header (IPv4 raw sockets
+    include it, IPv6 ones do not): (ICMP message, TTL or None, source or None).
+
+    An ICMP message's first byte is its type (0, 3, 11, 129, 1, 3 …), never a
+    byte whose high nibble is the IP version, so the two cannot be confused.
+    """
+    if data and data[0] >> 4 == 4 and family == 4 and len(data) >= 20:
+        ihl = (data[0] & 0xF) * 4
+        return data[ihl:], data[8], socket.inet_ntop(socket.AF_INET, data[12:16])
+    if data and data[0] >> 4 == 6 and family == 6 and len(data) >= 40:
+        return data[40:], data[7], socket.inet_ntop(socket.AF_INET6, data[8:24])
+    return data, None, None
+
+
+def quoted_echo(message: bytes, family: int) -> tuple[str, int, int, int] | None:
+    """For an ICMP error quoting one of our echo requests: (quoted destination,
+    id, seq, bytes of the quote); None when it quotes something else."""
+    inner = message[8:]
+    if family == 4:
+        if len(inner) < 28 or inner[0] >> 4 != 4 or inner[9] != PROTO_ICMP:
+            return None
+        ihl = (inner[0] & 0xF) * 4
+        if len(inner) < ihl + 8 or inner[ihl] != ECHO_REQUEST[4]:
+            return None
+        ident, seq = struct.unpack("!HH", inner[ihl + 4:ihl + 8])
+        return socket.inet_ntop(socket.AF_INET, inner[16:20]), ident, seq, len(inner)
+    if len(inner) < 48 or inner[0] >> 4 != 6 or inner[6] != PROTO_ICMPV6 or inner[40] != ECHO_REQUEST[6]:
+        return None
+    ident, seq = struct.unpack("!HH", inner[44:48])
+    return socket.inet_ntop(socket.AF_INET6, inner[24:40]), ident, seq, len(inner)
+
+
+def build_icmp(family: int, src: str, dst: str, message: bytes, ttl: int = 64) -> bytes:
+    """A whole IP packet carrying ICMP(v6) ``message``, its checksum recomputed
+    (ICMPv6's covers the addresses, which differ between the VP and the program)."""
+    if len(message) < 4:
+        raise ValueError("an ICMP message has at least 4 bytes")
+    proto = PROTO_ICMP if family == 4 else PROTO_ICMPV6
+    body = message[:2] + b"\0\0" + message[4:]
+    pseudo = _pseudo(6, src, dst, PROTO_ICMPV6, len(body)) if family == 6 else b""
+    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
+    return _ip_header(family, src, dst, proto, len(body), ttl) + body

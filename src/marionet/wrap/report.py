@@ -25,6 +25,11 @@ the endpoint's clock, ``CLOCK_REALTIME``):
 query's kernel TX stamp, the first reply's kernel RX stamp (``rtt_ns``),
 datagram counts both ways.
 
+``icmp`` records (one per echo request carried, ``icmprelay``): id, seq,
+TTL, the kernel TX stamp of the request at the VP, the kernel RX stamp of
+its answer and who answered (``from``: the target's echo reply, or a
+router's time exceeded), ``rtt_ns`` — the VP-side RTT ping would print.
+
 Without ``--timing vp`` the report still lists every connection and how it
 ended (the outcome and bytes), without stamps.
 """
@@ -99,19 +104,22 @@ class WrapReport:
     exit_status: int | None = None
     tcp: list[TcpRecord] = field(default_factory=list)
     udp: list[UdpRecord] = field(default_factory=list)
+    icmp: list[dict[str, Any]] = field(default_factory=list)  # echo requests carried (icmprelay)
     refused: dict[str, int] = field(default_factory=dict)  # what the wrap does not carry, by kind
     clock_offset_ns: int | None = None  # endpoint clock - local clock (NTP-style), with --timing vp
+    refused_reason: str | None = None  # the last refusal's reason (e.g. the guard's rule)
 
     def refuse(self, what: str) -> None:
         self.refused[what] = self.refused.get(what, 0) + 1
 
     def to_dict(self) -> dict[str, Any]:
-        conns = [r.to_dict() for r in self.tcp] + [r.to_dict() for r in self.udp]
+        conns = [r.to_dict() for r in self.tcp] + [r.to_dict() for r in self.udp] + [dict(r) for r in self.icmp]
         if self.timing != "vp":
             conns = [{k: v for k, v in c.items() if k == "open_ns" or not k.endswith(("_ns", "_source"))}
                      for c in conns]
         return {"argv": self.argv, "vp": self.vp, "timing": self.timing, "exit_status": self.exit_status,
                 "clock_offset_ns": self.clock_offset_ns, "refused": self.refused,
+                "refused_reason": self.refused_reason,
                 "connections": conns}
 
     def write(self, path: Path) -> None:

@@ -8,8 +8,9 @@ resolver), and what comes back is written into the TUN as UDP packets
 from the peer to the program — a NAT with endpoint-independent mapping,
 whose public side is the VP. Flows idle for ``IDLE_S`` are closed.
 
-Not carried, and refused so the program fails at once instead of waiting
-for a timeout: ICMP/ICMPv6 echo and other IP protocols (an ICMP
+ICMP echo requests go to ``icmprelay`` (carried where the guard grants raw
+ICMP and capture, refused otherwise). Not carried, and refused so the
+program fails at once instead of waiting for a timeout: other IP protocols (an ICMP
 "administratively prohibited" from the relay's address: ping prints
 "Packet filtered"), IP fragments (same), and datagrams the guard denies or
 the endpoint cannot send (same, per datagram). Neighbour discovery and
@@ -31,6 +32,7 @@ from marionet.client.errors import ConnectionLost, EndpointError
 from marionet.wire import messages as m
 
 from . import packets as pk
+from .icmprelay import IcmpRelay
 from .netns import RELAY_ADDR4, RELAY_ADDR6
 from .report import UdpRecord, WrapReport
 
@@ -75,6 +77,7 @@ class TunRelay:
         self._tags = iter(range(1, 1 << 62))
         self._sweeper: asyncio.Task | None = None
         self.malformed = 0
+        self.icmp = IcmpRelay(session, report, self._write, self._refuse)
 
     def start(self) -> None:
         self.loop.add_reader(self.fd, self._on_readable)
@@ -88,6 +91,7 @@ class TunRelay:
         for flow in list(self.flows.values()):
             await self._close_flow(flow)
         self.flows.clear()
+        await self.icmp.close()
 
     # ---------------------------------------------------------------- input
     def _on_readable(self) -> None:
@@ -117,8 +121,7 @@ class TunRelay:
             return
         elif pkt.proto in (pk.PROTO_ICMP, pk.PROTO_ICMPV6):
             if pkt.icmp_type in (8, 128):  # echo requests; errors the program sends are dropped
-                self.report.refuse("icmp-echo")
-                self._refuse(pkt)
+                self.icmp.handle(pkt)
         elif pkt.proto == pk.PROTO_TCP:
             self.report.refuse("tcp-unredirected")  # the REDIRECT rule was removed: still nothing leaves
         else:
