@@ -291,6 +291,91 @@ def test_go_binary_gron(lab: Any, ca_root: str) -> None:
     assert w.stdout == n.stdout and b"json.nested.ok = true;" in w.stdout
 
 
+# ------------------------------------------------------ TCP: half-close and resets
+
+TCP_SERVER = r"""
+import socket, struct, sys
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], 7000)); srv.listen(8)
+log = open(sys.argv[2], "a", buffering=1)
+while True:
+    c, _ = srv.accept()
+    mode = c.recv(16).split(b"\n")[0]
+    if mode == b"halfclose":          # read to the client's FIN, then answer and close
+        n = 0
+        while (d := c.recv(65536)):
+            n += len(d)
+        c.sendall(b"got %d\n" % n); c.close()
+    elif mode == b"serverfin":        # FIN first; the client may still send
+        c.sendall(b"hello\n"); c.shutdown(socket.SHUT_WR)
+        rest = b""
+        while (d := c.recv(65536)):
+            rest += d
+        log.write("after-fin %r\n" % rest); c.close()
+    elif mode == b"reset":            # an abortive close: RST
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
+"""
+
+TCP_CLIENT = r"""
+import socket, sys, time
+mode, host = sys.argv[1], sys.argv[2]
+c = socket.create_connection((host, 7000), timeout=10)
+if mode == "halfclose":
+    c.sendall(b"halfclose\n"); time.sleep(0.2); c.sendall(b"x" * 300000); c.shutdown(socket.SHUT_WR)
+    print(c.makefile("rb").read().decode().strip())
+elif mode == "serverfin":
+    c.sendall(b"serverfin\n"); f = c.makefile("rb")
+    print(f.read().decode().strip())  # to the server's FIN
+    c.sendall(b"still-open"); c.close(); print("sent")
+elif mode == "reset":
+    c.sendall(b"reset\n")
+    try:
+        while c.recv(100):
+            pass
+        print("eof")
+    except ConnectionResetError:
+        print("reset")
+"""
+
+
+@pytest.fixture(scope="module")
+def tcp_server(lab: Any, tmp_path_factory: Any) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("tcpsrv")
+    (d / "server.py").write_text(TCP_SERVER)
+    log = d / "server.log"
+    log.write_text("")
+    p = lab.popen("srv", ["python3", str(d / "server.py"), SRV4, str(log)])
+    import time
+
+    time.sleep(0.5)
+    try:
+        yield log
+    finally:
+        p.terminate()
+        p.wait(5)
+
+
+@pytest.mark.parametrize("mode,expect", [("halfclose", "got 300000"), ("serverfin", "hello\nsent"),
+                                         ("reset", "reset")])
+def test_tcp_half_close_and_reset_are_carried(lab: Any, tcp_server: Path, tmp_path: Path, mode: str,
+                                              expect: str) -> None:
+    """The program's FIN reaches the server while data still flows back; the
+    server's FIN reaches the program while it may still send; a server's RST is
+    the program's ECONNRESET. Natively and wrapped alike."""
+    client = tmp_path / "client.py"
+    client.write_text(TCP_CLIENT)
+    argv = ["python3", str(client), mode, SRV4]
+    w, n = run_wrapped(lab, argv), run_native(lab, argv)
+    assert n.returncode == 0 and n.stdout.decode().strip() == expect, n.stderr
+    assert w.returncode == 0 and w.stdout.decode().strip() == expect, w.stderr.decode()[-1500:]
+    if mode == "serverfin":
+        import time
+
+        time.sleep(0.3)
+        assert tcp_server.read_text().count("after-fin b'still-open'") == 2
+
+
 # --------------------------------------------------------- refusals, no leaks
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -487,4 +572,44 @@ dst = ["{SRV4}/32", "{SRV6}/128", "{NS4}/32"]
     assert c["outcome"] == "denied" and c["dst"] == OTHER4 and "privileges.dst" in (c["reason"] or ""), c
     assert OTHER4 not in cap.dsts, "a packet to the unlisted server left the VP"
     assert SRV4 in cap.dsts
+    assert own_namespaces() == []
+
+
+async def test_endpoint_lost_mid_run_is_a_connection_failure(lab: Any, ca_root: str, tmp_path: Path) -> None:
+    """The session to the endpoint ends while the program runs: its next connection
+    fails at once (a reset), its next DNS query gets an ICMP error; the wrap ends
+    normally with the program's status, and the namespace is gone."""
+    from marionet import aio
+    from marionet.endpoint.daemon import Endpoint, EndpointConfig
+    from marionet.wrap import WrapOptions, wrap_program
+
+    from . import pathlab
+
+    f1, f2, out = tmp_path / "first-done", tmp_path / "session-closed", tmp_path / "out"
+    url = f"https://www.{ZONE}/"
+    script = (f"curl -sS -o /dev/null --cacert {ca_root} {url} && touch {f1}; "
+              f"while [ ! -e {f2} ]; do sleep 0.05; done; "
+              f"curl -sS -m 10 -o /dev/null --cacert {ca_root} {url}; echo curl=$? > {out}; "
+              f"dig +time=2 +tries=1 @{NS4} www.{ZONE} >/dev/null; echo dig=$? >> {out}")
+    with pathlab.inside(lab.netns("vp-a")):
+        ep = Endpoint(EndpointConfig(name="vp-a-lost"))
+        srv = await ep.serve("127.0.0.1", 0, None)
+        try:
+            s = await aio.connect(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", insecure=True)
+            run = asyncio.ensure_future(wrap_program(s, WrapOptions(argv=["sh", "-c", script],
+                                                                    resolve=[f"www.{ZONE}:443:{SRV4}"])))
+            for _ in range(400):
+                if f1.exists() or run.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert f1.exists(), "the first fetch did not succeed"
+            await s.close()
+            f2.touch()
+            rc = await asyncio.wait_for(run, 60)
+        finally:
+            await ep.close()
+    assert rc == 0
+    lines = dict(ln.split("=") for ln in out.read_text().split())
+    assert lines["curl"] in ("7", "35", "56"), lines
+    assert lines["dig"] != "0", lines
     assert own_namespaces() == []
