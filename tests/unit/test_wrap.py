@@ -65,12 +65,13 @@ def test_cli_options() -> None:
 
     p = build_parser()
     a = p.parse_args(["wrap", "--controller", "127.0.0.1:1", "--vp", "v", "--resolve", "h.example:1:192.0.2.1",
-                      "--timing", "vp", "--", "curl", "-s", "--resolve", "x"])
+                      "--timing", "vp", "--report", "r.json", "--", "curl", "-s", "--resolve", "x"])
     o = _options(a)
     assert o.argv == ["curl", "-s", "--resolve", "x"] and o.timing == "vp" and o.resolve[0].port == 1
     for argv, words in ((["wrap", "--vp", "v", "--", "true"], "needs --controller"),
                         (["wrap", "--controller", "c:1", "--", "true"], "needs --vp"),
                         (["wrap", "--pin", "ab", "--", "true"], "--pin is for --endpoint"),
+                        (["wrap", "--timing", "vp", "--", "true"], "needs --report"),
                         (["wrap", "--"], "PROGRAM")):
         with pytest.raises(ValueError, match=words):
             _options(p.parse_args(argv))

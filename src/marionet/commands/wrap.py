@@ -67,6 +67,8 @@ def _options(args: argparse.Namespace) -> Any:
         raise ValueError("--controller needs --vp NAME (the VP whose endpoint carries the traffic)")
     if args.pin and not args.endpoint:
         raise ValueError("--pin is for --endpoint")
+    if args.timing == "vp" and not args.report:
+        raise ValueError("--timing vp needs --report FILE (the stamps are written there)")
     return WrapOptions(argv=argv, resolve=list(args.resolve), timing=args.timing,
                        report=Path(args.report) if args.report else None,
                        connect_timeout=args.connect_timeout)
