@@ -404,6 +404,16 @@ def test_unreachable_destination_is_a_connection_failure(lab: Any) -> None:
     assert w.returncode in (7, 35, 52, 56), (w.returncode, w.stderr)
 
 
+def test_a_program_that_flushes_the_redirect_still_cannot_leave(lab: Any, tmp_path: Path) -> None:
+    """Root inside the namespace can delete the REDIRECT rule; then its TCP reaches
+    the TUN, which refuses it (ICMP prohibited): a failure, and no way out."""
+    report = tmp_path / "r.json"
+    w = run_wrapped(lab, ["sh", "-c", f"iptables -t nat -F && curl -sS -m 5 http://{SRV4}/"], "--report", str(report))
+    assert w.returncode == 7, (w.returncode, w.stderr)  # curl: couldn't connect (no route to host)
+    rep = json.loads(report.read_text())
+    assert rep["refused"].get("tcp-unredirected", 0) >= 1 and not rep["connections"], rep
+
+
 def test_bad_usage_is_a_clear_error(lab: Any) -> None:
     w = subprocess.run(wrap_cmd(lab, "--resolve", "nonsense") + ["true"], capture_output=True, timeout=30,
                        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})

@@ -123,7 +123,9 @@ class TunRelay:
             if pkt.icmp_type in (8, 128):  # echo requests; errors the program sends are dropped
                 self.icmp.handle(pkt)
         elif pkt.proto == pk.PROTO_TCP:
-            self.report.refuse("tcp-unredirected")  # the REDIRECT rule was removed: still nothing leaves
+            # the REDIRECT rule is gone (the program, as root, flushed it): still nothing leaves
+            self.report.refuse("tcp-unredirected")
+            self._refuse(pkt)
         else:
             self.report.refuse(f"ipproto-{pkt.proto}")
             self._refuse(pkt)
