@@ -16,6 +16,7 @@ APT_PACKAGES=(
   nsd nginx unbound                             # lab DNS (authoritative, recursive) and HTTP(S) servers
   chrony snmpd                                  # lab NTP and SNMP servers (udpprobe)
   clang lld                                     # guard monitors written in C (--target=wasm32)
+  busybox-static gron file                      # marionet wrap tests: a static binary (busybox wget), a Go one (gron)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -67,6 +67,7 @@ _EXTRA_PARSERS.append(lambda sub: __import__("marionet.evaluate.cli", fromlist=[
                       .add_evaluate_parser(sub))
 _EXTRA_PARSERS.append(lambda sub: __import__("marionet.commands.midar", fromlist=["add_midar_parser"])
                       .add_midar_parser(sub))
+_EXTRA_PARSERS.append(lambda sub: __import__("marionet.commands.wrap", fromlist=["add_wrap_parser"]).add_wrap_parser(sub))
 
 
 def main(argv: list[str] | None = None) -> int:
