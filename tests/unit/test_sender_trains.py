@@ -148,9 +148,11 @@ def test_socket_removed_mid_train_cancels_the_rest(sender):
     dst = rx.getsockname()
     n = 10_000
     first = time.time_ns() + 50_000_000
-    sender.submit([SendJob(sid, i, b"x", at=first + i * 20_000, addr=dst) for i in range(n)])
-    while time.time_ns() < first + 50_000_000:
-        time.sleep(0.005)
+    sender.submit([SendJob(sid, i, b"x", at=first + i * 100_000, addr=dst) for i in range(n)])   # a 1 s train
+    # Remove once the train has visibly started (a datagram arrived), not at a wall-clock guess: on a loaded
+    # machine (CI) the sender thread can start late, and then nothing had been sent yet.
+    rx.settimeout(5)
+    rx.recv(16)
     sender.remove_socket(sid)
     res: list[SendResult] = _results(sender, n, timeout=10)
     assert sorted(r.job_id for r in res) == list(range(n))
