@@ -5,8 +5,8 @@ The analysis is sans-I/O (:mod:`marionet.measure.midar_analysis`); this
 module plans each phase's probes (who sends what, when, in the
 controller's clock), hands the plan to a :class:`Prober`, and analyses what
 comes back. :class:`CtrlProber` runs a plan through the endpoints' dealias
-primitives (``do_midarest`` for estimation, ``do_midardisc`` for the
-scheduled phases), converting each send time into the VP's own clock with
+primitives (``do_midardisc`` for every phase, on the plan's schedule),
+converting each send time into the VP's own clock with
 the controller's estimate of that VP's offset, so probes from different
 VPs reach a target in the planned order; replies come back converted to the
 controller's clock with the offset's uncertainty (RTT/2 of the exchange it
@@ -574,11 +574,12 @@ class CtrlProber:
     """A Prober over a controller's endpoints (the dealias primitives).
 
     ``vps``: Inst objects (their ``name`` is the VP name in the plan). Each
-    VP's plan is sent as one task: estimation as ``do_midarest`` (the
-    primitive paces its own rounds; its probes' tx_ns say when they went),
-    the scheduled phases as ``do_midardisc`` with one schedule entry per
-    probe, ``startat`` and every offset in the VP's clock (controller time +
-    the VP's measured offset).
+    VP's share of every phase, estimation included, is sent as one
+    ``do_midardisc`` with one schedule entry per probe, ``startat`` and every
+    offset in the VP's clock (controller time + the VP's measured offset).
+    Estimation follows the plan too: its batches keep each address's samples
+    a round apart (``do_midarest`` paces whole rounds over a VP's share, and a
+    round over a thousand addresses lasts long enough to alias fast counters).
     """
 
     def __init__(self, ctrl: Any, vps: Sequence[Any], *, wait_timeout: float = 1.0,
@@ -615,15 +616,7 @@ class CtrlProber:
     async def _run_vp(self, vp: str, pps: list[PlannedProbe], phase: str) -> list[IpidSample]:
         off, err = await self._offset(vp)
         inst = self.insts[vp]
-        if phase == "estimation":
-            addrs = list(dict.fromkeys(pp.addr for pp in pps))
-            methods = list(dict.fromkeys(pp.method for pp in pps))
-            rounds = max(1, len(pps) // max(1, len(addrs) * len(methods)))
-            gap = (pps[1].at_ns - pps[0].at_ns) / 1e9 if len(pps) > 1 else 0.01
-            res = await self.ctrl.do_midarest(addrs, [{"method": m} for m in methods], rounds=rounds,
-                                              wait_probe=gap, wait_round=gap * len(addrs) * len(methods),
-                                              wait_timeout=self.wait_timeout, inst=inst, sync=True)
-            return samples_from_dealias(res, vp, offset_ns=off, err_ns=err)
+        pps = sorted(pps, key=lambda pp: pp.at_ns)              # a schedule runs forward in time
         defs = [{"method": pp.method, "dst": pp.addr} for pp in pps]
         start = pps[0].at_ns
         schedule = [(pp.at_ns - start, i, i) for i, pp in enumerate(pps)]
