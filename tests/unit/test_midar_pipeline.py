@@ -169,6 +169,35 @@ def test_samples_from_dealias_shifts_to_controller_clock() -> None:
     ]
     with pytest.raises(ValueError, match="probedef index"):
         samples_from_dealias(Dealias([], [Probe("10.0.0.1", 3, 1)]), "v")
+    # a probe the guard denied was never sent: no sample for it
+    assert samples_from_dealias(Dealias([{"method": "udp"}], [Probe("10.0.0.4", 0, None, [])]), "v") == []
+
+
+class DenyingProber(SimProber):
+    """A SimProber whose VPs' guards refuse every 10th probe of each phase, as a rate grant below the asked
+    rate would: those probes give no sample, and the prober says why."""
+
+    def __init__(self, *a, **kw) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*a, **kw)
+        self.errors: dict[str, list[str]] = {}
+
+    async def run(self, plan, phase):  # type: ignore[no-untyped-def]
+        keep = [pp for i, pp in enumerate(plan) if i % 10]
+        if len(keep) < len(plan):
+            self.errors.setdefault(phase, []).append("vp0: probe 0: guard: rate")
+        return await super().run(keep, phase)
+
+
+def test_probes_a_guard_denies_are_counted_per_phase(mixed: dict) -> None:
+    vps = four_vps()
+    prober = DenyingProber(mixed, vps)
+    addrs = [a for r in mixed["router"] for a in r["addresses"]]
+    res = asyncio.run(run_midar(None, addrs, vps=[v.name for v in vps], rate_pps=100, prober=prober))
+    for ph, st in res.phases.items():
+        if st["probes_total"]:
+            assert st["not_sent"] == len(range(0, st["probes_total"], 10)), (ph, st)
+            assert st["errors"] == ["vp0: probe 0: guard: rate"]
+    assert "not_sent=" in res.to_text()
 
 
 # --- scaling (issue 12)

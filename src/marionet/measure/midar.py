@@ -95,7 +95,7 @@ def samples_from_dealias(result: Any, vp: str, *, offset_ns: int = 0, err_ns: in
     """IpidSamples from a ``marionet.results.dealias.Dealias`` (midarest or
     midardisc): one per probe, its first reply carrying an IP-ID, times
     shifted from the VP's clock to the controller's (``offset_ns`` = VP
-    clock − controller clock)."""
+    clock − controller clock). A probe that was never sent gives no sample."""
     probedefs = list(_get(result, "probedefs", None) or [])
     out = []
     for p in _get(result, "probes", None) or []:
@@ -108,8 +108,8 @@ def samples_from_dealias(result: Any, vp: str, *, offset_ns: int = 0, err_ns: in
         if method is None:
             raise ValueError(f"samples_from_dealias: probe to {_get(p, 'dst')} has no probedef method")
         tx = _get(p, "tx_ns")
-        if tx is None:
-            raise ValueError(f"samples_from_dealias: probe to {_get(p, 'dst')} has no tx_ns")
+        if tx is None:          # never sent (the guard denied it, the send failed): no sample; the phase's
+            continue            # statistics count it as planned but not sent
         rx = ipid = None
         for r in _get(p, "replies", None) or []:
             if _get(r, "ipid") is not None and _get(r, "rx_ns") is not None:
@@ -440,6 +440,7 @@ def _phase_stats(plan: Sequence[PlannedProbe], samples: Sequence[IpidSample], t0
     for p in plan:
         probes[p.vp] += 1
     return {"probes": dict(sorted(probes.items())), "probes_total": len(plan),
+            "not_sent": max(0, len(plan) - len(samples)),   # denied by a VP's guard, or the send failed
             "replies": sum(1 for s in samples if s.answered), "wall_s": round(time.monotonic() - t0, 3)}
 
 
@@ -562,6 +563,9 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
         phases[phase] = st
         pairs = passed
     sets_out = alias_sets_from_pairs(pairs)
+    for ph, errs in (getattr(prober, "errors", None) or {}).items():   # why probes went unsent, per phase
+        if ph in phases and errs:
+            phases[ph]["errors"] = list(errs)
     phases["corroboration"]["confirmed"] = len(pairs)
     phases["corroboration"]["alias_sets"] = len(sets_out)
     return MidarResult(sets_out, pairs, chosen, unusable, phases, split, p)
@@ -588,6 +592,7 @@ class CtrlProber:
         self.insts = {str(v.name): v for v in vps}
         self.wait_timeout = wait_timeout
         self.offset_timeout = offset_timeout
+        self.errors: dict[str, list[str]] = defaultdict(list)   # phase -> "VP: error" of tasks that sent part
 
     def now_ns(self) -> int:
         return time.time_ns()
@@ -624,6 +629,8 @@ class CtrlProber:
                                            wait_timeout=self.wait_timeout, inst=inst, sync=True)
         if getattr(res, "error", None) and not any(_get(pr, "tx_ns") for pr in _get(res, "probes", None) or []):
             raise RuntimeError(f"MIDAR {phase} on VP {vp}: {res.error}")
+        if getattr(res, "error", None):
+            self.errors[phase].append(f"{vp}: {res.error}")
         return samples_from_dealias(res, vp, offset_ns=off, err_ns=err)
 
 
