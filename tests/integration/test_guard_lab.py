@@ -71,15 +71,8 @@ def path():
 
 @contextlib.asynccontextmanager
 async def guarded(path, tmp_path, extra: str = "", protocols: str = '["udp", "raw:1", "capture"]'):
-    from . import pathlab
-
-    from marionet import aio
-    from marionet.endpoint.daemon import Endpoint, EndpointConfig
-    from marionet.guard.setup import load_guard
-
     target = path.target(4)
-    policy = tmp_path / "policy.toml"
-    policy.write_text(f"""
+    policy = f"""
 [anonymous]
 protocols = {protocols}
 dst = ["{target}/32"]
@@ -88,7 +81,22 @@ primitives = {{ ping = {{ attempts = 3 }}, trace = {{}} }}
 [audit]
 file = "{tmp_path / 'audit.jsonl'}"
 {extra}
-""")
+"""
+    async with guarded_with(path, tmp_path, policy) as got:
+        yield got
+
+
+@contextlib.asynccontextmanager
+async def guarded_with(path, tmp_path, policy_text: str):
+    """An endpoint under ``policy_text`` in the client namespace, and an anonymous session to it."""
+    from . import pathlab
+
+    from marionet import aio
+    from marionet.endpoint.daemon import Endpoint, EndpointConfig
+    from marionet.guard.setup import load_guard
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text)
     rt = load_guard(policy)
     with pathlab.inside(path.netns("client")):
         ep = Endpoint(EndpointConfig(name="guarded", engine="process"), rt.guard, trust=rt.trust, audit=rt.audit)
@@ -199,3 +207,41 @@ async def test_primitives_are_bounded_by_the_policy(path, tmp_path):
         cap.close()
     assert not cap.to(denied)
     assert len([p for p in cap.to(target) if p[9] == 1]) == 2  # the two granted echo requests
+
+
+async def test_midar_probes_keep_to_the_granted_rate(path, tmp_path):
+    """MIDAR's discovery task asks for 200 probes/s; the guard grants 50 (burst 20, excess denied). The probes
+    beyond the grant are not sent, each says why, the result carries the error, and MIDAR's sample conversion
+    counts only what went out (its phase statistics then report the rest as not sent)."""
+    from marionet.measure.midar import samples_from_dealias
+
+    from tests.integration.labclient import task_result
+
+    target = path.target(4)
+    policy = f"""
+[anonymous]
+protocols = ["raw:1"]
+dst = ["{target}/32"]
+rate = {{ pps = 50, burst_packets = 20, excess = "deny" }}
+primitives = {{ midardisc = {{}} }}
+"""
+    cap = Capture(path.netns("r1"))
+    try:
+        async with guarded_with(path, tmp_path, policy) as (s, ep, _):
+            off = await s.clock_offset(samples=3)
+            n = 100
+            sched = [(i * 5_000_000, 0, 0) for i in range(n)]                # 200 probes/s for 0.5 s
+            d = await task_result(s, "midardisc", {
+                "probedefs": [{"method": "icmp-echo", "dst": target}], "schedule": sched,
+                "startat": time.time_ns() + off.offset_ns + 500_000_000, "wait_timeout": 1})
+    finally:
+        cap.close()
+    sent = [p for p in d.probes if p.tx_ns is not None]
+    unsent = [p for p in d.probes if p.tx_ns is None]
+    assert len(d.probes) == n
+    assert 20 <= len(sent) <= 20 + 50 * 0.5 + 5, len(sent)        # burst + rate × duration, a little slack
+    assert unsent and all(p.error and "send failed" in p.error for p in unsent), unsent[:1]
+    assert d.error and "probe" in d.error
+    echoes = [p for p in cap.to(target) if p[9] == 1]
+    assert len(echoes) == len(sent)                                 # nothing beyond the grant left the VP
+    assert len(samples_from_dealias(d, "guarded")) == len(sent)

@@ -18,6 +18,7 @@ from marionet.measure.midar_analysis import (
     mbt,
     sliding_windows,
     unwrap,
+    velocity_windows,
     window_size,
 )
 
@@ -178,3 +179,109 @@ def test_series_velocity_survives_probes_that_reach_the_router_out_of_send_order
             out.append(IpidSample("a", "icmp-echo", vp, int(tx * S), int((tx + rtt) * S), int(1000 + v * at) & 0xFFFF))
     assert series_velocity(out) == pytest.approx(v, rel=0.2)
     assert mbt(out, series_velocity(out))
+
+
+# --- scaling fixes (issue 12: recall 0.887 at 5k targets)
+
+
+def test_estimate_calls_a_random_series_that_stepped_forward_irregular() -> None:
+    """Random IDs that happened to step forward every time (short sampling
+    intervals no longer flag them 'fast'): the line test rejects them; a
+    real counter sampled the same way passes."""
+    rng = random.Random(3)
+    ids = [rng.randrange(65536)]
+    for _ in range(9):
+        ids.append((ids[-1] + rng.randrange(1, 32768)) % 65536)
+    times = [i * 0.5 for i in range(10)]
+    rand = [IpidSample("r", "udp", "v", int(t * S), int(t * S) + 10_000_000, x) for t, x in zip(times, ids)]
+    e = estimate(rand)
+    assert not e.usable and e.reason == "irregular"
+    assert estimate(counter_series("c", 8000.0, 5, times)).usable
+
+
+def test_mbt_counts_own_probes_of_the_candidate_set() -> None:
+    """A slow router (2 IDs/s) whose 6 addresses are probed back to back each
+    second: between two samples of a and f the router also answered b–e,
+    a burst no mean velocity explains. Counted as own probes, the pair passes;
+    two routers at one velocity 174 IDs apart, probed the same way, do not."""
+    addrs = "abcdef"
+    ss = []
+    k = 0
+    for rnd in range(6):
+        for i, a in enumerate(addrs):
+            tx = int((rnd + i * 0.01) * S)
+            ss.append(IpidSample(a, "udp", "v", tx, tx + 20_000_000, (100 + int(2 * (tx / S)) + k) & 0xFFFF))
+            k += 1
+    a, f = [s for s in ss if s.addr == "a"], [s for s in ss if s.addr == "f"]
+    v = 2 + 6  # background + our replies, IDs/s
+    assert not mbt(a + f, v)
+    assert mbt(a + f, v, own=[s for s in ss if s.addr in "bcde"])
+    other = [IpidSample("x", "udp", "v", s.tx_ns + 5_000_000, s.rx_ns + 5_000_000, (s.ipid + 174) & 0xFFFF)
+             for s in a]
+    assert not mbt(a + other, 500, own=[s for s in ss if s.addr in "bcdef"])
+
+
+def test_velocity_windows_keep_a_dense_band_together() -> None:
+    """2,000 slow counters within one velocity tolerance and 400 spread out:
+    one global width capped at 400 leaves compatible pairs in no common
+    window; density-sized windows put every compatible pair in one."""
+    rng = random.Random(5)
+    vs = sorted([rng.uniform(5, 9) for _ in range(2000)] + [10 ** rng.uniform(1, 3.3) for _ in range(400)])
+    order = [f"a{i}" for i in range(len(vs))]
+
+    def compatible(i: int, j: int) -> bool:
+        lo, hi = sorted((vs[i], vs[j]))
+        return hi - lo <= 0.25 * hi + 2.0
+
+    def covered(windows: list[list[str]]) -> bool:
+        where: dict[str, list[int]] = {}
+        for w, ws in enumerate(windows):
+            for a in ws:
+                where.setdefault(a, []).append(w)
+        for i in range(len(vs)):
+            for j in range(i + 1, len(vs)):
+                if not compatible(i, j):
+                    break
+                if not set(where[order[i]]) & set(where[order[j]]):
+                    return False
+        return True
+
+    old = sliding_windows(order, window_size(vs, max_size=400))
+    assert not covered(old)
+    new = velocity_windows(order, vs)
+    assert covered(new)
+    assert {a for w in new for a in w} == set(order)
+    assert sum(len(w) for w in new) <= 3 * len(order)  # overlap stays about 2x
+    # A rate cap: no window whose round lets its fastest counter move a quarter of the space.
+    capped = velocity_windows(order, vs, rate_pps=400)
+    vel = dict(zip(order, vs))
+    assert all(len(w) < 3 or max(vel[a] for a in w) * len(w) / 400 <= 65536 / 4 for w in capped)
+    with pytest.raises(ValueError, match="sorted"):
+        velocity_windows(["a", "b"], [2.0, 1.0])
+    with pytest.raises(ValueError, match="velocities"):
+        velocity_windows(["a"], [])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), n_routers=st.integers(2, 25))
+def test_candidate_pairs_offset_prefilter_loses_no_pair(seed: int, n_routers: int) -> None:
+    """Discovery's offset prefilter tests only pairs whose counters are within
+    reach: the result equals the MBT over every velocity-compatible pair."""
+    rng = random.Random(seed)
+    samples: list[IpidSample] = []
+    times = [i * 0.25 for i in range(24)]
+    for r in range(n_routers):
+        v = rng.choice([5.0, 50.0, 500.0, 1500.0]) * rng.uniform(0.95, 1.05)
+        start = rng.randrange(65536) if rng.random() < 0.7 else 1000  # some share an offset
+        for j in range(rng.randint(1, 3)):
+            samples += counter_series(f"r{r}.{j}", v, start, times[j % 2::2], rtt_ms=rng.uniform(2, 30))
+    got, _ = candidate_pairs(samples)
+    series: dict[str, list[IpidSample]] = {}
+    for s in samples:
+        series.setdefault(s.addr, []).append(s)
+    from marionet.measure.midar_analysis import series_velocity
+    vel = {a: series_velocity(ss) for a, ss in series.items() if mbt(ss, series_velocity(ss))}
+    brute = {(a, b) for a in vel for b in vel if a < b
+             and abs(vel[a] - vel[b]) <= 0.25 * max(vel[a], vel[b]) + 2.0
+             and mbt(series[a] + series[b], max(vel[a], vel[b]))}
+    assert got == brute

@@ -119,6 +119,10 @@ async def _main(args: argparse.Namespace) -> int:
     (out / "midar.json").write_text(res.to_json())
     print(f"{len(res.alias_sets)} alias sets, {len(res.pairs)} pairs; "
           f"probes {sum(st['probes_total'] for st in res.phases.values())}; wrote {out}/midar.sets, midar.json")
+    unsent = sum(st.get("not_sent", 0) for st in res.phases.values())
+    if unsent:
+        first = next((e for st in res.phases.values() for e in st.get("errors", [])), "")
+        print(f"warning: {unsent} planned probes were not sent ({first})", file=sys.stderr)
     if truth is not None and "expected_pairs" in truth:
         _print_lab_score(res, truth)
     elif truth is not None:
