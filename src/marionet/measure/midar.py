@@ -5,8 +5,8 @@ The analysis is sans-I/O (:mod:`marionet.measure.midar_analysis`); this
 module plans each phase's probes (who sends what, when, in the
 controller's clock), hands the plan to a :class:`Prober`, and analyses what
 comes back. :class:`CtrlProber` runs a plan through the endpoints' dealias
-primitives (``do_midardisc`` for every phase, on the plan's schedule),
-converting each send time into the VP's own clock with
+primitives (``do_midarest`` for estimation, ``do_midardisc`` for the
+scheduled phases), converting each send time into the VP's own clock with
 the controller's estimate of that VP's offset, so probes from different
 VPs reach a target in the planned order; replies come back converted to the
 controller's clock with the offset's uncertainty (RTT/2 of the exchange it
@@ -22,7 +22,6 @@ import bisect
 import datetime as _dt
 import json
 import math
-import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,7 +37,8 @@ from .midar_analysis import (
     best_methods,
     candidate_pairs,
     estimate_all,
-    velocity_windows,
+    sliding_windows,
+    window_size,
 )
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
     "plan_estimation",
     "plan_fast",
     "plan_rounds",
-    "plan_set_rounds",
     "components",
     "run_midar",
     "run_midar_with",
@@ -123,54 +122,33 @@ def samples_from_dealias(result: Any, vp: str, *, offset_ns: int = 0, err_ns: in
 
 
 def plan_estimation(split: Mapping[str, Sequence[str]], methods: Sequence[str], rounds: int, rate_pps: float,
-                    start_ns: int, *, round_s: float = 2.0, seed: int = 0) -> list[PlannedProbe]:
-    """Each VP probes its own share of targets with every method, at
-    ``rate_pps``, in batches: a batch gets all its ``rounds`` before the next
-    starts, each round lasting about ``round_s``. Why batches: one round over
-    a whole share lasts share × methods / rate (38 s for 1,270 addresses at
-    100 pps), and a counter faster than 2¹⁵ IDs per round wraps unseen
-    between samples — its velocity aliases and the address is lost (the
-    recall drop at 5k targets). Batching costs no probe and keeps every
-    address's sampling interval below 2 × ``round_s`` whatever the number of
-    targets. Rounds after the first visit the batch in a seeded shuffled
-    order, so intervals vary and a counter fast enough to alias at one
-    interval cannot look slow and regular at all of them."""
-    if rate_pps <= 0:
-        raise ValueError(f"rate_pps {rate_pps!r} must be > 0")
-    if round_s <= 0:
-        raise ValueError(f"round_s {round_s!r} must be > 0")
-    gap = 1e9 / rate_pps
-    per_batch = max(1, int(rate_pps * round_s / max(1, len(methods))))
-    rng = random.Random(seed)
-    out = []
-    for vp, addrs in split.items():
-        k = 0
-        for b in range(0, len(addrs), per_batch):
-            batch = list(addrs[b : b + per_batch])
-            for r in range(rounds):
-                order = list(batch)
-                if r:
-                    rng.shuffle(order)
-                for a in order:
-                    for m in methods:
-                        out.append(PlannedProbe(vp, a, m, start_ns + int(k * gap)))
-                        k += 1
-    return out
-
+                    start_ns: int) -> list[PlannedProbe]:
+    """Each VP probes its own share of targets with every method, round
+    after round, at ``rate_pps``."""
+    return _paced(split, rate_pps, start_ns,
+                  lambda addrs: ((a, m) for _ in range(rounds) for a in addrs for m in methods))
 
 
 def plan_fast(split: Mapping[str, Sequence[str]], methods: Sequence[str], rounds: int, rate_pps: float,
               start_ns: int) -> list[PlannedProbe]:
     """Estimation again for addresses whose counter looked non-monotonic or
-    too fast at the estimation's spacing (seen live: a 30,000 IDs/s counter
-    wraps between two samples of a round): each address's ``rounds`` ×
-    methods probes back to back at ``rate_pps``, so consecutive samples are
-    milliseconds apart. Random-ID routers stay non-monotonic at any spacing."""
+    too fast at the estimation's spacing (a counter at 30,000 IDs/s wraps
+    every 2 s, and one estimation round over a VP's share takes longer):
+    each address's ``rounds`` × methods probes back to back at ``rate_pps``,
+    so consecutive samples are milliseconds apart. Random-ID routers stay
+    non-monotonic at any spacing."""
+    return _paced(split, rate_pps, start_ns,
+                  lambda addrs: ((a, m) for a in addrs for _ in range(rounds) for m in methods))
+
+
+def _paced(split: Mapping[str, Sequence[str]], rate_pps: float, start_ns: int,
+           order: Any) -> list[PlannedProbe]:
+    """Each VP's (address, method) sequence ``order(its share)`` at ``rate_pps``."""
     if rate_pps <= 0:
         raise ValueError(f"rate_pps {rate_pps!r} must be > 0")
     gap = 1e9 / rate_pps
-    return [PlannedProbe(vp, a, m, start_ns + int(k * gap)) for vp, addrs in split.items()
-            for k, (a, m) in enumerate((a, m) for a in addrs for _ in range(rounds) for m in methods)]
+    return [PlannedProbe(vp, a, m, start_ns + int(k * gap))
+            for vp, addrs in split.items() for k, (a, m) in enumerate(order(addrs))]
 
 
 def plan_rounds(groups: Sequence[Sequence[str]], method_of: Mapping[str, str], vps: Sequence[str], rounds: int,
@@ -220,53 +198,6 @@ def plan_rounds(groups: Sequence[Sequence[str]], method_of: Mapping[str, str], v
     return out
 
 
-def plan_set_rounds(batches: Sequence[Sequence[Sequence[str]]], method_of: Mapping[str, str], vps: Sequence[str],
-                    rounds: int, rate_pps: float, start_ns: int, *,
-                    target_rate_pps: float | None = None) -> list[PlannedProbe]:
-    """Elimination and corroboration: batches of candidate sets one after
-    another; each round over a batch visits its sets in turn and a set's
-    addresses back to back (rotated by one each round, so every pair is
-    seen in both orders), at ``rate_pps`` per VP, the i-th address of a
-    batch probed from VP i + round. Why back to back: two routers whose counters run
-    at one velocity a fraction of a second apart pass the MBT when their
-    samples are far apart in time and fail at once when close (MIDAR
-    probes a candidate set in quick succession); the bursts this sends a
-    slow router are allowed for by the MBT's ``own`` probes.
-
-    ``target_rate_pps``: a round lasts at least 1/target_rate_pps (no
-    address probed faster, for routers that rate-limit), the idle time
-    spread evenly between sets; a set itself stays back to back."""
-    if not vps:
-        raise ValueError("plan_set_rounds: no VPs")
-    if rate_pps <= 0:
-        raise ValueError(f"rate_pps {rate_pps!r} must be > 0")
-    if target_rate_pps is not None and target_rate_pps <= 0:
-        raise ValueError(f"target_rate_pps {target_rate_pps!r} must be > 0")
-    gap = 1e9 / (rate_pps * len(vps))
-    out = []
-    t = 0.0
-    for batch in batches:
-        n_probes = sum(len(cs) for cs in batch)
-        idle = 0.0
-        if target_rate_pps is not None and batch:
-            # (rotation moves an address up to a set's length earlier in the next round)
-            longest = max(len(cs) for cs in batch)
-            idle = max(0.0, 1e9 / target_rate_pps + (longest - 1) * gap - n_probes * gap) / len(batch)
-        for r in range(rounds):
-            base = 0
-            for cs in batch:
-                n = len(cs)
-                for i in range(n):
-                    pos = (i + r) % n
-                    a = cs[pos]
-                    # VP by the address's fixed place in the batch: every address meets every VP in turn.
-                    out.append(PlannedProbe(vps[(base + pos + r) % len(vps)], a, method_of[a], start_ns + int(t)))
-                    t += gap
-                base += n
-                t += idle
-    return out
-
-
 def _spread_stride(n: int) -> int:
     """A stride coprime with n near n/φ²: walking a velocity-sorted group
     with it puts neighbours (likely aliases) far apart in time, so a slow
@@ -302,18 +233,16 @@ def components(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
     return out
 
 
-def _set_batches(sets: Sequence[Sequence[str]], limit: int) -> list[list[Sequence[str]]]:
-    """Candidate sets packed, whole, into batches of at most ``limit``
-    addresses (a set larger than the limit is its own batch)."""
-    out: list[list[Sequence[str]]] = []
-    cur: list[Sequence[str]] = []
-    size = 0
+def _batches(sets: Sequence[Sequence[str]], limit: int) -> list[list[str]]:
+    """Candidate sets packed into probing groups of at most ``limit``
+    addresses (a set larger than the limit is its own group)."""
+    out: list[list[str]] = []
+    cur: list[str] = []
     for s in sets:
-        if cur and size + len(s) > limit:
+        if cur and len(cur) + len(s) > limit:
             out.append(cur)
-            cur, size = [], 0
-        cur.append(s)
-        size += len(s)
+            cur = []
+        cur.extend(s)
     if cur:
         out.append(cur)
     return out
@@ -360,9 +289,7 @@ class MidarParams:
     discovery_rounds: int = 6
     elimination_rounds: int = 6
     corroboration_rounds: int = 6
-    max_window: int = 400  # addresses per elimination/corroboration batch
-    min_window: int = 100  # discovery windows (sized by velocity density) merged up to this
-    estimation_round_s: float = 2.0  # one estimation round of a batch (sampling interval < 2x this)
+    max_window: int = 400
     lead_s: float = 0.5  # how far ahead of now each phase is scheduled, plus:
     lead_per_probe_s: float = 0.0004  # per probe of the largest VP share (a task's set-up grows with it)
     fast_rounds: int = 10  # estimation again, closely spaced, for non-monotonic/fast addresses (0: off)
@@ -377,10 +304,6 @@ class MidarParams:
         for n in ("estimation_rounds", "discovery_rounds", "elimination_rounds", "corroboration_rounds"):
             if getattr(self, n) < 2:
                 raise ValueError(f"{n} {getattr(self, n)!r} must be >= 2")
-        if self.estimation_round_s <= 0:
-            raise ValueError(f"estimation_round_s {self.estimation_round_s!r} must be > 0")
-        if self.min_window < 2:
-            raise ValueError(f"min_window {self.min_window!r} must be >= 2")
         if self.max_window < 2:
             raise ValueError(f"max_window {self.max_window!r} must be >= 2")
         if self.fast_rounds and self.fast_rounds < 5:
@@ -444,7 +367,7 @@ def _phase_stats(plan: Sequence[PlannedProbe], samples: Sequence[IpidSample], t0
             "replies": sum(1 for s in samples if s.answered), "wall_s": round(time.monotonic() - t0, 3)}
 
 
-_REASON_RANK = {"ok": 0, "fast": 1, "irregular": 2, "non-monotonic": 3, "constant": 4, "few-replies": 5}
+_REASON_RANK = {"ok": 0, "fast": 1, "non-monotonic": 2, "constant": 3, "few-replies": 4}
 
 
 # ---------------------------------------------------------------- driver
@@ -476,8 +399,7 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
     split = {vp: addrs[i :: len(vps)] for i, vp in enumerate(vps)}
     t0 = time.monotonic()
     plan = plan_estimation(split, p.methods, p.estimation_rounds, p.rate_pps,
-                           prober.now_ns() + lead(len(addrs) * len(p.methods) * p.estimation_rounds),
-                           round_s=p.estimation_round_s)
+                           prober.now_ns() + lead(len(addrs) * len(p.methods) * p.estimation_rounds))
     samples = await prober.run(plan, "estimation")
     ests = estimate_all(samples)
     chosen = best_methods(ests, p.methods)
@@ -522,9 +444,9 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
     # Discovery: sliding windows over the velocity-sorted usable addresses.
     t0 = time.monotonic()
     order = sorted(chosen, key=lambda a: (chosen[a].velocity, a))
-    windows = velocity_windows(order, [chosen[a].velocity for a in order], tolerance=p.mbt.velocity_tolerance,
-                               min_size=p.min_window, rate_pps=p.rate_pps * len(vps))
-    size = max((len(w) for w in windows), default=0)
+    size = window_size([chosen[a].velocity for a in order], tolerance=p.mbt.velocity_tolerance,
+                       max_size=p.max_window)
+    windows = sliding_windows(order, size)
     velocity_of = {a: e.velocity for a, e in chosen.items()}
     plan = plan_rounds(windows, method_of, vps, p.discovery_rounds, p.rate_pps,
                        prober.now_ns() + lead(sum(map(len, windows)) * p.discovery_rounds),
@@ -551,13 +473,12 @@ async def run_midar_with(prober: Prober, addrs: Sequence[str], vps: Sequence[str
         t0 = time.monotonic()
         sets = components(pairs)
         tested = _all_pairs(sets)
-        batches = _set_batches(sets, p.max_window)
-        plan = plan_set_rounds(batches, method_of, vps, rounds, p.rate_pps,
-                               prober.now_ns() + lead(sum(len(cs) for b in batches for cs in b) * rounds),
-                               target_rate_pps=p.target_rate_pps)
+        batches = _batches(sets, p.max_window)
+        plan = plan_rounds(batches, method_of, vps, rounds, p.rate_pps,
+                           prober.now_ns() + lead(sum(map(len, batches)) * rounds),
+                           target_rate_pps=p.target_rate_pps, velocity_of=velocity_of)
         samples = unswap(await prober.run(plan, phase)) if plan else []
-        set_of = {a: i for i, cs in enumerate(sets) for a in cs}
-        passed, _ = candidate_pairs(samples, params=p.mbt, pairs=tested, groups=set_of)
+        passed, _ = candidate_pairs(samples, params=p.mbt, pairs=tested)
         st = {**_phase_stats(plan, samples, t0), "sets": len(sets), "tested": len(tested),
               "passed": len(passed), "eliminated": len(pairs - passed)}
         phases[phase] = st
@@ -578,12 +499,11 @@ class CtrlProber:
     """A Prober over a controller's endpoints (the dealias primitives).
 
     ``vps``: Inst objects (their ``name`` is the VP name in the plan). Each
-    VP's share of every phase, estimation included, is sent as one
-    ``do_midardisc`` with one schedule entry per probe, ``startat`` and every
-    offset in the VP's clock (controller time + the VP's measured offset).
-    Estimation follows the plan too: its batches keep each address's samples
-    a round apart (``do_midarest`` paces whole rounds over a VP's share, and a
-    round over a thousand addresses lasts long enough to alias fast counters).
+    VP's plan is sent as one task: estimation as ``do_midarest`` (the
+    primitive paces its own rounds; its probes' tx_ns say when they went),
+    the scheduled phases as ``do_midardisc`` with one schedule entry per
+    probe, ``startat`` and every offset in the VP's clock (controller time +
+    the VP's measured offset).
     """
 
     def __init__(self, ctrl: Any, vps: Sequence[Any], *, wait_timeout: float = 1.0,
@@ -622,6 +542,17 @@ class CtrlProber:
         off, err = await self._offset(vp)
         inst = self.insts[vp]
         pps = sorted(pps, key=lambda pp: pp.at_ns)              # a schedule runs forward in time
+        if phase == "estimation":
+            addrs = list(dict.fromkeys(pp.addr for pp in pps))
+            methods = list(dict.fromkeys(pp.method for pp in pps))
+            rounds = max(1, len(pps) // max(1, len(addrs) * len(methods)))
+            gap = (pps[1].at_ns - pps[0].at_ns) / 1e9 if len(pps) > 1 else 0.01
+            res = await self.ctrl.do_midarest(addrs, [{"method": m} for m in methods], rounds=rounds,
+                                              wait_probe=gap, wait_round=gap * len(addrs) * len(methods),
+                                              wait_timeout=self.wait_timeout, inst=inst, sync=True)
+            if getattr(res, "error", None):
+                self.errors[phase].append(f"{vp}: {res.error}")
+            return samples_from_dealias(res, vp, offset_ns=off, err_ns=err)
         defs = [{"method": pp.method, "dst": pp.addr} for pp in pps]
         start = pps[0].at_ns
         schedule = [(pp.at_ns - start, i, i) for i, pp in enumerate(pps)]

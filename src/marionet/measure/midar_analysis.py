@@ -12,10 +12,9 @@ alias-router emulator.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -31,7 +30,6 @@ __all__ = [
     "mbt",
     "window_size",
     "sliding_windows",
-    "velocity_windows",
     "candidate_pairs",
     "alias_sets_from_pairs",
 ]
@@ -134,16 +132,6 @@ def _fit_line(samples: Sequence[IpidSample], u: Sequence[int]) -> tuple[float, f
     return slope, math.sqrt(resid / (n - 2) / sxx)
 
 
-def _max_residual(samples: Sequence[IpidSample], ids: Sequence[int], slope: float) -> float:
-    """Largest distance (IDs) of the unwrapped series from its least-squares
-    line of slope ``slope`` (IDs/s)."""
-    u = unwrap(ids)
-    t = [_mid(s) / 1e9 for s in samples]
-    n = len(t)
-    mt, mu = sum(t) / n, sum(u) / n
-    return max(abs(y - mu - slope * (x - mt)) for x, y in zip(t, u))
-
-
 def _monotonic_steps(samples: Sequence[IpidSample], ids: Sequence[int], max_step: int) -> bool:
     """Every forward step below ``max_step`` (a smaller step than half the
     space: larger ones look like going backwards) and not zero."""
@@ -163,7 +151,7 @@ class Estimate:
     sent: int
     replies: int
     usable: bool
-    reason: str  # "ok" | "few-replies" | "constant" | "non-monotonic" | "irregular" | "fast"
+    reason: str  # "ok" | "few-replies" | "constant" | "non-monotonic" | "fast"
     velocity: float = 0.0  # IDs per second
     velocity_err: float = 0.0
     swapped: bool = False
@@ -175,28 +163,16 @@ class Estimate:
 
 
 def estimate(samples: Sequence[IpidSample], *, min_replies: int = 5, min_reply_fraction: float = 0.5,
-             max_step: int = HALF, max_residual_ids: float = 32.0,
-             max_residual_fraction: float = 0.25) -> Estimate:
+             max_step: int = HALF) -> Estimate:
     """MIDAR's estimation test for one address and method.
 
     Usable when enough probes were answered, the IDs are not constant (zero
     counters), every step is forward by less than half the ID space (random
-    IDs fail this almost surely: each step has probability ½), the series
-    lies close to a line, and the velocity is low enough that the widest
-    gap between samples cannot hide a wrap.
-
-    The line test ("irregular" otherwise): no sample further from the fit
-    than ``max_residual_ids`` (our own probes' replies arrive in bursts) or
-    ``max_residual_fraction`` of the typical step between samples. A
-    random series that happened to step forward every time (2⁻⁹ for ten
-    samples) or a counter too fast for the sampling intervals (its
-    velocity aliases; the intervals vary) scatters by thousands of IDs; a
-    real counter by a few. Without it, sampling intervals short enough for
-    fast counters let such series pass the wrap check.
-
-    Byte-swapped counters: when the swapped series passes too, the
-    lower-velocity reading wins (MIDAR's rule), so a little-endian counter
-    is read unswapped.
+    IDs fail this almost surely: each step has probability ½), and the
+    velocity is low enough that the widest gap between samples cannot hide a
+    wrap. Byte-swapped counters: when the swapped series is monotonic too,
+    the lower-velocity reading wins (MIDAR's rule), so a little-endian
+    counter is read unswapped.
     """
     if not samples:
         raise ValueError("estimate: no samples")
@@ -212,21 +188,15 @@ def estimate(samples: Sequence[IpidSample], *, min_replies: int = 5, min_reply_f
     raw = [s.ipid for s in got]  # type: ignore[misc]
     if len(set(raw)) == 1:
         return Estimate(**base, usable=False, reason="constant")  # type: ignore[arg-type]
-    gaps = sorted((b.tx_ns - a.tx_ns) / 1e9 for a, b in zip(got, got[1:]))
-    typical_gap = gaps[len(gaps) // 2]
     readings = []
-    monotonic = False
     for swapped in (False, True):
         ids = [byteswap(v) for v in raw] if swapped else list(raw)  # type: ignore[arg-type]
         if _monotonic_steps(got, ids, max_step):
-            monotonic = True
             v, err = _fit_velocity(got, ids)
-            tol = max(max_residual_ids, max_residual_fraction * v * typical_gap)
-            if _max_residual(got, ids, v) <= tol:
-                readings.append((v, err, swapped))
+            readings.append((v, err, swapped))
     if not readings:
-        return Estimate(**base, usable=False, reason="irregular" if monotonic else "non-monotonic")  # type: ignore[arg-type]
-    # Both byte orders pass: the lower velocity wins (MIDAR's rule),
+        return Estimate(**base, usable=False, reason="non-monotonic")  # type: ignore[arg-type]
+    # Both byte orders monotonic: the lower velocity wins (MIDAR's rule),
     # unless it fits a line far worse than the other (a fast counter whose
     # swapped bytes happen to step forward: the misreading scatters).
     readings.sort()
@@ -301,71 +271,7 @@ class MbtParams:
     slack_ids: int = 3
 
 
-_Bound = tuple[int, int, int]  # (lo_ns, hi_ns, ipid) of an answered sample
-
-
-def _bounds(series: Iterable[IpidSample]) -> list[_Bound]:
-    """Answered samples as (lo, hi, ipid) in the MBT's order."""
-    return sorted((s.lo_ns, s.hi_ns, s.ipid) for s in series if s.answered)  # type: ignore[misc]
-
-
-class _Overlaps:
-    """Counts the samples of a set whose bounds meet a time span (bisect on
-    their sorted lo and hi ends): our own probes that may have been
-    answered by one counter between two of its samples."""
-
-    __slots__ = ("los", "his")
-
-    def __init__(self, bounds: Iterable[_Bound]) -> None:
-        bs = list(bounds)
-        self.los = sorted(b[0] for b in bs)
-        self.his = sorted(b[1] for b in bs)
-
-    def count(self, lo: int, hi: int) -> int:
-        return bisect.bisect_right(self.los, hi) - bisect.bisect_left(self.his, lo)
-
-
-def _others_counter(group: _Overlaps, a: _Overlaps, b: _Overlaps) -> Callable[[int, int], int]:
-    """Samples of a candidate set, other than a's and b's, meeting a span."""
-    def count(lo: int, hi: int) -> int:
-        return group.count(lo, hi) - a.count(lo, hi) - b.count(lo, hi)
-    return count
-
-
-def _mbt_bounds(got: Sequence[_Bound], vmax: float, slack: float,
-                extra: Callable[[int, int], int] | None = None) -> bool:
-    """The MBT walk over sorted bounds (vmax in IDs/ns). A step that breaks
-    the bound is re-checked with one more ID of slack for every other
-    sample — of the series itself, and ``extra``'s — whose bounds meet the
-    step's span: each may have been answered in between (computed only
-    then: most steps pass or fail by far)."""
-    if len(got) < 2:
-        return False
-    mine: _Overlaps | None = None
-    for (alo, ahi, aid), (blo, bhi, bid) in zip(got, got[1:]):
-        st = ((bid - aid + HALF) % WRAP) - HALF
-        if st == 0:
-            return False
-        upper = vmax * (bhi - alo) + slack
-        lower = 1 if ahi < blo else -vmax * (ahi - blo) - slack
-        if lower <= st <= upper:
-            continue
-        more = extra(alo, bhi) if extra is not None else 0
-        if max(st - upper, lower - st) > len(got) - 2 + more:
-            return False  # by far (another counter): no count of the series can explain it
-        if mine is None:
-            mine = _Overlaps(got)
-        allow = mine.count(alo, bhi) - 2 + more
-        if ahi < blo:
-            if not 1 <= st <= upper + allow:
-                return False
-        elif not lower - allow <= st <= upper + allow:
-            return False
-    return True
-
-
-def mbt(series: Sequence[IpidSample], velocity: float, params: MbtParams = MbtParams(), *,
-        own: Sequence[IpidSample] = ()) -> bool:
+def mbt(series: Sequence[IpidSample], velocity: float, params: MbtParams = MbtParams()) -> bool:
     """The Monotonic Bounds Test on a (merged) series.
 
     Each answered sample's IP-ID was chosen at an unknown instant inside
@@ -375,16 +281,9 @@ def mbt(series: Sequence[IpidSample], velocity: float, params: MbtParams = MbtPa
     (IDs/s, widened by ``params``): with s the signed step b − a mod 2¹⁶,
 
     - if a's interval ends before b's begins (a certainly came first):
-      1 ≤ s ≤ vmax · (b.hi − a.lo) + slack;
+      1 ≤ s ≤ vmax · (b.hi − a.lo);
     - if the intervals overlap (either order possible):
-      −vmax · (a.hi − b.lo) − slack ≤ s ≤ vmax · (b.hi − a.lo) + slack, s ≠ 0.
-
-    ``own``: our other probes that the same counter may have answered (the
-    rest of the candidate set, in elimination): each one whose bounds meet
-    [a.lo, b.hi] adds one ID to that step's slack. Probes to one router
-    arrive in bursts (a set probed back to back) that an average velocity
-    cannot explain; counting them keeps a slow router's aliases, and costs
-    precision nothing — other routers' counters are hundreds of IDs apart.
+      −vmax · (a.hi − b.lo) − slack ≤ s ≤ vmax · (b.hi − a.lo), s ≠ 0.
 
     Two different counters (other routers, per-interface counters, the
     same velocity at another offset) break the bound almost at once; a
@@ -393,8 +292,24 @@ def mbt(series: Sequence[IpidSample], velocity: float, params: MbtParams = MbtPa
     """
     if velocity < 0 or not math.isfinite(velocity):
         raise ValueError(f"mbt: velocity {velocity!r} must be a finite number >= 0")
-    extra = _Overlaps(_bounds(own)).count if own else None
-    return _mbt_bounds(_bounds(series), velocity * (1 + params.velocity_tolerance) / 1e9, params.slack_ids, extra)
+    got = sorted((s for s in series if s.answered), key=lambda s: (s.lo_ns, s.hi_ns))
+    if len(got) < 2:
+        return False
+    vmax = velocity * (1 + params.velocity_tolerance) / 1e9  # IDs per ns
+    slack = params.slack_ids
+    for a, b in zip(got, got[1:]):
+        s = ((b.ipid - a.ipid + HALF) % WRAP) - HALF  # type: ignore[operator]
+        if s == 0:
+            return False
+        upper = vmax * (b.hi_ns - a.lo_ns) + slack
+        if a.hi_ns < b.lo_ns:
+            if not 1 <= s <= upper:
+                return False
+        else:
+            lower = -vmax * (a.hi_ns - b.lo_ns) - slack
+            if not lower <= s <= upper:
+                return False
+    return True
 
 
 def _compatible(va: float, ea: float, vb: float, eb: float, tol: float, abs_tol: float) -> bool:
@@ -439,174 +354,44 @@ def sliding_windows(addrs_by_velocity: Sequence[str], size: int) -> list[list[st
         start += step
 
 
-def velocity_windows(addrs_by_velocity: Sequence[str], velocities: Sequence[float], *, tolerance: float = 0.25,
-                     abs_tolerance: float = 2.0, min_size: int = 100, max_size: int = 20_000,
-                     rate_pps: float | None = None) -> list[list[str]]:
-    """Discovery windows sized by the local density of velocities.
-
-    ``reach(i)``: the last address (velocity-sorted) whose velocity is
-    compatible with address i's. Blocks run from an address to its reach;
-    a window is its block plus the reach of the block's last address, so
-    every compatible pair shares a window — MIDAR's half-overlapping
-    sliding window, with the width following the density instead of one
-    width for the whole list. Why: one global width capped at a few hundred
-    addresses left the pairs of a dense velocity band (slow counters: 4,400
-    addresses within one tolerance at 20k targets) in no common window.
-    Consecutive small windows are merged up to ``min_size`` addresses (a
-    window's round lasts size / rate; a tiny one would probe its addresses
-    many times a second); ``max_size`` is a safety cap. ``rate_pps`` (the
-    aggregate probing rate): a window is also cut where one round over it
-    would let its fastest counter move a quarter of the ID space.
-    """
-    n = len(addrs_by_velocity)
-    if len(velocities) != n:
-        raise ValueError(f"velocity_windows: {n} addresses but {len(velocities)} velocities")
-    if min_size < 2 or max_size < min_size:
-        raise ValueError(f"velocity_windows: need 2 <= min_size {min_size} <= max_size {max_size}")
-    if any(b < a for a, b in zip(velocities, velocities[1:])):
-        raise ValueError("velocity_windows: addresses must be sorted by velocity")
-    if n == 0:
-        return []
-    reach = [0] * n
-    j = 0
-    for i, v in enumerate(velocities):
-        j = max(j, i)
-        while j + 1 < n and velocities[j + 1] - v <= tolerance * velocities[j + 1] + abs_tolerance:
-            j += 1
-        reach[i] = j
-    spans: list[tuple[int, int]] = []
-    b = 0
-    while b < n:
-        e = reach[b]
-        hi = min(reach[e], b + max_size - 1)
-        if rate_pps:
-            while hi > b + 1 and velocities[hi] * (hi - b + 1) / rate_pps > WRAP / 4:
-                hi -= 1
-        spans.append((b, hi))
-        b = max(e, b) + 1 if hi >= e else hi + 1
-    out: list[list[str]] = []
-    cur_lo, cur_hi = spans[0]
-    for lo, hi in spans[1:]:
-        if hi - cur_lo + 1 <= min_size:
-            cur_hi = max(cur_hi, hi)
-        else:
-            out.append(list(addrs_by_velocity[cur_lo : cur_hi + 1]))
-            cur_lo, cur_hi = lo, hi
-    out.append(list(addrs_by_velocity[cur_lo : cur_hi + 1]))
-    return out
-
-
-def _line(bounds: Sequence[_Bound], t0: int) -> tuple[float, float, float, int]:
-    """(velocity IDs/s, its standard error, counter value mod 2¹⁶ at t0,
-    widest gap between samples in ns) of one address's bounds. Taken in
-    midpoint order with signed steps (|step| < 2¹⁵): probes from VPs with
-    different delays can reach the router out of send order, and a small
-    step back read as a forward wrap would make a garbage line."""
-    got = sorted(bounds, key=lambda b: b[0] + b[1])
-    u = [0]
-    for (_, _, x), (_, _, y) in zip(got, got[1:]):
-        u.append(u[-1] + ((y - x + HALF) % WRAP) - HALF)
-    t = [(b[0] + b[1]) / 2e9 for b in got]
-    n = len(t)
-    mt, mu = sum(t) / n, sum(u) / n
-    sxx = sum((x - mt) ** 2 for x in t)
-    slope = sum((x - mt) * (y - mu) for x, y in zip(t, u)) / sxx if sxx > 0 else 0.0
-    err = 0.0
-    if n > 2 and sxx > 0:
-        err = math.sqrt(sum((y - mu - slope * (x - mt)) ** 2 for x, y in zip(t, u)) / (n - 2) / sxx)
-    at = (got[0][2] + mu + slope * (t0 / 1e9 - mt)) % WRAP
-    gap = max((b[1] - a[0] for a, b in zip(bounds, bounds[1:])), default=0)
-    return max(0.0, slope), err, at, gap
-
-
-def _offset_neighbours(lines: Mapping[str, tuple[float, float, float, int]], vel: Mapping[str, float], tol: float,
-                       span_s: float, abs_tol: float) -> set[tuple[str, str]]:
-    """Pairs whose counters, extrapolated to one instant, are within reach
-    of each other: a necessary condition for passing the MBT (a merged
-    monotonic series with steps ≤ vmax·Δt cannot join two lines further
-    apart than vmax times the widest gap between samples), so only these
-    pairs need the MBT. Offsets of unrelated counters are spread over the
-    whole ID space: this cuts a window's O(n²) compatible pairs to a few.
-    Circular scan over the offset-sorted addresses."""
-    reach = {a: (1 + tol) * max(v, vel[a]) * gap / 1e9 + 64 + 2 * e * span_s
-             for a, (v, e, _at, gap) in lines.items()}
-    order = sorted(lines, key=lambda a: lines[a][2])
-    n = len(order)
-    out = set()
-    # A pair qualifies when its offsets are within reach[a] + reach[b] <= 2 max(reach):
-    # each address scans both ways up to twice its own reach (the pair is
-    # found from the address of the larger reach), so one messy series with
-    # a wide reach does not widen everyone's scan.
-    for i, a in enumerate(order):
-        oa, ra = lines[a][2], reach[a]
-        for sign in (1, -1):
-            for k in range(1, n):
-                b = order[(i + sign * k) % n]
-                d = (sign * (lines[b][2] - oa)) % WRAP
-                if d > 2 * ra:
-                    break
-                if d <= ra + reach[b] and abs(vel[a] - vel[b]) <= tol * max(vel[a], vel[b]) + abs_tol:
-                    out.add((a, b) if a < b else (b, a))
-    return out
-
-
 def candidate_pairs(samples: Iterable[IpidSample], *, params: MbtParams = MbtParams(),
                     abs_velocity_tolerance: float = 2.0,
-                    pairs: Iterable[tuple[str, str]] | None = None,
-                    groups: Mapping[str, object] | None = None) -> tuple[set[tuple[str, str]], dict[str, str]]:
+                    pairs: Iterable[tuple[str, str]] | None = None) -> tuple[set[tuple[str, str]], dict[str, str]]:
     """Pairs of addresses whose merged series pass the MBT.
 
     First each address's own series must pass the MBT at its own velocity
     (per-destination counters, seen from several VPs, fail here). Then the
     pairs with compatible velocities — all of them, or only ``pairs`` —
     are tested merged, bounded by the higher of the two velocities.
-    ``groups`` (address → candidate set): the other addresses of a pair's
-    set count as ``own`` probes in its MBT (see :func:`mbt`).
     Returns (passing pairs as sorted tuples, {address: why it was dropped}).
     """
     series: dict[str, list[IpidSample]] = defaultdict(list)
     for s in samples:
         series[s.addr].append(s)
-    bounds = {a: _bounds(ss) for a, ss in series.items()}
-    tol, slack = params.velocity_tolerance, params.slack_ids
     vel: dict[str, float] = {}
     dropped: dict[str, str] = {}
     for a, ss in series.items():
         v = series_velocity(ss)
-        if len(bounds[a]) < 3:
+        if sum(1 for s in ss if s.answered) < 3:
             dropped[a] = "few-replies"
-        elif not _mbt_bounds(bounds[a], v * (1 + tol) / 1e9, slack):
+        elif not mbt(ss, v, params):
             dropped[a] = "self-mbt"
         else:
             vel[a] = v
     if pairs is None:
-        ts = [b[0] for a in vel for b in bounds[a]]
-        t0 = (min(ts) + max(ts)) // 2 if ts else 0
-        span_s = (max(ts) - min(ts)) / 2e9 if ts else 0.0
-        lines = {a: _line(bounds[a], t0) for a in vel}
-        todo = _offset_neighbours(lines, vel, tol, span_s, abs_velocity_tolerance)
+        order = sorted(vel, key=vel.__getitem__)
+        todo = [(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, len(order))
+                if _compatible(vel[order[i]], 0, vel[order[j]], 0, params.velocity_tolerance,
+                               abs_velocity_tolerance)]
     else:
         todo = [p for p in pairs if p[0] in vel and p[1] in vel]
-    group_overlaps: dict[object, _Overlaps] = {}
-    addr_overlaps: dict[str, _Overlaps] = {}
-    if groups is not None:
-        members: dict[object, list[_Bound]] = defaultdict(list)
-        for a, g in groups.items():
-            members[g].extend(bounds.get(a, ()))
-        group_overlaps = {g: _Overlaps(bs) for g, bs in members.items()}
     out = set()
     for a, b in todo:
         if a == b:
             continue
-        if not _compatible(vel[a], 0, vel[b], 0, tol, abs_velocity_tolerance):
+        if not _compatible(vel[a], 0, vel[b], 0, params.velocity_tolerance, abs_velocity_tolerance):
             continue
-        extra: Callable[[int, int], int] | None = None
-        if groups is not None and a in groups and groups[a] == groups.get(b):
-            for x in (a, b):
-                if x not in addr_overlaps:
-                    addr_overlaps[x] = _Overlaps(bounds[x])
-            extra = _others_counter(group_overlaps[groups[a]], addr_overlaps[a], addr_overlaps[b])
-        if _mbt_bounds(sorted(bounds[a] + bounds[b]), max(vel[a], vel[b]) * (1 + tol) / 1e9, slack, extra):
+        if mbt(series[a] + series[b], max(vel[a], vel[b]), params):
             out.add((a, b) if a < b else (b, a))
     return out, dropped
 

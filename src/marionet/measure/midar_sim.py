@@ -10,7 +10,7 @@ the emulator, fed packets in arrival order, picks the IP-ID; the VP stamps
 send and receive in its own clock, and the sample is converted back with
 the believed offset. So a wrong estimate shows up exactly as it would on
 the wire: probes land out of the planned order and times are off by the
-estimate's error. Used by the tests, ``marionet midar --simulate`` and bench/midar.py.
+estimate's error. Used by the tests and bench/midar_analysis.py.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from marionet.lab.aliasrouter import AliasEmulator, derived_seed, load_config
 from .midar import PlannedProbe
 from .midar_analysis import IpidSample
 
-__all__ = ["SimVP", "SimProber", "probe_packet", "mixed_routers", "sim_vps", "true_pairs", "score"]
+__all__ = ["SimVP", "SimProber", "probe_packet", "mixed_routers"]
 
 
 @dataclass(frozen=True)
@@ -150,45 +150,3 @@ def mixed_routers(n: int = 240, *, seed: int = 7, base: str = "10.200.0.0") -> d
                 r["name"] = f"r{i}.{tries}"
         routers.append(r)
     return {"seed": seed, "router": routers}
-
-
-FAST_IDS_PER_S = 40_000  # mixed_routers' too-fast counters start here: no pair expected
-
-
-def sim_vps(n: int = 4, *, skew_ms: float = 50.0, skew_error_ms: float = 0.3) -> list[SimVP]:
-    """``n`` simulated VPs at 3, 7, 11, … ms one-way; the last one's clock
-    ``skew_ms`` off, believed off by ``skew_ms + skew_error_ms`` (the
-    controller's estimate) with 1 ms uncertainty (the tests' bed)."""
-    if n < 1:
-        raise ValueError(f"sim_vps: n {n} must be >= 1")
-    ms = 1_000_000
-    vps = [SimVP(f"vp{i}", f"192.0.2.{i + 1}", delay_ns=(3 + 4 * i) * ms) for i in range(n)]
-    if skew_ms:
-        last = vps[-1]
-        vps[-1] = SimVP(last.name, last.src, true_offset_ns=int(skew_ms * ms),
-                        believed_offset_ns=int((skew_ms + skew_error_ms) * ms), offset_err_ns=ms,
-                        delay_ns=last.delay_ns)
-    return vps
-
-
-def true_pairs(cfg: dict[str, Any]) -> tuple[set[tuple[str, str]], dict[str, str]]:
-    """(alias pairs MIDAR should find — routers with one shared monotonic
-    counter, byte-swapped or not, slower than FAST_IDS_PER_S — as sorted
-    tuples, {address: router name})."""
-    router_of: dict[str, str] = {}
-    want: set[tuple[str, str]] = set()
-    for r in cfg["router"]:
-        for a in r["addresses"]:
-            router_of[a] = r["name"]
-        if r.get("ipid", "shared") in ("shared", "byteswapped") and r["velocity"] < FAST_IDS_PER_S:
-            addrs = sorted(r["addresses"])
-            want |= {(a, b) for i, a in enumerate(addrs) for b in addrs[i + 1:]}
-    return want, router_of
-
-
-def score(cfg: dict[str, Any], found: set[tuple[str, str]]) -> tuple[float, float]:
-    """(precision, recall) of found pairs against :func:`true_pairs`
-    (precision 1.0 when nothing was found)."""
-    want, router_of = true_pairs(cfg)
-    correct = sum(1 for a, b in found if router_of.get(a) is not None and router_of.get(a) == router_of.get(b))
-    return (correct / len(found) if found else 1.0), (len(want & found) / len(want) if want else 1.0)
